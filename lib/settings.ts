@@ -1,0 +1,90 @@
+import { parseArgs } from "node:util";
+
+/** One setting: a flag `--name`, an optional env var, a default and a parser. */
+export interface SettingSpec<T> {
+  /** Env var read when the flag is absent. */
+  env?: string;
+  /** Used when neither flag nor env is set; omit to make the setting required. */
+  default?: T;
+  /** Converts the raw string; throw with a clear message on bad input. */
+  parse: (raw: string) => T;
+  /** One line for `--help`. */
+  help: string;
+}
+
+type Specs = Record<string, SettingSpec<unknown>>;
+type Values<S extends Specs> = { [K in keyof S]: S[K] extends SettingSpec<infer T> ? T : never };
+
+/** Parsers for common setting types. */
+export const as = {
+  string: (raw: string): string => raw,
+  int: (raw: string): number => {
+    const n = Number(raw);
+    if (!Number.isInteger(n)) throw new Error(`expected an integer, got ${JSON.stringify(raw)}`);
+    return n;
+  },
+  port: (raw: string): number => {
+    const n = Number(raw);
+    if (!Number.isInteger(n) || n < 0 || n > 65535) throw new Error(`expected a port, got ${JSON.stringify(raw)}`);
+    return n;
+  },
+  list: (raw: string): string[] =>
+    raw
+      .split(",")
+      .map((s) => s.trim())
+      .filter((s) => s.length > 0),
+};
+
+/**
+ * Reads a service's settings from flags, then env, then defaults, through one schema, and fails
+ * fast with a message naming the setting. The only place (with `main.ts`) that reads the
+ * process's flags and environment.
+ */
+export function readSettings<S extends Specs>(
+  service: string,
+  specs: S,
+  argv: string[] = process.argv.slice(2),
+  env: NodeJS.ProcessEnv = process.env,
+): Values<S> {
+  const options: Record<string, { type: "string" | "boolean" }> = { help: { type: "boolean" } };
+  for (const name of Object.keys(specs)) options[name] = { type: "string" };
+  let parsed: ReturnType<typeof parseArgs>;
+  try {
+    parsed = parseArgs({ args: argv, options, strict: true, allowPositionals: false });
+  } catch (err) {
+    throw new Error(`${service}: ${(err as Error).message}`);
+  }
+  if (parsed.values.help === true) {
+    const lines = Object.entries(specs).map(
+      ([name, s]) =>
+        `  --${name}${s.env !== undefined ? ` (env ${s.env})` : ""}${
+          s.default !== undefined ? ` [default ${JSON.stringify(s.default)}]` : ""
+        }\n      ${s.help}`,
+    );
+    process.stdout.write(`usage: ${service} [options]\n${lines.join("\n")}\n`);
+    process.exit(0);
+  }
+  const out: Record<string, unknown> = {};
+  for (const [name, spec] of Object.entries(specs)) {
+    const flag = parsed.values[name];
+    const raw = typeof flag === "string" ? flag : spec.env !== undefined ? env[spec.env] : undefined;
+    if (raw === undefined || raw === "") {
+      if (!("default" in spec)) throw new Error(`${service}: --${name}${spec.env ? ` or ${spec.env}` : ""} is required`);
+      out[name] = spec.default;
+      continue;
+    }
+    try {
+      out[name] = spec.parse(raw);
+    } catch (err) {
+      throw new Error(`${service}: --${name}: ${(err as Error).message}`);
+    }
+  }
+  return out as Values<S>;
+}
+
+/** Settings every service shares: where etcd and Redis are, and the etcd key root. */
+export const commonSettings = {
+  etcd: { env: "TASKMESH_ETCD", default: ["127.0.0.1:2379"], parse: as.list, help: "etcd endpoints, comma-separated" },
+  "etcd-root": { env: "TASKMESH_ETCD_ROOT", default: "/taskmesh/", parse: as.string, help: "root of taskmesh's etcd keys" },
+  "log-level": { env: "TASKMESH_LOG_LEVEL", default: "info", parse: as.string, help: "pino log level" },
+} satisfies Specs;

@@ -1,0 +1,51 @@
+import { randomBytes } from "node:crypto";
+import { hostname } from "node:os";
+import { Etcd3 } from "etcd3";
+import { file_taskmesh_v1_config_service } from "../../gen/taskmesh/v1/config_service_pb.js";
+import { etcdKeys } from "../../lib/keys.js";
+import { Shutdown } from "../../lib/lifecycle.js";
+import { createLogger } from "../../lib/logger.js";
+import { createRegistry } from "../../lib/metrics.js";
+import { Registration } from "../../lib/registration.js";
+import { startServer } from "../../lib/server.js";
+import { as, commonSettings, readSettings } from "../../lib/settings.js";
+import { VERSION } from "../../lib/version.js";
+import { configRoutes } from "./config-service.js";
+
+const settings = readSettings("taskmesh-config", {
+  ...commonSettings,
+  host: { env: "TASKMESH_CONFIG_HOST", default: "127.0.0.1", parse: as.string, help: "address to bind" },
+  port: { env: "TASKMESH_CONFIG_PORT", default: 8082, parse: as.port, help: "port to bind (0 = any free port)" },
+});
+
+const logger = createLogger("config", { level: settings["log-level"] });
+try {
+  const id = `${hostname()}-${process.pid}-${randomBytes(3).toString("hex")}`;
+  const keys = etcdKeys(settings["etcd-root"]);
+  const etcd = new Etcd3({ hosts: settings.etcd });
+  const server = await startServer({
+    name: "config",
+    host: settings.host,
+    port: settings.port,
+    routes: configRoutes(etcd, keys.config, logger),
+    files: [file_taskmesh_v1_config_service],
+    registry: createRegistry("config"),
+    logger,
+  });
+  const registration = await Registration.create({
+    client: etcd,
+    key: keys.service("config", id),
+    value: () => ({ id, address: server.address, host: hostname(), pid: process.pid, version: VERSION, started: new Date().toISOString() }),
+    ttlSeconds: 5,
+    logger,
+  });
+  new Shutdown(logger)
+    .add("stop serving", () => server.setServing(false))
+    .add("release registration", () => registration.close())
+    .add("close server", () => server.close())
+    .add("close etcd", () => etcd.close())
+    .onSignals(10_000);
+} catch (err) {
+  logger.fatal({ err }, "config failed to start");
+  process.exit(1);
+}

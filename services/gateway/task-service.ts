@@ -1,0 +1,85 @@
+import type { ConnectRouter, HandlerContext, ServiceImpl } from "@connectrpc/connect";
+import type { Logger } from "pino";
+import { ClusterService } from "../../gen/taskmesh/v1/cluster_service_pb.js";
+import { ConfigService } from "../../gen/taskmesh/v1/config_service_pb.js";
+import { SchedulerService } from "../../gen/taskmesh/v1/scheduler_service_pb.js";
+import { TaskService } from "../../gen/taskmesh/v1/task_service_pb.js";
+import { toConnectError } from "../../lib/errors.js";
+import { TENANT_HEADER } from "../../lib/task-types.js";
+import type { Upstreams } from "./upstreams.js";
+
+/** What the gateway's public services forward to. */
+export interface GatewayUpstreams {
+  schedulers: Upstreams<typeof SchedulerService>;
+  config: Upstreams<typeof ConfigService>;
+  logger: Logger;
+}
+
+/**
+ * The public services as thin forwarders: each call goes to a scheduler (or the config service)
+ * with the caller's tenant in a header; errors pass through with their codes, anything else
+ * becomes INTERNAL without details.
+ */
+export function gatewayRoutes(up: GatewayUpstreams): (router: ConnectRouter) => void {
+  const log = up.logger.child({ component: "gateway" });
+  const opts = (ctx: HandlerContext) => ({
+    signal: ctx.signal,
+    headers: { [TENANT_HEADER]: "default" },
+  });
+  const call = async <T>(fn: () => Promise<T>): Promise<T> => {
+    try {
+      return await fn();
+    } catch (err) {
+      throw toConnectError(err, log);
+    }
+  };
+  const s = () => up.schedulers.pick();
+  const c = () => up.config.pick();
+
+  const tasks: ServiceImpl<typeof TaskService> = {
+    submitTask: (req, ctx) => call(() => s().submitTask(req, opts(ctx))),
+    submitTasks: (req, ctx) => call(() => s().submitTasks(req, opts(ctx))),
+    getTask: (req, ctx) => call(() => s().getTask(req, opts(ctx))),
+    listTasks: (req, ctx) => call(() => s().listTasks(req, opts(ctx))),
+    cancelTask: (req, ctx) => call(() => s().cancelTask(req, opts(ctx))),
+    retryTask: (req, ctx) => call(() => s().retryTask(req, opts(ctx))),
+    async *watchTask(req, ctx) {
+      try {
+        yield* s().watchTask(req, opts(ctx));
+      } catch (err) {
+        throw toConnectError(err, log);
+      }
+    },
+  };
+  const cluster: ServiceImpl<typeof ClusterService> = {
+    listWorkers: (req, ctx) => call(() => s().listWorkers(req, opts(ctx))),
+    getClusterStatus: (req, ctx) => call(() => s().getClusterStatus(req, opts(ctx))),
+    async *watchWorkers(req, ctx) {
+      try {
+        yield* s().watchWorkers(req, opts(ctx));
+      } catch (err) {
+        throw toConnectError(err, log);
+      }
+    },
+  };
+  const config: ServiceImpl<typeof ConfigService> = {
+    getConfig: (req, ctx) => call(() => c().getConfig(req, opts(ctx))),
+    putConfig: (req, ctx) => call(() => c().putConfig(req, opts(ctx))),
+    deleteConfig: (req, ctx) => call(() => c().deleteConfig(req, opts(ctx))),
+    listConfigs: (req, ctx) => call(() => c().listConfigs(req, opts(ctx))),
+    getConfigHistory: (req, ctx) => call(() => c().getConfigHistory(req, opts(ctx))),
+    rollbackConfig: (req, ctx) => call(() => c().rollbackConfig(req, opts(ctx))),
+    async *watchConfig(req, ctx) {
+      try {
+        yield* c().watchConfig(req, opts(ctx));
+      } catch (err) {
+        throw toConnectError(err, log);
+      }
+    },
+  };
+  return (router) => {
+    router.service(TaskService, tasks);
+    router.service(ClusterService, cluster);
+    router.service(ConfigService, config);
+  };
+}

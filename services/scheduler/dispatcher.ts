@@ -1,0 +1,154 @@
+import type { Logger } from "pino";
+import type { Ring } from "./ring.js";
+import type { ClaimedTask, TaskStore } from "./task-store.js";
+import type { WorkerSession } from "./worker-session.js";
+import type { SchedulerMetrics } from "./scheduler-metrics.js";
+
+/** Options for {@link Dispatcher}. */
+export interface DispatcherOptions {
+  store: TaskStore;
+  ring: Ring;
+  /** The leader's live sessions by worker id. */
+  sessions: ReadonlyMap<string, WorkerSession>;
+  leaseMs: number;
+  /** Most tasks claimed per Lua call. @default 500 */
+  batchSize?: number;
+  /** Idle re-check period, a safety net behind kicks. @default 250 */
+  idleMs?: number;
+  metrics: SchedulerMetrics;
+  logger: Logger;
+}
+
+/**
+ * The leader's dispatch loop. Each round: total free slots → for each queue (rotating) peek that
+ * many ready tasks in order, pick a worker for each by the ring (affinity key or task id, task
+ * type, bounded load, free slots), claim them in one Lua call and send each worker its share in
+ * one stream message. Runs when kicked (new tasks, freed slots, new workers) and on an idle timer.
+ */
+export class Dispatcher {
+  private running = false;
+  private stopped = true;
+  private kicked = false;
+  private wake: (() => void) | undefined;
+  private queueCursor = 0;
+  private queues: string[] = [];
+  private queuesReadAt = 0;
+  private readonly log: Logger;
+  private loop: Promise<void> | undefined;
+
+  constructor(private readonly opts: DispatcherOptions) {
+    this.log = opts.logger.child({ component: "dispatcher" });
+  }
+
+  /** Asks for a dispatch round soon (coalesced). */
+  kick(): void {
+    this.kicked = true;
+    const w = this.wake;
+    this.wake = undefined;
+    w?.();
+  }
+
+  /** Starts the loop (leader only). */
+  start(): void {
+    if (this.running) return;
+    this.running = true;
+    this.stopped = false;
+    this.loop = this.run();
+  }
+
+  /** Stops the loop and waits for the current round. Idempotent. */
+  async stop(): Promise<void> {
+    this.stopped = true;
+    this.kick();
+    await this.loop;
+    this.running = false;
+  }
+
+  private async run(): Promise<void> {
+    const idleMs = this.opts.idleMs ?? 250;
+    while (!this.stopped) {
+      this.kicked = false;
+      let dispatched = 0;
+      try {
+        dispatched = await this.round();
+      } catch (err) {
+        this.log.error({ err }, "dispatch round failed");
+        await new Promise((r) => setTimeout(r, 100).unref());
+      }
+      if (this.stopped) break;
+      if (dispatched > 0 || this.kicked) continue;
+      await new Promise<void>((resolve) => {
+        const t = setTimeout(resolve, idleMs);
+        t.unref();
+        this.wake = () => {
+          clearTimeout(t);
+          resolve();
+        };
+      });
+    }
+  }
+
+  private async listQueues(now: number): Promise<string[]> {
+    if (now - this.queuesReadAt > 1000 || this.queues.length === 0) {
+      this.queues = await this.opts.store.queues();
+      this.queuesReadAt = now;
+    }
+    return this.queues;
+  }
+
+  /** One pass over the queues; returns how many tasks were sent. */
+  async round(): Promise<number> {
+    const { sessions, store, ring } = this.opts;
+    let free = 0;
+    for (const s of sessions.values()) free += s.free;
+    if (free === 0) return 0;
+    const now = Date.now();
+    const queues = await this.listQueues(now);
+    if (queues.length === 0) return 0;
+    const batch = this.opts.batchSize ?? 500;
+    let sent = 0;
+    const start = this.queueCursor++ % queues.length;
+    for (let i = 0; i < queues.length && free > 0; i++) {
+      const queue = queues[(start + i) % queues.length] as string;
+      const want = Math.min(free, batch);
+      // Peek a wider window than the free slots, so tasks no worker can take right now do not
+      // block the ones behind them.
+      const candidates = await store.peekReady(queue, Math.min(want * 4, 1000));
+      if (candidates.length === 0) continue;
+      const planned = new Map<string, number>();
+      const load = (id: string): number => (sessions.get(id)?.inflight.size ?? 0) + (planned.get(id) ?? 0);
+      const canAccept = (id: string): boolean => {
+        const s = sessions.get(id);
+        return s !== undefined && s.serves(queue) && s.free - (planned.get(id) ?? 0) > 0;
+      };
+      const claims: { id: string; workerId: string }[] = [];
+      for (const c of candidates) {
+        if (claims.length >= want) break;
+        const workerId = ring.pick(c.affinityKey === "" ? c.id : c.affinityKey, c.type, load, canAccept);
+        if (workerId === undefined) continue;
+        planned.set(workerId, (planned.get(workerId) ?? 0) + 1);
+        claims.push({ id: c.id, workerId });
+      }
+      if (claims.length === 0) continue;
+      const claimed = await store.claim(queue, claims, Date.now(), this.opts.leaseMs);
+      const byWorker = new Map<string, ClaimedTask[]>();
+      for (const t of claimed) {
+        let list = byWorker.get(t.workerId);
+        if (list === undefined) byWorker.set(t.workerId, (list = []));
+        list.push(t);
+      }
+      for (const [workerId, tasks] of byWorker) {
+        const s = sessions.get(workerId);
+        if (s === undefined) {
+          await store.requeue(tasks.map((t) => ({ id: t.id, attempt: t.attempt })), "worker gone", Date.now());
+          continue;
+        }
+        s.assign(tasks);
+        for (const t of tasks) this.opts.metrics.dispatched.inc({ queue: t.queue });
+      }
+      sent += claimed.length;
+      free -= claimed.length;
+    }
+    return sent;
+  }
+}

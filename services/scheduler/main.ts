@@ -1,0 +1,39 @@
+import { createLogger } from "../../lib/logger.js";
+import { Shutdown } from "../../lib/lifecycle.js";
+import { as, commonSettings, readSettings } from "../../lib/settings.js";
+import { VERSION } from "../../lib/version.js";
+import { startScheduler } from "./scheduler.js";
+
+const settings = readSettings("taskmesh-scheduler", {
+  ...commonSettings,
+  id: { env: "TASKMESH_SCHEDULER_ID", default: "", parse: as.string, help: "replica id (default: host-pid-random)" },
+  host: { env: "TASKMESH_SCHEDULER_HOST", default: "127.0.0.1", parse: as.string, help: "address to bind" },
+  port: { env: "TASKMESH_SCHEDULER_PORT", default: 8081, parse: as.port, help: "port to bind (0 = any free port)" },
+  redis: { env: "TASKMESH_REDIS", default: "redis://127.0.0.1:6379", parse: as.string, help: "Redis URL" },
+  "redis-prefix": { env: "TASKMESH_REDIS_PREFIX", default: "tm", parse: as.string, help: "prefix of every Redis key" },
+  "task-lease-ms": { env: "TASKMESH_TASK_LEASE_MS", default: 10_000, parse: as.int, help: "lease of a running attempt without heartbeats" },
+  "aging-ms": { env: "TASKMESH_AGING_MS", default: 5000, parse: as.int, help: "waiting time worth one priority level" },
+  "election-ttl": { env: "TASKMESH_ELECTION_TTL", default: 3, parse: as.int, help: "leader lease TTL in seconds" },
+});
+
+const logger = createLogger("scheduler", { level: settings["log-level"] });
+try {
+  const scheduler = await startScheduler({
+    ...(settings.id !== "" ? { id: settings.id } : {}),
+    host: settings.host,
+    port: settings.port,
+    etcdEndpoints: settings.etcd,
+    etcdRoot: settings["etcd-root"],
+    redisUrl: settings.redis,
+    redisPrefix: settings["redis-prefix"],
+    taskLeaseMs: settings["task-lease-ms"],
+    agingMsPerLevel: settings["aging-ms"],
+    electionTtlSeconds: settings["election-ttl"],
+    version: VERSION,
+    logger,
+  });
+  new Shutdown(logger).add("scheduler", () => scheduler.close()).onSignals(15_000);
+} catch (err) {
+  logger.fatal({ err }, "scheduler failed to start");
+  process.exit(1);
+}

@@ -1,0 +1,327 @@
+import { randomBytes } from "node:crypto";
+import { hostname } from "node:os";
+import { create } from "@bufbuild/protobuf";
+import { Etcd3 } from "etcd3";
+import { Redis } from "ioredis";
+import type { Logger } from "pino";
+import { SchedulerInfoSchema } from "../../gen/taskmesh/v1/cluster_service_pb.js";
+import { file_taskmesh_v1_scheduler_service } from "../../gen/taskmesh/v1/scheduler_service_pb.js";
+import {
+  etcdKeys,
+  parseServiceRecord,
+  parseWorkerRecord,
+  type ServiceRecord,
+  type WorkerRecord,
+} from "../../lib/keys.js";
+import { Shutdown, type ComponentState } from "../../lib/lifecycle.js";
+import { Membership } from "../../lib/membership.js";
+import { createRegistry } from "../../lib/metrics.js";
+import { Registration } from "../../lib/registration.js";
+import { startServer } from "../../lib/server.js";
+import { BUILTIN_TASK_TYPES } from "../../lib/task-types.js";
+import { Dispatcher } from "./dispatcher.js";
+import { Leadership } from "./leadership.js";
+import { Ring } from "./ring.js";
+import { schedulerMetrics } from "./scheduler-metrics.js";
+import { schedulerRoutes } from "./scheduler-service.js";
+import { DEFAULT_SUBMIT } from "./submit.js";
+import { TaskStore } from "./task-store.js";
+import { WorkerSession } from "./worker-session.js";
+
+/** Everything a scheduler replica needs, already parsed (main.ts reads env and flags). */
+export interface SchedulerOptions {
+  /** @default random */
+  id?: string;
+  host: string;
+  port: number;
+  etcdEndpoints: string[];
+  etcdRoot: string;
+  redisUrl: string;
+  /** Prefix of every Redis key. @default "tm" */
+  redisPrefix: string;
+  /** Lease of a running attempt without heartbeats. */
+  taskLeaseMs: number;
+  /** Milliseconds of waiting worth one priority level. */
+  agingMsPerLevel: number;
+  /** TTL of the leader's campaign lease, in seconds. */
+  electionTtlSeconds: number;
+  version: string;
+  logger: Logger;
+}
+
+/** A running scheduler replica. */
+export interface Scheduler {
+  readonly id: string;
+  readonly address: string;
+  readonly state: ComponentState;
+  readonly isLeader: boolean;
+  close(): Promise<void>;
+}
+
+type Control =
+  | { t: "wake" }
+  | { t: "cancel"; w: string; id: string; a: number; r: string };
+
+/** Builds and starts a scheduler replica: serves reads and writes, campaigns to lead dispatch. */
+export async function startScheduler(opts: SchedulerOptions): Promise<Scheduler> {
+  const id = opts.id ?? `${hostname()}-${process.pid}-${randomBytes(3).toString("hex")}`;
+  const log = opts.logger.child({ schedulerId: id });
+  let state: ComponentState = "starting";
+  const registry = createRegistry("scheduler");
+  const metrics = schedulerMetrics(registry);
+  const keys = etcdKeys(opts.etcdRoot);
+  const prefix = opts.redisPrefix;
+
+  const redis = new Redis(opts.redisUrl, { maxRetriesPerRequest: 3, enableAutoPipelining: true });
+  const sub = redis.duplicate();
+  const store = new TaskStore({ redis, prefix, agingMsPerLevel: opts.agingMsPerLevel, logger: log });
+  const etcd = new Etcd3({ hosts: opts.etcdEndpoints });
+
+  const workers = new Membership<WorkerRecord>({
+    client: etcd,
+    prefix: keys.workers,
+    parse: parseWorkerRecord,
+    logger: log,
+  });
+  const schedulers = new Membership<ServiceRecord>({
+    client: etcd,
+    prefix: keys.services("scheduler"),
+    parse: parseServiceRecord,
+    logger: log,
+  });
+  await Promise.all([workers.start(), schedulers.start()]);
+
+  let knownTypes: ReadonlySet<string> = new Set(BUILTIN_TASK_TYPES);
+  const refreshTypes = (): void => {
+    const s = new Set(BUILTIN_TASK_TYPES);
+    for (const w of workers.snapshot().values()) for (const t of w.taskTypes) s.add(t);
+    knownTypes = s;
+  };
+  refreshTypes();
+  workers.on("put", refreshTypes);
+  workers.on("delete", refreshTypes);
+
+  // --- leader-only state -------------------------------------------------------------------
+  const ring = new Ring();
+  const sessions = new Map<string, WorkerSession>();
+  const dispatcher = new Dispatcher({ store, ring, sessions, leaseMs: opts.taskLeaseMs, metrics, logger: log });
+  const leadership = new Leadership({
+    client: etcd,
+    root: keys.root,
+    ttlSeconds: opts.electionTtlSeconds,
+    logger: log,
+  });
+  let epoch = 0n;
+
+  const syncRing = (s: WorkerSession): void => {
+    if (sessions.get(s.id) === s && s.state === "ready" && !s.record.draining) ring.add(s.id, s.types);
+    else if (sessions.get(s.id) === s || sessions.get(s.id) === undefined) ring.remove(s.id);
+    metrics.workers.set([...sessions.values()].filter((x) => x.state === "ready").length);
+  };
+  const openSession = (record: WorkerRecord): void => {
+    const existing = sessions.get(record.id);
+    if (existing !== undefined) {
+      if (existing.record.address === record.address) {
+        existing.update(record);
+        syncRing(existing);
+        return;
+      }
+      sessions.delete(record.id);
+      ring.remove(record.id);
+      void existing.close(true);
+    }
+    const s = new WorkerSession({
+      record,
+      epoch,
+      store,
+      leaseMs: opts.taskLeaseMs,
+      logger: log,
+      onCapacity: () => dispatcher.kick(),
+      onStateChange: syncRing,
+    });
+    sessions.set(record.id, s);
+  };
+  const onWorkerPut = (_id: string, r: WorkerRecord): void => {
+    if (leadership.isLeader) openSession(r);
+  };
+  const onWorkerDelete = (wid: string): void => {
+    const s = sessions.get(wid);
+    if (s === undefined) return;
+    sessions.delete(wid);
+    ring.remove(wid);
+    log.info({ workerId: wid, inflight: s.inflight.size }, "worker left, re-queueing its tasks");
+    metrics.requeued.inc({ reason: "worker_left" }, s.inflight.size);
+    void s.close(true);
+  };
+  workers.on("put", onWorkerPut);
+  workers.on("delete", onWorkerDelete);
+
+  // Maintenance: due delayed tasks, expired leases, expired results, published slot usage.
+  let maintenance: NodeJS.Timeout | undefined;
+  let tick = 0;
+  let maintaining = false;
+  const maintain = async (): Promise<void> => {
+    if (maintaining || !leadership.isLeader) return;
+    maintaining = true;
+    try {
+      const now = Date.now();
+      tick++;
+      const queues = await store.queues();
+      let promoted = 0;
+      for (const q of queues) {
+        promoted += await store.promoteDue(q, now, 1000);
+        const expired = await store.expireLeases(q, now, 1000);
+        if (expired.length > 0) {
+          metrics.requeued.inc({ reason: "lease_expired" }, expired.length);
+          log.warn({ queue: q, count: expired.length }, "re-queued attempts whose lease expired");
+          for (const e of expired) for (const s of sessions.values()) s.forget(e.id, e.attempt);
+          promoted += expired.length;
+        }
+        if (tick % 10 === 0) await store.reapExpired(q, now, 1000);
+      }
+      if (promoted > 0) dispatcher.kick();
+      if (tick % 5 === 0) {
+        const used: string[] = [];
+        for (const s of sessions.values()) used.push(s.id, String(s.inflight.size));
+        const k = `${prefix}:wstat`;
+        const m = redis.multi().del(k);
+        if (used.length > 0) m.hset(k, ...used).pexpire(k, 10_000);
+        await m.exec();
+      }
+    } catch (err) {
+      log.error({ err }, "maintenance failed");
+    } finally {
+      maintaining = false;
+    }
+  };
+
+  leadership.on("elected", (e) => {
+    epoch = e;
+    metrics.leader.set(1);
+    for (const r of workers.snapshot().values()) openSession(r);
+    dispatcher.start();
+    maintenance = setInterval(() => void maintain(), 100);
+    maintenance.unref();
+  });
+  const stepDown = async (): Promise<void> => {
+    metrics.leader.set(0);
+    if (maintenance !== undefined) clearInterval(maintenance);
+    maintenance = undefined;
+    await dispatcher.stop();
+    const all = [...sessions.values()];
+    sessions.clear();
+    for (const s of all) ring.remove(s.id);
+    // Leave running attempts RUNNING: the next leader adopts them from the workers' hellos.
+    await Promise.all(all.map((s) => s.close(false)));
+  };
+  leadership.on("lost", () => void stepDown());
+
+  // --- control channel: any replica → the leader --------------------------------------------
+  const ctlChannel = `${prefix}:ctl`;
+  const handleControl = (c: Control): void => {
+    if (!leadership.isLeader) return;
+    switch (c.t) {
+      case "wake":
+        dispatcher.kick();
+        break;
+      case "cancel":
+        sessions.get(c.w)?.cancel(c.id, c.a, c.r);
+        break;
+    }
+  };
+  await sub.subscribe(ctlChannel);
+  sub.on("message", (channel: string, message: string) => {
+    if (channel !== ctlChannel) return;
+    try {
+      handleControl(JSON.parse(message) as Control);
+    } catch (err) {
+      log.warn({ err }, "bad control message");
+    }
+  });
+  const control = async (c: Control): Promise<void> => {
+    if (leadership.isLeader) handleControl(c);
+    else await redis.publish(ctlChannel, JSON.stringify(c));
+  };
+
+  const server = await startServer({
+    name: "scheduler",
+    host: opts.host,
+    port: opts.port,
+    routes: schedulerRoutes({
+      store,
+      workers,
+      knownTypes: () => knownTypes,
+      defaults: () => DEFAULT_SUBMIT,
+      onSubmitted: () => void control({ t: "wake" }).catch((err: unknown) => log.warn({ err }, "wake failed")),
+      requestCancel: (w, taskId, attempt, reason) => control({ t: "cancel", w, id: taskId, a: attempt, r: reason }),
+      schedulers: async () => {
+        const leader = await leadership.leader().catch(() => undefined);
+        return [...schedulers.snapshot().values()].map((s) =>
+          create(SchedulerInfoSchema, { id: s.id, address: s.address, leader: s.address === leader }),
+        );
+      },
+      slotsUsed: async () => {
+        const h = await redis.hgetall(`${prefix}:wstat`);
+        return new Map(Object.entries(h).map(([k, v]) => [k, Number(v)]));
+      },
+      metrics,
+      logger: log,
+    }),
+    files: [file_taskmesh_v1_scheduler_service],
+    registry,
+    logger: log,
+  });
+
+  const registration = await Registration.create({
+    client: etcd,
+    key: keys.service("scheduler", id),
+    value: () => ({
+      id,
+      address: server.address,
+      host: hostname(),
+      pid: process.pid,
+      version: opts.version,
+      started: new Date().toISOString(),
+    }),
+    ttlSeconds: 5,
+    logger: log,
+  });
+  leadership.start(server.address);
+  state = "running";
+  log.info({ address: server.address }, "scheduler started");
+
+  const shutdown = new Shutdown(log)
+    .add("stop serving", () => {
+      state = "draining";
+      server.setServing(false);
+    })
+    .add("resign leadership", async () => {
+      await leadership.close();
+      await stepDown();
+    })
+    .add("close server", () => server.close())
+    .add("release registration", () => registration.close())
+    .add("close watches", async () => {
+      await workers.close();
+      await schedulers.close();
+    })
+    .add("close clients", async () => {
+      await store.close();
+      sub.disconnect();
+      redis.disconnect();
+      etcd.close();
+      state = "stopped";
+    });
+
+  return {
+    id,
+    address: server.address,
+    get state() {
+      return state;
+    },
+    get isLeader() {
+      return leadership.isLeader;
+    },
+    close: () => shutdown.shutdown(),
+  };
+}

@@ -1,0 +1,156 @@
+import type { Duration, Timestamp } from "@bufbuild/protobuf/wkt";
+import { monotonicFactory } from "ulid";
+import { Priority, type SubmitTaskRequest } from "../../gen/taskmesh/v1/task_pb.js";
+import { invalidArgument } from "../../lib/errors.js";
+import { LIMITS } from "../../lib/task-types.js";
+import type { NewTask } from "./task-store.js";
+
+/** Defaults applied to fields a submitter leaves empty. */
+export interface SubmitDefaults {
+  maxAttempts: number;
+  backoff: { initialMs: number; maxMs: number; multiplier: number; jitter: number };
+  /** 0 = no limit. */
+  timeoutMs: number;
+  resultTtlMs: number;
+  maxPayloadBytes: number;
+}
+
+/** The defaults of DESIGN.md: 3 attempts, 1 s → 60 s backoff doubling with 20% jitter, 24 h results. */
+export const DEFAULT_SUBMIT: SubmitDefaults = {
+  maxAttempts: 3,
+  backoff: { initialMs: 1000, maxMs: 60_000, multiplier: 2, jitter: 0.2 },
+  timeoutMs: 0,
+  resultTtlMs: 24 * 3600 * 1000,
+  maxPayloadBytes: LIMITS.maxPayloadBytes,
+};
+
+const NAME = /^[A-Za-z0-9_.:-]+$/;
+const DAY_MS = 24 * 3600 * 1000;
+const nextId = monotonicFactory();
+
+function durationMs(d: Duration | undefined): number {
+  if (d === undefined) return 0;
+  return Number(d.seconds) * 1000 + Math.floor(d.nanos / 1e6);
+}
+
+function timestampMs(t: Timestamp | undefined): number {
+  if (t === undefined) return 0;
+  return Number(t.seconds) * 1000 + Math.floor(t.nanos / 1e6);
+}
+
+function checkName(field: string, value: string, required: boolean): void {
+  if (value === "") {
+    if (required) throw invalidArgument(field, "is required");
+    return;
+  }
+  if (value.length > LIMITS.maxNameLength) throw invalidArgument(field, `longer than ${LIMITS.maxNameLength} characters`);
+  if (!NAME.test(value)) throw invalidArgument(field, "may contain only letters, digits and _ . : -");
+}
+
+function checkDuration(field: string, d: Duration | undefined, maxMs: number): number {
+  if (d === undefined) return 0;
+  if (d.seconds < 0n || d.nanos < 0) throw invalidArgument(field, "must not be negative");
+  const ms = durationMs(d);
+  if (ms > maxMs) throw invalidArgument(field, `must be at most ${maxMs} ms`);
+  return ms;
+}
+
+/**
+ * Validates one SubmitTaskRequest and turns it into the store's NewTask, or throws
+ * INVALID_ARGUMENT naming the field (prefixed with `path`, e.g. "tasks[3].").
+ */
+export function toNewTask(
+  req: SubmitTaskRequest,
+  tenant: string,
+  knownTypes: ReadonlySet<string>,
+  defaults: SubmitDefaults,
+  now: number,
+  path = "",
+): NewTask {
+  const f = (name: string): string => `${path}${name}`;
+  checkName(f("type"), req.type, true);
+  if (!knownTypes.has(req.type)) throw invalidArgument(f("type"), `unknown task type ${JSON.stringify(req.type)}`);
+  const queue = req.queue === "" ? "default" : req.queue;
+  checkName(f("queue"), queue, true);
+  const payload = req.payload ?? {};
+  const payloadBytes = Buffer.byteLength(JSON.stringify(payload));
+  if (payloadBytes > defaults.maxPayloadBytes) {
+    throw invalidArgument(f("payload"), `is ${payloadBytes} bytes, more than the limit of ${defaults.maxPayloadBytes}`);
+  }
+  let priority: 1 | 2 | 3 | 4;
+  switch (req.priority) {
+    case Priority.UNSPECIFIED:
+    case Priority.NORMAL:
+      priority = 2;
+      break;
+    case Priority.LOW:
+      priority = 1;
+      break;
+    case Priority.HIGH:
+      priority = 3;
+      break;
+    case Priority.CRITICAL:
+      priority = 4;
+      break;
+    default:
+      throw invalidArgument(f("priority"), `unknown value ${String(req.priority)}`);
+  }
+  if (req.affinityKey.length > LIMITS.maxNameLength) throw invalidArgument(f("affinity_key"), "too long");
+  if (req.maxAttempts < 0 || req.maxAttempts > 100) throw invalidArgument(f("max_attempts"), "must be between 0 and 100");
+  const b = req.backoff;
+  const backoff = { ...defaults.backoff };
+  if (b !== undefined) {
+    const initial = checkDuration(f("backoff.initial"), b.initial, DAY_MS);
+    const max = checkDuration(f("backoff.max"), b.max, 7 * DAY_MS);
+    if (initial > 0) backoff.initialMs = initial;
+    if (max > 0) backoff.maxMs = max;
+    if (b.multiplier !== 0) {
+      if (!(b.multiplier >= 1 && b.multiplier <= 100)) throw invalidArgument(f("backoff.multiplier"), "must be between 1 and 100");
+      backoff.multiplier = b.multiplier;
+    }
+    if (b.jitter !== 0) {
+      if (!(b.jitter >= 0 && b.jitter <= 1)) throw invalidArgument(f("backoff.jitter"), "must be between 0 and 1");
+      backoff.jitter = b.jitter;
+    }
+    if (backoff.maxMs < backoff.initialMs) backoff.maxMs = backoff.initialMs;
+  }
+  const timeoutMs = checkDuration(f("timeout"), req.timeout, DAY_MS) || defaults.timeoutMs;
+  if (req.runAt !== undefined && req.delay !== undefined) throw invalidArgument(f("run_at"), "set run_at or delay, not both");
+  const delayMs = checkDuration(f("delay"), req.delay, 365 * DAY_MS);
+  let runAtMs = 0;
+  if (req.runAt !== undefined) {
+    runAtMs = timestampMs(req.runAt);
+    if (runAtMs > now + 365 * DAY_MS) throw invalidArgument(f("run_at"), "more than a year ahead");
+    if (runAtMs <= now) runAtMs = 0;
+  } else if (delayMs > 0) {
+    runAtMs = now + delayMs;
+  }
+  if (req.idempotencyKey.length > LIMITS.maxNameLength) throw invalidArgument(f("idempotency_key"), "too long");
+  const labels = Object.entries(req.labels);
+  if (labels.length > 64) throw invalidArgument(f("labels"), "at most 64 labels");
+  for (const [k, v] of labels) {
+    checkName(f(`labels[${JSON.stringify(k)}]`), k, true);
+    if (v.length > LIMITS.maxNameLength) throw invalidArgument(f(`labels[${JSON.stringify(k)}]`), "value too long");
+  }
+  const resultTtlMs = checkDuration(f("result_ttl"), req.resultTtl, 30 * DAY_MS) || defaults.resultTtlMs;
+  checkName(f("concurrency_key"), req.concurrencyKey, false);
+  if (req.concurrencyLimit < 0) throw invalidArgument(f("concurrency_limit"), "must not be negative");
+  return {
+    id: nextId(now),
+    tenant,
+    type: req.type,
+    queue,
+    priority,
+    payload,
+    affinityKey: req.affinityKey,
+    maxAttempts: req.maxAttempts === 0 ? defaults.maxAttempts : req.maxAttempts,
+    backoff,
+    timeoutMs,
+    runAtMs,
+    idempotencyKey: req.idempotencyKey,
+    labels: { ...req.labels },
+    resultTtlMs,
+    concurrencyKey: req.concurrencyKey,
+    concurrencyLimit: req.concurrencyLimit,
+  };
+}

@@ -1,0 +1,261 @@
+import { create } from "@bufbuild/protobuf";
+import { Code, ConnectError, type ConnectRouter, type ServiceImpl } from "@connectrpc/connect";
+import type { Logger } from "pino";
+import {
+  type SchedulerMessage,
+  type TaskProgress,
+  type TaskResult,
+  type WorkerMessage,
+  WorkerMessageSchema,
+  WorkerService,
+  TaskResultSchema,
+} from "../../gen/taskmesh/v1/worker_service_pb.js";
+import { TaskErrorSchema } from "../../gen/taskmesh/v1/task_pb.js";
+import { AsyncQueue } from "../../lib/async-queue.js";
+import type { Executor, Outcome } from "./executor.js";
+import type { JsonObject } from "./handlers.js";
+
+/** Options for {@link WorkSession}. */
+export interface WorkSessionOptions {
+  workerId: string;
+  executor: Executor;
+  taskTypes: () => string[];
+  logger: Logger;
+  /** Heartbeat period. @default 1000 */
+  heartbeatMs?: number;
+}
+
+interface ActiveStream {
+  epoch: bigint;
+  out: AsyncQueue<WorkerMessage>;
+}
+
+/**
+ * The worker's side of `WorkerService.Work`: it owns the link between the executor and whichever
+ * scheduler stream is current. Reports (accepted, progress, logs, results) are buffered and
+ * flushed as one message per event-loop turn; results survive a broken stream and go out on the
+ * next one (the scheduler fences stale attempts). Only the stream with the newest epoch is obeyed.
+ */
+export class WorkSession {
+  private epoch = -1n;
+  private active: ActiveStream | undefined;
+  private pending = create(WorkerMessageSchema);
+  private pendingCount = 0;
+  /** Latest progress per attempt: coalesced, only the newest value matters. */
+  private readonly progress = new Map<string, TaskProgress>();
+  private flushScheduled = false;
+  private readonly heartbeat: NodeJS.Timeout;
+  private readonly log: Logger;
+  private closed = false;
+
+  constructor(private readonly opts: WorkSessionOptions) {
+    this.log = opts.logger.child({ component: "work-session" });
+    this.heartbeat = setInterval(() => this.sendHeartbeat(), opts.heartbeatMs ?? 1000);
+    this.heartbeat.unref();
+  }
+
+  /** Executor callbacks: wire these into the executor's `events`. */
+  readonly events = {
+    accepted: (a: { taskId: string; attempt: number }): void => {
+      this.pending.accepted.push({ $typeName: "taskmesh.v1.TaskAccepted", taskId: a.taskId, attempt: a.attempt });
+      this.schedule();
+    },
+    progress: (taskId: string, attempt: number, percent: number, message: string): void => {
+      this.progress.set(`${taskId}/${attempt}`, {
+        $typeName: "taskmesh.v1.TaskProgress",
+        taskId,
+        attempt,
+        progress: percent,
+        message,
+      });
+      this.schedule();
+    },
+    log: (taskId: string, attempt: number, line: string): void => {
+      this.pending.logs.push({ $typeName: "taskmesh.v1.TaskLog", taskId, attempt, line });
+      this.schedule();
+    },
+    finished: (taskId: string, attempt: number, outcome: Outcome): void => {
+      this.progress.delete(`${taskId}/${attempt}`);
+      this.pending.results.push(resultMessage(taskId, attempt, outcome));
+      this.schedule();
+    },
+  };
+
+  /** Number of results not yet handed to a stream. */
+  get unsentResults(): number {
+    return this.pending.results.length;
+  }
+
+  private schedule(): void {
+    this.pendingCount++;
+    if (this.flushScheduled) return;
+    this.flushScheduled = true;
+    setImmediate(() => {
+      this.flushScheduled = false;
+      this.flush();
+    });
+  }
+
+  private flush(): void {
+    const stream = this.active;
+    if (stream === undefined) return;
+    if (this.pendingCount === 0 && this.progress.size === 0) return;
+    const msg = this.pending;
+    for (const p of this.progress.values()) msg.progress.push(p);
+    this.progress.clear();
+    this.pending = create(WorkerMessageSchema);
+    this.pendingCount = 0;
+    stream.out.push(msg);
+  }
+
+  private sendHeartbeat(): void {
+    const stream = this.active;
+    if (stream === undefined) return;
+    const ex = this.opts.executor;
+    stream.out.push(
+      create(WorkerMessageSchema, {
+        heartbeat: {
+          running: ex.running().map((r) => ({ taskId: r.taskId, attempt: r.attempt })),
+          slots: ex.slots,
+          slotsUsed: ex.used,
+        },
+      }),
+    );
+  }
+
+  private handle(msg: SchedulerMessage): void {
+    const ex = this.opts.executor;
+    for (const c of msg.cancels) ex.cancel(c.taskId, c.attempt, c.reason || "cancelled");
+    for (const a of msg.assignments) {
+      ex.start({
+        taskId: a.taskId,
+        attempt: a.attempt,
+        type: a.type,
+        payload: (a.payload ?? {}) as JsonObject,
+        timeoutMs: Number(a.timeoutMs),
+      });
+    }
+    if (msg.ping !== undefined) {
+      this.active?.out.push(create(WorkerMessageSchema, { pong: { nonce: msg.ping.nonce } }));
+    }
+  }
+
+  /**
+   * Serves one Work stream. The scheduler's first message carries its epoch: older than the newest
+   * seen → FAILED_PRECONDITION; otherwise this stream replaces the current one.
+   */
+  async *serve(requests: AsyncIterable<SchedulerMessage>, signal: AbortSignal): AsyncGenerator<WorkerMessage> {
+    if (this.closed) throw new ConnectError("worker is shutting down", Code.Unavailable);
+    const it = requests[Symbol.asyncIterator]();
+    const first = await it.next();
+    if (first.done === true) return;
+    const epoch = first.value.epoch;
+    if (epoch < this.epoch) {
+      throw new ConnectError(`stale epoch ${epoch} < ${this.epoch}`, Code.FailedPrecondition);
+    }
+    const previous = this.active;
+    this.epoch = epoch;
+    const stream: ActiveStream = { epoch, out: new AsyncQueue<WorkerMessage>() };
+    this.active = stream;
+    previous?.out.end();
+    const ex = this.opts.executor;
+    this.log.info({ epoch: String(epoch) }, "scheduler stream opened");
+    stream.out.push(
+      create(WorkerMessageSchema, {
+        hello: {
+          workerId: this.opts.workerId,
+          slots: ex.slots,
+          taskTypes: this.opts.taskTypes(),
+          running: ex.running().map((r) => ({ taskId: r.taskId, attempt: r.attempt })),
+          epoch,
+        },
+      }),
+    );
+    this.handle(first.value);
+    // Results buffered while no stream was open go out now.
+    this.schedule();
+
+    void (async () => {
+      try {
+        for (;;) {
+          const r = await it.next();
+          if (r.done === true) break;
+          if (this.active !== stream) break;
+          this.handle(r.value);
+        }
+      } catch (err) {
+        if (!signal.aborted) this.log.warn({ err }, "scheduler stream read failed");
+      } finally {
+        if (this.active === stream) this.active = undefined;
+        stream.out.end();
+      }
+    })();
+    const onAbort = (): void => {
+      if (this.active === stream) this.active = undefined;
+      stream.out.end();
+    };
+    signal.addEventListener("abort", onAbort, { once: true });
+    try {
+      for await (const msg of stream.out) {
+        yield msg;
+      }
+    } finally {
+      signal.removeEventListener("abort", onAbort);
+      if (this.active === stream) this.active = undefined;
+      // Results queued on this stream but never written go out on the next stream. (Results
+      // written to a stream that then broke are covered by the scheduler re-queueing the attempt.)
+      for (const m of stream.out.drain()) {
+        for (const r of m.results) this.pending.results.push(r);
+      }
+      this.log.info({ epoch: String(epoch) }, "scheduler stream closed");
+    }
+  }
+
+  /** Ends the current stream after flushing. Idempotent. */
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    clearInterval(this.heartbeat);
+    this.flush();
+    this.active?.out.end();
+    this.active = undefined;
+  }
+}
+
+function resultMessage(taskId: string, attempt: number, outcome: Outcome): TaskResult {
+  switch (outcome.kind) {
+    case "succeeded":
+      return create(TaskResultSchema, { taskId, attempt, outcome: { case: "result", value: outcome.result } });
+    case "failed":
+      return create(TaskResultSchema, {
+        taskId,
+        attempt,
+        outcome: {
+          case: "error",
+          value: create(TaskErrorSchema, {
+            code: outcome.code,
+            message: outcome.message,
+            retryable: outcome.retryable,
+          }),
+        },
+      });
+    case "cancelled":
+      return create(TaskResultSchema, {
+        taskId,
+        attempt,
+        cancelled: true,
+        outcome: {
+          case: "error",
+          value: create(TaskErrorSchema, { code: "CANCELLED", message: outcome.reason, retryable: false }),
+        },
+      });
+  }
+}
+
+/** Registers WorkerService on a router, served by `session`. */
+export function workerRoutes(session: WorkSession): (router: ConnectRouter) => void {
+  const impl: Partial<ServiceImpl<typeof WorkerService>> = {
+    work: (requests, ctx) => session.serve(requests, ctx.signal),
+  };
+  return (router) => router.service(WorkerService, impl);
+}

@@ -1,0 +1,173 @@
+import { hostname } from "node:os";
+import { Etcd3 } from "etcd3";
+import type { Logger } from "pino";
+import { file_taskmesh_v1_worker_service } from "../../gen/taskmesh/v1/worker_service_pb.js";
+import { etcdKeys, type WorkerRecord } from "../../lib/keys.js";
+import { createRegistry } from "../../lib/metrics.js";
+import { Registration } from "../../lib/registration.js";
+import { startServer, type RpcServer } from "../../lib/server.js";
+import { Shutdown, type ComponentState } from "../../lib/lifecycle.js";
+import { Executor } from "./executor.js";
+import { builtinHandlers, loadHandlers, type TaskHandler } from "./handlers.js";
+import { WorkSession, workerRoutes } from "./work-service.js";
+import { workerMetrics } from "./worker-metrics.js";
+
+/** Everything a worker process needs, already parsed (main.ts reads env and flags). */
+export interface WorkerOptions {
+  id: string;
+  /** @default "127.0.0.1" */
+  host: string;
+  /** 0 = any free port. */
+  port: number;
+  slots: number;
+  etcdEndpoints: string[];
+  etcdRoot: string;
+  /** Path of a module of user-defined handlers, or "" for none. */
+  handlersPath: string;
+  filesRoot: string;
+  httpAllowedHosts: string[];
+  queues: string[];
+  labels: Record<string, string>;
+  /** How long in-flight tasks may run on after SIGTERM. */
+  shutdownGraceMs: number;
+  /** Lease TTL of the registration. @default 5 */
+  leaseTtlSeconds: number;
+  heartbeatMs: number;
+  version: string;
+  logger: Logger;
+}
+
+/** A running worker: registered in etcd, serving WorkerService.Work, executing tasks. */
+export interface Worker {
+  readonly id: string;
+  readonly address: string;
+  readonly state: ComponentState;
+  /** Graceful stop: leave the ring, finish in-flight work within the grace period, release the lease. */
+  close(): Promise<void>;
+}
+
+/** Builds and starts a worker. */
+export async function startWorker(opts: WorkerOptions): Promise<Worker> {
+  const log = opts.logger.child({ workerId: opts.id });
+  let state: ComponentState = "starting";
+  const registry = createRegistry("worker");
+  const metrics = workerMetrics(registry);
+  const handlers = new Map<string, TaskHandler>();
+  let executor: Executor | undefined;
+  for (const [k, v] of builtinHandlers({
+    filesRoot: opts.filesRoot,
+    httpAllowedHosts: () => opts.httpAllowedHosts,
+    slots: () => ({ slots: executor?.slots ?? opts.slots, used: executor?.used ?? 0 }),
+  })) {
+    handlers.set(k, v);
+  }
+  if (opts.handlersPath !== "") {
+    for (const [k, v] of await loadHandlers(opts.handlersPath)) handlers.set(k, v);
+  }
+  const taskTypes = [...handlers.keys()].sort();
+
+  let session: WorkSession | undefined;
+  executor = new Executor({
+    handlers,
+    slots: opts.slots,
+    logger: log,
+    events: {
+      accepted: (a) => {
+        metrics.started.inc({ type: a.type });
+        session?.events.accepted(a);
+      },
+      progress: (id, att, pct, msg) => session?.events.progress(id, att, pct, msg),
+      log: (id, att, line) => session?.events.log(id, att, line),
+      finished: (id, att, outcome) => {
+        metrics.finished.inc({ outcome: outcome.kind });
+        session?.events.finished(id, att, outcome);
+      },
+    },
+  });
+  const ex = executor;
+  metrics.observeSlots(() => ({ slots: ex.slots, used: ex.used }));
+  session = new WorkSession({
+    workerId: opts.id,
+    executor: ex,
+    taskTypes: () => taskTypes,
+    logger: log,
+    heartbeatMs: opts.heartbeatMs,
+  });
+  const work = session;
+
+  const server: RpcServer = await startServer({
+    name: "worker",
+    host: opts.host,
+    port: opts.port,
+    routes: workerRoutes(work),
+    files: [file_taskmesh_v1_worker_service],
+    registry,
+    logger: log,
+  });
+
+  const etcd = new Etcd3({ hosts: opts.etcdEndpoints });
+  const keys = etcdKeys(opts.etcdRoot);
+  const started = new Date().toISOString();
+  let draining = false;
+  const record = (): WorkerRecord => ({
+    id: opts.id,
+    address: server.address,
+    host: hostname(),
+    pid: process.pid,
+    slots: ex.slots,
+    taskTypes,
+    queues: opts.queues,
+    labels: opts.labels,
+    version: opts.version,
+    started,
+    draining,
+  });
+  let registration: Registration;
+  try {
+    registration = await Registration.create({
+      client: etcd,
+      key: keys.worker(opts.id),
+      value: record,
+      ttlSeconds: opts.leaseTtlSeconds,
+      logger: log,
+    });
+  } catch (err) {
+    await server.close();
+    etcd.close();
+    throw err;
+  }
+  state = "running";
+  log.info({ address: server.address, slots: opts.slots, taskTypes }, "worker registered");
+
+  const shutdown = new Shutdown(log)
+    .add("stop taking work", async () => {
+      state = "draining";
+      draining = true;
+      server.setServing(false);
+      await registration.update();
+    })
+    .add("drain in-flight tasks", () => ex.drain(opts.shutdownGraceMs))
+    .add("flush results", async () => {
+      // Give the stream a moment to carry the last results; bounded, not a synchronisation sleep.
+      const deadline = Date.now() + 2000;
+      while (work.unsentResults > 0 && Date.now() < deadline) {
+        await new Promise((r) => setTimeout(r, 10));
+      }
+      work.close();
+    })
+    .add("release lease", () => registration.close())
+    .add("close server", () => server.close())
+    .add("close etcd", () => {
+      etcd.close();
+      state = "stopped";
+    });
+
+  return {
+    id: opts.id,
+    address: server.address,
+    get state() {
+      return state;
+    },
+    close: () => shutdown.shutdown(),
+  };
+}
