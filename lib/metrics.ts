@@ -1,0 +1,177 @@
+import { Code, ConnectError, type Interceptor } from "@connectrpc/connect";
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics, type Metric } from "prom-client";
+
+/**
+ * Every metric name taskmesh exports, in one place so dashboards, alerts and code agree. Add new
+ * metrics here (name, then a constructor below) rather than inline in a component.
+ */
+export const METRIC_NAMES = {
+  /** Counter `{service, method, code}`: RPCs finished, by gRPC status code name. */
+  rpcRequests: "taskmesh_rpc_requests_total",
+  /** Histogram `{service, method}`: seconds from receiving a call until it ends (see {@link rpcMetricsInterceptor}). */
+  rpcDuration: "taskmesh_rpc_duration_seconds",
+  /** Gauge `{service, method}`: calls in progress (open streams included). */
+  rpcInFlight: "taskmesh_rpc_in_flight",
+} as const;
+
+/** Buckets for RPC latency, from 1 ms to 10 s. Streams that outlive 10 s land in `+Inf`. */
+export const RPC_DURATION_BUCKETS: readonly number[] = [
+  0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10,
+];
+
+/**
+ * Creates the process's dedicated prom-client registry: Node default metrics (CPU, memory, event
+ * loop, GC) plus a `service` label on every series, so one Prometheus can scrape the whole mesh.
+ * A dedicated registry (not prom-client's global one) keeps tests and in-process meshes apart.
+ */
+export function createRegistry(service: string): Registry {
+  const registry = new Registry();
+  registry.setDefaultLabels({ service });
+  collectDefaultMetrics({ register: registry });
+  return registry;
+}
+
+/**
+ * Returns the metric already registered under `name`, or registers the one `make` builds. Two
+ * servers sharing a registry (tests, an in-process mesh) then share the series instead of
+ * throwing on a duplicate name.
+ */
+export function getOrCreate<M extends Metric>(registry: Registry, name: string, make: () => M): M {
+  // The cast is safe: each name is only ever created by one constructor in this module.
+  return (registry.getSingleMetric(name) as M | undefined) ?? make();
+}
+
+/** The RPC RED metrics of one registry. */
+export interface RpcMetrics {
+  /** {@link METRIC_NAMES.rpcRequests} */
+  readonly requests: Counter<"service" | "method" | "code">;
+  /** {@link METRIC_NAMES.rpcDuration} */
+  readonly duration: Histogram<"service" | "method">;
+  /** {@link METRIC_NAMES.rpcInFlight} */
+  readonly inFlight: Gauge<"service" | "method">;
+}
+
+/** Creates (or finds) the RPC metrics in `registry`. */
+export function rpcMetrics(registry: Registry): RpcMetrics {
+  const registers = [registry];
+  return {
+    requests: getOrCreate(
+      registry,
+      METRIC_NAMES.rpcRequests,
+      () =>
+        new Counter({
+          name: METRIC_NAMES.rpcRequests,
+          help: "RPCs served, by taskmesh service, full RPC method and gRPC status code.",
+          labelNames: ["service", "method", "code"] as const,
+          registers,
+        }),
+    ),
+    duration: getOrCreate(
+      registry,
+      METRIC_NAMES.rpcDuration,
+      () =>
+        new Histogram({
+          name: METRIC_NAMES.rpcDuration,
+          help: "Seconds from receiving an RPC until it ends (for streams: until the stream ends).",
+          labelNames: ["service", "method"] as const,
+          buckets: [...RPC_DURATION_BUCKETS],
+          registers,
+        }),
+    ),
+    inFlight: getOrCreate(
+      registry,
+      METRIC_NAMES.rpcInFlight,
+      () =>
+        new Gauge({
+          name: METRIC_NAMES.rpcInFlight,
+          help: "RPCs in progress, open streams included.",
+          labelNames: ["service", "method"] as const,
+          registers,
+        }),
+    ),
+  };
+}
+
+/** gRPC's canonical status code names, indexed by code number (0 = OK). */
+const GRPC_CODE_NAMES = [
+  "OK",
+  "CANCELLED",
+  "UNKNOWN",
+  "INVALID_ARGUMENT",
+  "DEADLINE_EXCEEDED",
+  "NOT_FOUND",
+  "ALREADY_EXISTS",
+  "PERMISSION_DENIED",
+  "RESOURCE_EXHAUSTED",
+  "FAILED_PRECONDITION",
+  "ABORTED",
+  "OUT_OF_RANGE",
+  "UNIMPLEMENTED",
+  "INTERNAL",
+  "UNAVAILABLE",
+  "DATA_LOSS",
+  "UNAUTHENTICATED",
+] as const;
+
+/** The canonical gRPC name of a status code (`NOT_FOUND`), as used in the `code` label; 0 is `OK`. */
+export function grpcCodeName(code: Code | 0): string {
+  return GRPC_CODE_NAMES[code] ?? "UNKNOWN";
+}
+
+/**
+ * A connect server interceptor recording the RED metrics of every call: `requests_total` with the
+ * final code, `duration_seconds` and `in_flight`. `method` is the full RPC name
+ * (`taskmesh.v1.TaskService/GetTask`); `service` is the taskmesh service (`gateway`).
+ *
+ * Streams are measured over their whole life: the duration runs until the stream ends (the
+ * handler returns or throws, or the client goes away), and the code is the one it ends with. A
+ * client that leaves mid-stream is counted as CANCELLED.
+ */
+export function rpcMetricsInterceptor(registry: Registry, service: string): Interceptor {
+  const metrics = rpcMetrics(registry);
+  return (next) => async (req) => {
+    const labels = { service, method: `${req.method.parent.typeName}/${req.method.name}` };
+    const stopTimer = metrics.duration.startTimer(labels);
+    metrics.inFlight.inc(labels);
+    let done = false;
+    const finish = (code: Code | 0): void => {
+      if (done) return;
+      done = true;
+      stopTimer();
+      metrics.inFlight.dec(labels);
+      metrics.requests.inc({ ...labels, code: grpcCodeName(code) });
+    };
+    let res;
+    try {
+      res = await next(req);
+    } catch (err) {
+      finish(ConnectError.from(err).code);
+      throw err;
+    }
+    if (!res.stream) {
+      finish(0);
+      return res;
+    }
+    // A stream whose consumer drops it without calling return() never reaches `finally` below:
+    // the call's signal (aborted when the client goes away or the deadline passes) is the
+    // backstop that still counts it and keeps in_flight from leaking.
+    const signal = req.signal;
+    const onAbort = (): void => finish(ConnectError.from(signal.reason, Code.Canceled).code);
+    signal.addEventListener("abort", onAbort, { once: true });
+    const messages = res.message;
+    async function* measured() {
+      let code: Code | 0 = Code.Canceled;
+      try {
+        yield* messages;
+        code = 0;
+      } catch (err) {
+        code = ConnectError.from(err).code;
+        throw err;
+      } finally {
+        signal.removeEventListener("abort", onAbort);
+        finish(code);
+      }
+    }
+    return { ...res, message: measured() };
+  };
+}

@@ -1,0 +1,316 @@
+import { setMaxListeners } from "node:events";
+import * as http from "node:http";
+import * as http2 from "node:http2";
+import * as net from "node:net";
+import type { GenFile } from "@bufbuild/protobuf/codegenv2";
+import { Code, ConnectError, type ConnectRouter, type Interceptor } from "@connectrpc/connect";
+import { connectNodeAdapter } from "@connectrpc/connect-node";
+import type { Registry } from "prom-client";
+import { file_grpc_health_v1_health, Health } from "../gen/grpc/health/v1/health_pb.js";
+import { HealthRegistry, registerHealthService, ServingStatus } from "./health.js";
+import type { Logger } from "./logger.js";
+import { rpcMetricsInterceptor } from "./metrics.js";
+import { REFLECTION_SERVICE_NAMES, registerReflectionServices } from "./reflection.js";
+
+/** A plain HTTP request as either Node server hands it over. */
+export type HttpRequest = http.IncomingMessage | http2.Http2ServerRequest;
+/** A plain HTTP response of either Node server. */
+export type HttpResponse = http.ServerResponse | http2.Http2ServerResponse;
+
+/** Options for {@link startServer}. */
+export interface ServerOptions {
+  /** Service name (`gateway`, `scheduler`...): used in logs, metrics, and as a health-checked name. */
+  name: string;
+  /** Interface to bind. @default "127.0.0.1" */
+  host?: string;
+  /** Port to bind; 0 picks a free port (read it back from {@link RpcServer.port}). */
+  port: number;
+  /** Registers the service implementations (connect-node ConnectRouter). */
+  routes: (router: ConnectRouter) => void;
+  /**
+   * Generated file descriptors (`GenFile`, e.g. `file_taskmesh_v1_task_service`) of the served
+   * services; reflection serves them plus all transitive dependencies, plus health and reflection.
+   */
+  files: GenFile[];
+  /** prom-client registry exposed on `GET /metrics`; RPC metrics are registered in it. */
+  registry: Registry;
+  /** The process logger; the server logs through a child (`component: "rpc-server"`). */
+  logger: Logger;
+  /**
+   * Handler for plain HTTP requests that are neither RPCs nor `/healthz` / `/metrics` (the
+   * gateway mounts REST here). Return true when handled; otherwise the server answers 404.
+   */
+  httpFallback?: (req: HttpRequest, res: HttpResponse) => boolean;
+  /** connect-node interceptors, run inside the server's own RPC metrics interceptor. */
+  interceptors?: Interceptor[];
+  /**
+   * How long close() lets open connections finish their calls before destroying them.
+   * @default 2000
+   */
+  shutdownGraceMs?: number;
+}
+
+/** A running server returned by {@link startServer}. */
+export interface RpcServer {
+  /** The bound port. */
+  readonly port: number;
+  /** `host:port` as clients dial it (`127.0.0.1:8081`; IPv6 hosts in brackets). */
+  readonly address: string;
+  /**
+   * Sets the health status of `""` (overall), of the server's name and of every served service
+   * name: SERVING or NOT_SERVING. Health watchers see the change at once; `/healthz` follows.
+   */
+  setServing(serving: boolean): void;
+  /**
+   * Stops accepting connections, ends open calls (their handlers' `ctx.signal` aborts with
+   * UNAVAILABLE, so streams end at once), sends GOAWAY to HTTP/2 sessions, closes idle HTTP/1
+   * connections, destroys whatever is still open after `shutdownGraceMs`, and resolves when
+   * everything is closed. Idempotent: later calls return the same promise.
+   */
+  close(): Promise<void>;
+}
+
+/** A connection that sends nothing for this long is dropped before its protocol is known. */
+const PROTOCOL_DETECT_TIMEOUT_MS = 10_000;
+
+/** The client connection preface that opens every HTTP/2 prior-knowledge (h2c) connection. */
+const H2_PREFACE = Buffer.from("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", "latin1");
+
+/**
+ * Starts the RPC server every taskmesh service runs: gRPC, gRPC-Web and Connect (connect-node) on
+ * one plaintext port that speaks both HTTP/2 with prior knowledge (grpc clients) and HTTP/1.1
+ * (curl, browsers, Connect JSON), plus `grpc.health.v1.Health`, gRPC server reflection (v1 and
+ * v1alpha), `GET /healthz` and `GET /metrics`. Health is SERVING once this resolves.
+ *
+ * The port is shared by looking at each connection's first bytes: the HTTP/2 preface goes to an
+ * `http2` server, anything else to an `http` server (an h2c server alone rejects HTTP/1.1, and
+ * `allowHTTP1` only works with TLS).
+ */
+export async function startServer(opts: ServerOptions): Promise<RpcServer> {
+  const log = opts.logger.child({ component: "rpc-server", server: opts.name });
+  const host = opts.host ?? "127.0.0.1";
+  const graceMs = opts.shutdownGraceMs ?? 2000;
+  const health = new HealthRegistry();
+  const shutdown = new AbortController();
+  // connect links every call's signal to this one: one listener per call in flight is expected.
+  setMaxListeners(0, shutdown.signal);
+  let served: readonly string[] = [];
+  let state: "running" | "draining" | "stopped" = "running";
+  let closing: Promise<void> | undefined;
+
+  const rpcHandler = connectNodeAdapter({
+    routes(router) {
+      opts.routes(router);
+      const own = new Set(router.handlers.map((h) => h.service.typeName));
+      for (const name of ["", opts.name, ...own]) health.set(name, ServingStatus.SERVING);
+      registerHealthService(router, health);
+      registerReflectionServices(router, [...opts.files, file_grpc_health_v1_health], () => served);
+      served = [...own, Health.typeName, ...REFLECTION_SERVICE_NAMES].sort();
+    },
+    // Compressing responses costs a lot of CPU on streams of batches for little gain on the
+    // networks we run on (NOTES.md): never compress, never accept compressed requests.
+    acceptCompression: [],
+    interceptors: [rpcMetricsInterceptor(opts.registry, opts.name), ...(opts.interceptors ?? [])],
+    shutdownSignal: shutdown.signal,
+    fallback(req, res) {
+      // The fallback's response type is connect-node's patched union of both servers' responses.
+      const response = res as HttpResponse;
+      if (opts.httpFallback?.(req, response) === true) return;
+      sendText(response, 404, "application/json", JSON.stringify({ error: "not found" }), req.method === "HEAD");
+    },
+  });
+
+  // HTTP/1 sockets and their requests in progress: the inner http server never listens, so its
+  // own idle-connection tracking is off and close() needs this to drop idle keep-alive sockets.
+  const h1Sockets = new Map<net.Socket, number>();
+  const trackH1 = (req: http.IncomingMessage, res: http.ServerResponse): void => {
+    const socket = req.socket;
+    h1Sockets.set(socket, (h1Sockets.get(socket) ?? 0) + 1);
+    if (state !== "running") res.shouldKeepAlive = false;
+    res.once("close", () => {
+      if (!h1Sockets.has(socket)) return; // the socket itself is already closed
+      const active = (h1Sockets.get(socket) ?? 1) - 1;
+      h1Sockets.set(socket, active);
+      if (state !== "running" && active === 0) socket.end();
+    });
+  };
+
+  const onRequest = (req: HttpRequest, res: HttpResponse): void => {
+    if (req instanceof http.IncomingMessage && res instanceof http.ServerResponse) trackH1(req, res);
+    const path = (req.url ?? "/").split("?", 1)[0];
+    if ((req.method === "GET" || req.method === "HEAD") && (path === "/healthz" || path === "/metrics")) {
+      const head = req.method === "HEAD";
+      if (path === "/healthz") {
+        const serving = health.get("") === ServingStatus.SERVING;
+        const body = JSON.stringify({ status: serving ? "SERVING" : "NOT_SERVING" });
+        sendText(res, serving ? 200 : 503, "application/json", body, head);
+      } else {
+        opts.registry.metrics().then(
+          (text) => sendText(res, 200, opts.registry.contentType, text, head),
+          (err: unknown) => {
+            log.error({ err }, "metrics collection failed");
+            sendText(res, 500, "text/plain", "metrics collection failed\n", head);
+          },
+        );
+      }
+      return;
+    }
+    // connect-node's handler takes either server's request/response pair.
+    rpcHandler(req, res as Parameters<typeof rpcHandler>[1]);
+  };
+
+  const h1 = http.createServer(onRequest);
+  h1.on("clientError", (err, socket) => {
+    log.debug({ err }, "http/1 client error");
+    socket.destroy();
+  });
+  const h2 = http2.createServer({}, onRequest);
+  const sessions = new Set<http2.ServerHttp2Session>();
+  h2.on("session", (session) => {
+    sessions.add(session);
+    session.once("close", () => sessions.delete(session));
+    // A session accepted while closing must not live on.
+    if (state !== "running") session.close();
+  });
+  h2.on("sessionError", (err) => log.debug({ err }, "http/2 session error"));
+
+  const sockets = new Set<net.Socket>();
+  const h2Sockets = new Set<net.Socket>();
+  let onDrained: (() => void) | undefined;
+  const listener = net.createServer((socket) => {
+    sockets.add(socket);
+    socket.once("close", () => {
+      sockets.delete(socket);
+      h1Sockets.delete(socket);
+      h2Sockets.delete(socket);
+      if (sockets.size === 0) onDrained?.();
+    });
+    if (state !== "running") {
+      socket.destroy();
+      return;
+    }
+    dispatchConnection(socket, {
+      h1: () => {
+        h1Sockets.set(socket, 0);
+        h1.emit("connection", socket);
+      },
+      h2: () => {
+        h2Sockets.add(socket);
+        h2.emit("connection", socket);
+      },
+      error: (err) => log.debug({ err }, "connection failed before protocol detection"),
+    });
+  });
+  listener.on("error", (err) => log.error({ err }, "listener error"));
+
+  await new Promise<void>((resolve, reject) => {
+    listener.once("error", reject);
+    listener.listen(opts.port, host, () => {
+      listener.off("error", reject);
+      resolve();
+    });
+  });
+  const bound = listener.address();
+  if (bound === null || typeof bound === "string") throw new Error("server bound to no TCP address");
+  const port = bound.port;
+  const address = `${host.includes(":") ? `[${host}]` : host}:${port}`;
+  log.info({ address }, "server listening");
+
+  const close = async (): Promise<void> => {
+    state = "draining";
+    log.debug({ address }, "server closing");
+    const listenerClosed = new Promise<void>((resolve) => listener.close(() => resolve()));
+    shutdown.abort(new ConnectError("server shutting down", Code.Unavailable));
+    health.setAll(false);
+    for (const session of sessions) session.close();
+    for (const [socket, active] of h1Sockets) if (active === 0) socket.destroy();
+    // Sockets still being sniffed have sent nothing worth waiting for.
+    for (const socket of sockets) if (!h1Sockets.has(socket) && !h2Sockets.has(socket)) socket.destroy();
+    // Neither inner server listens, but close() clears their internal state.
+    h1.close();
+    h2.close();
+    // Connections still open get the grace period to finish their calls, then are destroyed.
+    if (sockets.size > 0) {
+      let timer: NodeJS.Timeout | undefined;
+      await Promise.race([
+        new Promise<void>((resolve) => {
+          onDrained = resolve;
+        }),
+        new Promise<void>((resolve) => {
+          timer = setTimeout(resolve, graceMs).unref();
+        }),
+      ]);
+      clearTimeout(timer);
+    }
+    for (const session of sessions) session.destroy();
+    for (const socket of sockets) socket.destroy();
+    await listenerClosed;
+    state = "stopped";
+    log.info({ address }, "server closed");
+  };
+
+  return {
+    port,
+    address,
+    setServing(serving) {
+      health.setAll(serving);
+    },
+    close() {
+      closing ??= close();
+      return closing;
+    },
+  };
+}
+
+/** Where {@link dispatchConnection} sends a connection once its protocol is known. */
+interface ProtocolTargets {
+  /** Hand the socket to the HTTP/1 server (which never resumes a paused socket: we do after). */
+  h1(): void;
+  /** Hand the socket to the HTTP/2 server (the session reads the buffered bytes itself). */
+  h2(): void;
+  /** The socket failed before its protocol was known (it is destroyed). */
+  error(err: Error): void;
+}
+
+/**
+ * Reads a new connection's first bytes until they match or diverge from the HTTP/2 preface, then
+ * puts them back and hands the paused socket over. For h2 the socket must stay paused (resuming
+ * breaks the session's framing); for HTTP/1 it must be resumed.
+ */
+function dispatchConnection(socket: net.Socket, to: ProtocolTargets): void {
+  let buffered = Buffer.alloc(0);
+  const fail = (err: Error): void => {
+    to.error(err);
+    socket.destroy();
+  };
+  const onTimeout = (): void => fail(new Error("no request within the protocol detection timeout"));
+  const onData = (chunk: Buffer): void => {
+    buffered = Buffer.concat([buffered, chunk]);
+    const n = Math.min(buffered.length, H2_PREFACE.length);
+    const isH2 = buffered.subarray(0, n).equals(H2_PREFACE.subarray(0, n));
+    if (isH2 && buffered.length < H2_PREFACE.length) return;
+    socket.off("data", onData);
+    socket.off("error", fail);
+    socket.off("timeout", onTimeout);
+    socket.setTimeout(0);
+    socket.pause();
+    socket.unshift(buffered);
+    if (isH2) {
+      to.h2();
+    } else {
+      to.h1();
+      socket.resume();
+    }
+  };
+  socket.on("data", onData);
+  socket.on("error", fail);
+  socket.setTimeout(PROTOCOL_DETECT_TIMEOUT_MS, onTimeout);
+}
+
+/** Writes a complete small response (the body is left out for HEAD). */
+function sendText(res: HttpResponse, status: number, contentType: string, body: string, head: boolean): void {
+  // Both response types have these methods; only their overload lists differ.
+  const r = res as http.ServerResponse;
+  r.writeHead(status, { "content-type": contentType, "content-length": Buffer.byteLength(body) });
+  r.end(head ? undefined : body);
+}
