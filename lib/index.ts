@@ -1,1 +1,24 @@
-export {};
+/**
+ * taskmesh's shared runtime library: what every service uses. Services import from here (or a
+ * module of this folder); this folder never imports a service.
+ */
+export { AsyncQueue } from "./async-queue.js";
+export { RETRYABLE_CODES, invalidArgument, notFound, toConnectError } from "./errors.js";
+export { HealthRegistry, ServingStatus } from "./health.js";
+export {
+  etcdKeys,
+  parseServiceRecord,
+  parseWorkerRecord,
+  type EtcdKeys,
+  type ServiceRecord,
+  type WorkerRecord,
+} from "./keys.js";
+export { Shutdown, delay, type ComponentState } from "./lifecycle.js";
+export { createLogger, silentLogger, type Logger } from "./logger.js";
+export { Membership, type MembershipOptions } from "./membership.js";
+export { METRIC_NAMES, createRegistry, schedulerMetrics, workerMetrics } from "./metrics.js";
+export { Registration, type RegistrationOptions } from "./registration.js";
+export { startServer, type RpcServer, type ServerOptions } from "./server.js";
+export { as, commonSettings, readSettings } from "./settings.js";
+export { BUILTIN_TASK_TYPES, LIMITS, TENANT_HEADER } from "./task-types.js";
+export { VERSION } from "./version.js";

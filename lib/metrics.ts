@@ -12,6 +12,23 @@ export const METRIC_NAMES = {
   rpcDuration: "taskmesh_rpc_duration_seconds",
   /** Gauge `{service, method}`: calls in progress (open streams included). */
   rpcInFlight: "taskmesh_rpc_in_flight",
+  /** Counter `{type}`: attempts a worker started. */
+  workerTasksStarted: "taskmesh_worker_tasks_started_total",
+  /** Counter `{outcome}`: attempts a worker finished (succeeded, failed, cancelled). */
+  workerTasksFinished: "taskmesh_worker_tasks_finished_total",
+  /** Gauges: a worker's configured slots and slots in use. */
+  workerSlots: "taskmesh_worker_slots",
+  workerSlotsUsed: "taskmesh_worker_slots_used",
+  /** Counter: tasks stored by a scheduler replica. */
+  tasksSubmitted: "taskmesh_tasks_submitted_total",
+  /** Counter `{queue}`: attempts the leader sent to workers. */
+  tasksDispatched: "taskmesh_tasks_dispatched_total",
+  /** Counter `{reason}`: running attempts given back to their queue. */
+  tasksRequeued: "taskmesh_tasks_requeued_total",
+  /** Gauge: 1 while the replica leads. */
+  schedulerLeader: "taskmesh_scheduler_leader",
+  /** Gauge: workers with a ready stream to the leader. */
+  schedulerWorkers: "taskmesh_scheduler_workers",
 } as const;
 
 /** Buckets for RPC latency, from 1 ms to 10 s. Streams that outlive 10 s land in `+Inf`. */
@@ -173,5 +190,95 @@ export function rpcMetricsInterceptor(registry: Registry, service: string): Inte
       }
     }
     return { ...res, message: measured() };
+  };
+}
+
+/** The worker's own metrics (RPC metrics come from the shared server). */
+export interface WorkerMetrics {
+  started: Counter<"type">;
+  finished: Counter<"outcome">;
+  /** Reports slots and slots in use at scrape time. */
+  observeSlots(read: () => { slots: number; used: number }): void;
+}
+
+/** Registers the worker's metrics on `registry`. */
+export function workerMetrics(registry: Registry): WorkerMetrics {
+  const started = new Counter({
+    name: METRIC_NAMES.workerTasksStarted,
+    help: "Task attempts started by this worker, by type.",
+    labelNames: ["type"] as const,
+    registers: [registry],
+  });
+  const finished = new Counter({
+    name: METRIC_NAMES.workerTasksFinished,
+    help: "Task attempts finished by this worker, by outcome (succeeded, failed, cancelled).",
+    labelNames: ["outcome"] as const,
+    registers: [registry],
+  });
+  let read: () => { slots: number; used: number } = () => ({ slots: 0, used: 0 });
+  new Gauge({
+    name: METRIC_NAMES.workerSlots,
+    help: "Configured task slots of this worker.",
+    registers: [registry],
+    collect() {
+      this.set(read().slots);
+    },
+  });
+  new Gauge({
+    name: METRIC_NAMES.workerSlotsUsed,
+    help: "Task slots in use on this worker.",
+    registers: [registry],
+    collect() {
+      this.set(read().used);
+    },
+  });
+  return {
+    started,
+    finished,
+    observeSlots(r) {
+      read = r;
+    },
+  };
+}
+
+/** The scheduler's own metrics (RPC metrics come from the shared server). */
+export interface SchedulerMetrics {
+  submitted: Counter;
+  dispatched: Counter<"queue">;
+  requeued: Counter<"reason">;
+  leader: Gauge;
+  workers: Gauge;
+}
+
+/** Registers the scheduler's metrics on `registry`. */
+export function schedulerMetrics(registry: Registry): SchedulerMetrics {
+  return {
+    submitted: new Counter({
+      name: METRIC_NAMES.tasksSubmitted,
+      help: "Tasks stored by this replica (idempotent repeats not counted).",
+      registers: [registry],
+    }),
+    dispatched: new Counter({
+      name: METRIC_NAMES.tasksDispatched,
+      help: "Task attempts sent to workers by this replica while it led, by queue.",
+      labelNames: ["queue"] as const,
+      registers: [registry],
+    }),
+    requeued: new Counter({
+      name: METRIC_NAMES.tasksRequeued,
+      help: "Running attempts given back to their queue, by reason.",
+      labelNames: ["reason"] as const,
+      registers: [registry],
+    }),
+    leader: new Gauge({
+      name: METRIC_NAMES.schedulerLeader,
+      help: "1 while this replica is the leader.",
+      registers: [registry],
+    }),
+    workers: new Gauge({
+      name: METRIC_NAMES.schedulerWorkers,
+      help: "Workers with a ready stream to this replica (leader only).",
+      registers: [registry],
+    }),
   };
 }

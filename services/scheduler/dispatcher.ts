@@ -2,7 +2,7 @@ import type { Logger } from "pino";
 import type { Ring } from "./ring.js";
 import type { ClaimedTask, TaskStore } from "./task-store.js";
 import type { WorkerSession } from "./worker-session.js";
-import type { SchedulerMetrics } from "./scheduler-metrics.js";
+import type { SchedulerMetrics } from "../../lib/metrics.js";
 
 /** Options for {@link Dispatcher}. */
 export interface DispatcherOptions {

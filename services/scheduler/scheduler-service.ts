@@ -23,7 +23,7 @@ import type { Membership } from "../../lib/membership.js";
 import { LIMITS, TENANT_HEADER } from "../../lib/task-types.js";
 import { toNewTask, type SubmitDefaults } from "./submit.js";
 import type { TaskStore } from "./task-store.js";
-import type { SchedulerMetrics } from "./scheduler-metrics.js";
+import type { SchedulerMetrics } from "../../lib/metrics.js";
 
 /** What the SchedulerService implementation needs from its replica. */
 export interface SchedulerServiceDeps {

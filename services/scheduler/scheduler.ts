@@ -15,14 +15,14 @@ import {
 } from "../../lib/keys.js";
 import { Shutdown, type ComponentState } from "../../lib/lifecycle.js";
 import { Membership } from "../../lib/membership.js";
-import { createRegistry } from "../../lib/metrics.js";
+import { createRegistry, schedulerMetrics } from "../../lib/metrics.js";
 import { Registration } from "../../lib/registration.js";
 import { startServer } from "../../lib/server.js";
 import { BUILTIN_TASK_TYPES } from "../../lib/task-types.js";
 import { Dispatcher } from "./dispatcher.js";
 import { Leadership } from "./leadership.js";
 import { Ring } from "./ring.js";
-import { schedulerMetrics } from "./scheduler-metrics.js";
+
 import { schedulerRoutes } from "./scheduler-service.js";
 import { DEFAULT_SUBMIT } from "./submit.js";
 import { TaskStore } from "./task-store.js";

@@ -3,14 +3,14 @@ import { Etcd3 } from "etcd3";
 import type { Logger } from "pino";
 import { file_taskmesh_v1_worker_service } from "../../gen/taskmesh/v1/worker_service_pb.js";
 import { etcdKeys, type WorkerRecord } from "../../lib/keys.js";
-import { createRegistry } from "../../lib/metrics.js";
+import { createRegistry, workerMetrics } from "../../lib/metrics.js";
 import { Registration } from "../../lib/registration.js";
 import { startServer, type RpcServer } from "../../lib/server.js";
 import { Shutdown, type ComponentState } from "../../lib/lifecycle.js";
 import { Executor } from "./executor.js";
 import { builtinHandlers, loadHandlers, type TaskHandler } from "./handlers.js";
 import { WorkSession, workerRoutes } from "./work-service.js";
-import { workerMetrics } from "./worker-metrics.js";
+
 
 /** Everything a worker process needs, already parsed (main.ts reads env and flags). */
 export interface WorkerOptions {

@@ -1,3 +1,4 @@
+import { BUILTIN_TASK_TYPES } from "../../../lib/task-types.js";
 import type { TaskHandler } from "../task-api.js";
 import { dataProcessing } from "./data-processing.js";
 import { fileOperation } from "./file-operation.js";
@@ -5,16 +6,8 @@ import { healthCheck } from "./health-check.js";
 import { httpRequest, type LookupFn } from "./http-request.js";
 import { fail, noop, sleep } from "./test-types.js";
 
-/** Names of the built-in task types: user modules may not reuse them. */
-export const BUILTIN_TASK_TYPES: readonly string[] = Object.freeze([
-  "data_processing",
-  "file_operation",
-  "http_request",
-  "health_check",
-  "noop",
-  "sleep",
-  "fail",
-]);
+/** Names of the built-in task types (the contract list lives in the shared library). */
+export { BUILTIN_TASK_TYPES };
 
 /** What the built-in handlers need from the worker. */
 export interface BuiltinOptions {

@@ -1,0 +1,371 @@
+import { create, type JsonObject } from "@bufbuild/protobuf";
+import { durationFromMs, timestampFromMs, type Timestamp } from "@bufbuild/protobuf/wkt";
+import {
+  BackoffSchema,
+  LogLineSchema,
+  ProgressUpdateSchema,
+  StatusChangeSchema,
+  TaskErrorSchema,
+  TaskEventSchema,
+  TaskSchema,
+  TaskStatus,
+  type Priority,
+  type Task,
+  type TaskError,
+  type TaskEvent,
+} from "../../gen/taskmesh/v1/task_pb.js";
+
+/**
+ * Translates between the task store's Redis layout and the `taskmesh.v1` messages, and folds a
+ * task's event list into per-event snapshots. Pure functions: the Lua scripts in `lua/` write
+ * what these read, and the tests check that the two agree.
+ *
+ * Layout of one task (`P` prefix, `q` queue):
+ * - `P:{q}:t:<id>` HASH of small fields, omitted when empty or zero: `st` status, `att` attempt,
+ *   `prog`, `pmsg`, `wk` worker, `err` error JSON, `cr`/`sch`/`sta`/`fin` created / scheduled /
+ *   started / finished ms, `lease` ms, `seq` last event number, `enq` ms it became ready,
+ *   `cxl` cancel-requested reason, and the immutable `ten`, `typ`, `pri`, `aff`, `max`, `ttl`
+ *   (result TTL ms).
+ * - `P:{q}:d:<id>` STRING, the rest of the immutable spec as JSON ({@link encodeSpec}).
+ * - `P:{q}:r:<id>` STRING, the result JSON of a SUCCEEDED task.
+ * - `P:{q}:ev:<id>` LIST of event entries ({@link EventEntry}).
+ *
+ * The payload and the result live outside the hash on purpose: Redis keeps a hash whose values
+ * are all at most 64 bytes (`hash-max-listpack-value`) as a compact listpack, and switches it to
+ * a hash table, about three times larger, as soon as one value is longer.
+ */
+
+/** A task to be stored, already validated and with defaults applied (see `submit.ts`). */
+export interface NewTask {
+  /** Time-sortable id (ULID). */
+  id: string;
+  tenant: string;
+  type: string;
+  /** Queue name; must not contain `{` or `}` (it becomes a Redis hash tag). */
+  queue: string;
+  priority: 1 | 2 | 3 | 4;
+  payload: JsonObject;
+  /** Empty for none (the dispatcher then hashes the task id). */
+  affinityKey: string;
+  maxAttempts: number;
+  backoff: BackoffPolicy;
+  /** Execution limit per attempt; 0 for none. */
+  timeoutMs: number;
+  /** When it may run (ms since the epoch); 0 (or a past time) means now. */
+  runAtMs: number;
+  /** Empty for none. */
+  idempotencyKey: string;
+  labels: Record<string, string>;
+  /** How long a finished task is kept. */
+  resultTtlMs: number;
+  /** Empty for none. */
+  concurrencyKey: string;
+  /** 0 for unlimited. */
+  concurrencyLimit: number;
+}
+
+/** Retry delay policy: delay = min(maxMs, initialMs × multiplier^(attempt−1)), spread by ±jitter. */
+export interface BackoffPolicy {
+  initialMs: number;
+  maxMs: number;
+  multiplier: number;
+  /** A fraction in [0, 1]. */
+  jitter: number;
+}
+
+/** The immutable fields kept in the spec JSON. */
+export interface TaskSpec {
+  payload: JsonObject;
+  labels: Record<string, string>;
+  backoff: BackoffPolicy;
+  timeoutMs: number;
+  idempotencyKey: string;
+  concurrencyKey: string;
+  concurrencyLimit: number;
+}
+
+/** Spec JSON as stored: short keys, defaults omitted; `b` is read by complete.lua. */
+interface SpecJson {
+  p?: JsonObject;
+  l?: Record<string, string>;
+  b: [initialMs: number, maxMs: number, multiplier: number, jitter: number];
+  to?: number;
+  ik?: string;
+  ck?: string;
+  cl?: number;
+}
+
+/** Serialises the immutable part of a task that does not get its own hash field. */
+export function encodeSpec(t: NewTask): string {
+  const s: SpecJson = { b: [t.backoff.initialMs, t.backoff.maxMs, t.backoff.multiplier, t.backoff.jitter] };
+  if (Object.keys(t.payload).length > 0) s.p = t.payload;
+  if (Object.keys(t.labels).length > 0) s.l = t.labels;
+  if (t.timeoutMs > 0) s.to = t.timeoutMs;
+  if (t.idempotencyKey !== "") s.ik = t.idempotencyKey;
+  if (t.concurrencyKey !== "") s.ck = t.concurrencyKey;
+  if (t.concurrencyLimit > 0) s.cl = t.concurrencyLimit;
+  return JSON.stringify(s);
+}
+
+/** Reads a spec written by {@link encodeSpec}; a missing spec reads as all defaults. */
+export function decodeSpec(json: string | null | undefined): TaskSpec {
+  const s = (json === null || json === undefined || json === "" ? {} : JSON.parse(json)) as Partial<SpecJson>;
+  const b = s.b ?? [0, 0, 0, 0];
+  return {
+    payload: s.p ?? {},
+    labels: s.l ?? {},
+    backoff: { initialMs: b[0], maxMs: b[1], multiplier: b[2], jitter: b[3] },
+    timeoutMs: s.to ?? 0,
+    idempotencyKey: s.ik ?? "",
+    concurrencyKey: s.ck ?? "",
+    concurrencyLimit: s.cl ?? 0,
+  };
+}
+
+/** A task as the scripts return it: its hash, spec JSON and result JSON. */
+export interface StoredTask {
+  id: string;
+  queue: string;
+  hash: Record<string, string>;
+  spec: string | null;
+  result: string | null;
+}
+
+/**
+ * What submit.lua stores for a new task at `now` (status QUEUED, or DELAYED when `runAtMs` is
+ * later), so a submit can answer without reading the task back.
+ */
+export function storedFromNew(t: NewTask, now: number): StoredTask {
+  const delayed = t.runAtMs > now;
+  const hash: Record<string, string> = {
+    st: String(delayed ? TaskStatus.DELAYED : TaskStatus.QUEUED),
+    cr: String(now),
+    sch: String(delayed ? t.runAtMs : now),
+    seq: "1",
+    ten: t.tenant,
+    typ: t.type,
+    pri: String(t.priority),
+    max: String(t.maxAttempts),
+    ttl: String(t.resultTtlMs),
+  };
+  if (!delayed) hash["enq"] = String(now);
+  if (t.affinityKey !== "") hash["aff"] = t.affinityKey;
+  return { id: t.id, queue: t.queue, hash, spec: encodeSpec(t), result: null };
+}
+
+/** Turns a flat HGETALL reply (`[field, value, ...]`) into a record. */
+export function hashFromFlat(flat: readonly string[]): Record<string, string> {
+  const h: Record<string, string> = {};
+  for (let i = 0; i + 1 < flat.length; i += 2) h[flat[i] as string] = flat[i + 1] as string;
+  return h;
+}
+
+function num(v: string | undefined): number {
+  if (v === undefined || v === "") return 0;
+  const n = Number(v);
+  return Number.isFinite(n) ? n : 0;
+}
+
+function ts(v: string | undefined): Timestamp | undefined {
+  return v === undefined || v === "" ? undefined : timestampFromMs(num(v));
+}
+
+/** The error JSON stored in field `err` and in status events. */
+export interface ErrorJson {
+  code: string;
+  message: string;
+  retryable: boolean;
+}
+
+function taskError(e: ErrorJson): TaskError {
+  return create(TaskErrorSchema, { code: e.code, message: e.message, retryable: e.retryable });
+}
+
+function parseError(json: string | undefined): TaskError | undefined {
+  if (json === undefined || json === "") return undefined;
+  return taskError(JSON.parse(json) as ErrorJson);
+}
+
+/** Builds the Task message for a stored task. */
+export function taskFromStored(s: StoredTask): Task {
+  const h = s.hash;
+  const spec = decodeSpec(s.spec);
+  const task = create(TaskSchema, {
+    id: s.id,
+    type: h["typ"] ?? "",
+    payload: spec.payload,
+    queue: s.queue,
+    priority: num(h["pri"]) as Priority,
+    affinityKey: h["aff"] ?? "",
+    maxAttempts: num(h["max"]),
+    backoff: create(BackoffSchema, {
+      initial: durationFromMs(spec.backoff.initialMs),
+      max: durationFromMs(spec.backoff.maxMs),
+      multiplier: spec.backoff.multiplier,
+      jitter: spec.backoff.jitter,
+    }),
+    idempotencyKey: spec.idempotencyKey,
+    labels: spec.labels,
+    resultTtl: durationFromMs(num(h["ttl"])),
+    tenant: h["ten"] ?? "",
+    status: num(h["st"]) as TaskStatus,
+    attempt: num(h["att"]),
+    progress: num(h["prog"]),
+    progressMessage: h["pmsg"] ?? "",
+    workerId: h["wk"] ?? "",
+    concurrencyKey: spec.concurrencyKey,
+    concurrencyLimit: spec.concurrencyLimit,
+  });
+  if (spec.timeoutMs > 0) task.timeout = durationFromMs(spec.timeoutMs);
+  if (s.result !== null && s.result !== "") task.result = JSON.parse(s.result) as JsonObject;
+  const error = parseError(h["err"]);
+  if (error !== undefined) task.error = error;
+  const times = { createdAt: ts(h["cr"]), scheduledAt: ts(h["sch"]), startedAt: ts(h["sta"]), finishedAt: ts(h["fin"]) };
+  for (const [k, v] of Object.entries(times)) if (v !== undefined) task[k as keyof typeof times] = v;
+  return task;
+}
+
+/**
+ * One entry of a task's event list, as the scripts write it (compact JSON).
+ * - `n` sequence (1, 2, ... per task), `t` time ms, `a` attempt, `k` kind:
+ * - `"s"` status change from `f` to `s`; `w` worker (to RUNNING), `at` new scheduled time,
+ *   `e` error;
+ * - `"p"` progress `p` with message `m`;
+ * - `"l"` log line `m`.
+ */
+export interface EventEntry {
+  n: number;
+  t: number;
+  k: "s" | "p" | "l";
+  a: number;
+  f?: number;
+  s?: number;
+  w?: string;
+  at?: number;
+  e?: ErrorJson;
+  p?: number;
+  m?: string;
+}
+
+/** Parses one event list entry; throws on a malformed one. */
+export function parseEventEntry(raw: string): EventEntry {
+  const e = JSON.parse(raw) as Partial<EventEntry>;
+  if (typeof e.n !== "number" || typeof e.t !== "number" || (e.k !== "s" && e.k !== "p" && e.k !== "l")) {
+    throw new Error("malformed task event entry");
+  }
+  return { ...e, n: e.n, t: e.t, k: e.k, a: typeof e.a === "number" ? e.a : 0 };
+}
+
+const TERMINAL: ReadonlySet<TaskStatus> = new Set([TaskStatus.SUCCEEDED, TaskStatus.FAILED, TaskStatus.CANCELLED]);
+
+/** Whether a status is final (only RetryTask leaves it). */
+export function isTerminal(status: TaskStatus): boolean {
+  return TERMINAL.has(status);
+}
+
+/**
+ * The state to fold a task's events over. With the whole history (`firstSeq` 1) that is the
+ * task's immutable fields and creation time with every mutable field at its zero value. When
+ * the oldest events were trimmed away, the current state is the best seed there is: every
+ * entry carries status and attempt, so those stay exact; fields only older events set
+ * (worker, start time, ...) may show their latest value early.
+ */
+export function foldBase(current: Task, firstSeq: number): Task {
+  if (firstSeq > 1) return current;
+  const base: Task = {
+    ...current,
+    status: TaskStatus.UNSPECIFIED,
+    attempt: 0,
+    progress: 0,
+    progressMessage: "",
+    workerId: "",
+    result: undefined,
+    error: undefined,
+    scheduledAt: undefined,
+    startedAt: undefined,
+    finishedAt: undefined,
+  };
+  return base;
+}
+
+/**
+ * The snapshot after one event: the same rules the scripts follow when they write the hash.
+ * `result` is the task's stored result (only a SUCCEEDED event takes it: a result is written once,
+ * with that event). Returns a new object; nested messages are shared, so treat them as read-only.
+ */
+export function applyEvent(state: Task, e: EventEntry, result: JsonObject | undefined): Task {
+  const next: Task = { ...state, attempt: e.a };
+  switch (e.k) {
+    case "s": {
+      const to = (e.s ?? TaskStatus.UNSPECIFIED) as TaskStatus;
+      next.status = to;
+      if (e.w !== undefined) next.workerId = e.w;
+      if (e.at !== undefined) next.scheduledAt = timestampFromMs(e.at);
+      if (e.e !== undefined) next.error = taskError(e.e);
+      if (to === TaskStatus.RUNNING) {
+        next.startedAt = timestampFromMs(e.t);
+        next.progress = 0;
+        next.progressMessage = "";
+      }
+      next.finishedAt = isTerminal(to) ? timestampFromMs(e.t) : undefined;
+      if (to === TaskStatus.SUCCEEDED) {
+        next.error = undefined;
+        next.result = result;
+      }
+      break;
+    }
+    case "p":
+      // Progress and logs are accepted only from the current running attempt.
+      next.status = TaskStatus.RUNNING;
+      next.progress = e.p ?? 0;
+      next.progressMessage = e.m ?? "";
+      break;
+    case "l":
+      next.status = TaskStatus.RUNNING;
+      break;
+  }
+  return next;
+}
+
+/** The TaskEvent message for an entry and the snapshot after it. */
+export function toTaskEvent(taskId: string, e: EventEntry, snapshot: Task): TaskEvent {
+  let event: TaskEvent["event"];
+  switch (e.k) {
+    case "s": {
+      const change = create(StatusChangeSchema, {
+        from: (e.f ?? 0) as TaskStatus,
+        to: (e.s ?? 0) as TaskStatus,
+        attempt: e.a,
+        workerId: snapshot.workerId,
+      });
+      if (e.e !== undefined) change.error = taskError(e.e);
+      event = { case: "statusChange", value: change };
+      break;
+    }
+    case "p":
+      event = { case: "progress", value: create(ProgressUpdateSchema, { attempt: e.a, progress: e.p ?? 0, message: e.m ?? "" }) };
+      break;
+    case "l":
+      event = { case: "log", value: create(LogLineSchema, { attempt: e.a, line: e.m ?? "" }) };
+      break;
+  }
+  return create(TaskEventSchema, { taskId, sequence: BigInt(e.n), time: timestampFromMs(e.t), event, task: snapshot });
+}
+
+/**
+ * Folds entries (in order) over `base`, the state before the first of them. Returns one
+ * TaskEvent per entry with the snapshot after it, and the final state.
+ */
+export function foldEvents(
+  base: Task,
+  entries: readonly EventEntry[],
+  result: JsonObject | undefined,
+): { events: TaskEvent[]; state: Task } {
+  const events: TaskEvent[] = [];
+  let state = base;
+  for (const e of entries) {
+    state = applyEvent(state, e, result);
+    events.push(toTaskEvent(state.id, e, state));
+  }
+  return { events, state };
+}

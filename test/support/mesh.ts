@@ -1,0 +1,183 @@
+import { spawn, type ChildProcess } from "node:child_process";
+import { mkdtemp, rm } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { freePort } from "./ports.js";
+import { waitFor } from "./wait.js";
+
+const root = join(import.meta.dirname, "../..");
+const tsx = join(root, "node_modules/.bin/tsx");
+
+/** A service running as a real child process. */
+export interface ServiceProcess {
+  readonly name: string;
+  readonly port: number;
+  readonly address: string;
+  readonly child: ChildProcess;
+  /** Output so far (stdout and stderr), for diagnostics. */
+  output(): string;
+  /** Resolves with the exit code or signal when the process ends. */
+  readonly exited: Promise<number | string | null>;
+  /** SIGKILL, and wait for the exit. */
+  kill(): Promise<void>;
+  /** SIGTERM, and wait for the exit (SIGKILL after `timeoutMs`). */
+  stop(timeoutMs?: number): Promise<number | string | null>;
+}
+
+/** Starts `services/<service>/main.ts` with flags; waits until `/healthz` answers 200. */
+export async function startService(
+  service: string,
+  name: string,
+  args: string[],
+  opts: { port?: number; env?: NodeJS.ProcessEnv; healthTimeoutMs?: number } = {},
+): Promise<ServiceProcess> {
+  const port = opts.port ?? (await freePort());
+  const child = spawn(tsx, [join(root, "services", service, "main.ts"), "--port", String(port), ...args], {
+    cwd: root,
+    env: { ...process.env, TASKMESH_LOG_LEVEL: process.env.TASKMESH_LOG_LEVEL ?? "info", ...opts.env },
+    stdio: ["ignore", "pipe", "pipe"],
+  });
+  let out = "";
+  const keep = (b: Buffer): void => {
+    out = (out + b.toString()).slice(-200_000);
+  };
+  child.stdout?.on("data", keep);
+  child.stderr?.on("data", keep);
+  const exited = new Promise<number | string | null>((res) =>
+    child.once("exit", (code, signal) => res(code ?? signal)),
+  );
+  let gone = false;
+  void exited.then(() => {
+    gone = true;
+  });
+  const proc: ServiceProcess = {
+    name,
+    port,
+    address: `127.0.0.1:${port}`,
+    child,
+    output: () => out,
+    exited,
+    async kill() {
+      if (!gone) child.kill("SIGKILL");
+      await exited;
+    },
+    async stop(timeoutMs = 20_000) {
+      if (!gone) child.kill("SIGTERM");
+      const t = setTimeout(() => child.kill("SIGKILL"), timeoutMs);
+      const r = await exited;
+      clearTimeout(t);
+      return r;
+    },
+  };
+  try {
+    await waitFor(
+      async () => {
+        if (gone) throw new Error(`${name} exited:\n${out.slice(-4000)}`);
+        const r = await fetch(`http://127.0.0.1:${port}/healthz`).catch(() => undefined);
+        return r?.status === 200;
+      },
+      { timeoutMs: opts.healthTimeoutMs ?? 30_000, what: `${name} healthy`, intervalMs: 50 },
+    );
+  } catch (err) {
+    await proc.kill();
+    throw err;
+  }
+  return proc;
+}
+
+/** Options for {@link startMesh}. */
+export interface MeshOptions {
+  etcdEndpoint: string;
+  redisUrl: string;
+  /** Unique per test: etcd root and Redis prefix derive from it. */
+  prefix: string;
+  workers?: number;
+  slots?: number;
+  schedulers?: number;
+  config?: boolean;
+  apiKey?: string;
+  /** Extra flags for every worker. */
+  workerArgs?: string[];
+  /** Extra flags for every scheduler. */
+  schedulerArgs?: string[];
+}
+
+/** A whole mesh of real processes against the test run's etcd and Redis. */
+export interface Mesh {
+  readonly etcdRoot: string;
+  readonly redisPrefix: string;
+  readonly filesRoot: string;
+  readonly gateway: ServiceProcess;
+  readonly schedulers: ServiceProcess[];
+  readonly workers: ServiceProcess[];
+  readonly config: ServiceProcess | undefined;
+  /** Starts one more worker with this id. */
+  addWorker(id: string, extraArgs?: string[]): Promise<ServiceProcess>;
+  /** Stops everything (SIGTERM, then SIGKILL) and removes temp files. */
+  close(): Promise<void>;
+}
+
+/** Starts scheduler(s), workers, gateway (and config) as real processes. */
+export async function startMesh(o: MeshOptions): Promise<Mesh> {
+  const etcdRoot = `/${o.prefix}/`;
+  const redisPrefix = o.prefix;
+  const filesRoot = await mkdtemp(join(tmpdir(), "taskmesh-files-"));
+  const common = ["--etcd", o.etcdEndpoint, "--etcd-root", etcdRoot];
+  const all: ServiceProcess[] = [];
+  const track = (p: ServiceProcess): ServiceProcess => {
+    all.push(p);
+    return p;
+  };
+  const addWorker = async (id: string, extraArgs: string[] = []): Promise<ServiceProcess> => {
+    const w = await startService("worker", id, [
+      ...common,
+      "--id", id,
+      "--slots", String(o.slots ?? 10),
+      "--files-root", filesRoot,
+      ...(o.workerArgs ?? []),
+      ...extraArgs,
+    ]);
+    return track(w);
+  };
+  try {
+    const config = o.config === true ? track(await startService("config", "config", common)) : undefined;
+    const schedulers: ServiceProcess[] = [];
+    for (let i = 0; i < (o.schedulers ?? 1); i++) {
+      schedulers.push(
+        track(
+          await startService("scheduler", `scheduler-${i + 1}`, [
+            ...common,
+            "--redis", o.redisUrl,
+            "--redis-prefix", redisPrefix,
+            ...(o.schedulerArgs ?? []),
+          ]),
+        ),
+      );
+    }
+    const workers: ServiceProcess[] = [];
+    for (let i = 0; i < (o.workers ?? 2); i++) workers.push(await addWorker(`${o.prefix}-w${i + 1}`));
+    const gateway = track(
+      await startService("gateway", "gateway", common, {
+        env: o.apiKey !== undefined ? { TASKMESH_BOOTSTRAP_API_KEY: o.apiKey } : {},
+      }),
+    );
+    return {
+      etcdRoot,
+      redisPrefix,
+      filesRoot,
+      gateway,
+      schedulers,
+      workers,
+      config,
+      addWorker,
+      async close() {
+        await Promise.all([...all].reverse().map((p) => p.stop()));
+        await rm(filesRoot, { recursive: true, force: true });
+      },
+    };
+  } catch (err) {
+    await Promise.all(all.map((p) => p.kill()));
+    await rm(filesRoot, { recursive: true, force: true });
+    throw err;
+  }
+}
