@@ -25,10 +25,12 @@ import {
  *   `prog`, `pmsg`, `wk` worker, `err` error JSON, `cr`/`sch`/`sta`/`fin` created / scheduled /
  *   started / finished ms, `lease` ms, `seq` last event number, `enq` ms it became ready,
  *   `cxl` cancel-requested reason, and the immutable `ten`, `typ`, `pri`, `aff`, `max`, `ttl`
- *   (result TTL ms).
+ *   (result TTL ms), `rat` (run-at ms of a task submitted DELAYED).
  * - `P:{q}:d:<id>` STRING, the rest of the immutable spec as JSON ({@link encodeSpec}).
  * - `P:{q}:r:<id>` STRING, the result JSON of a SUCCEEDED task.
- * - `P:{q}:ev:<id>` LIST of event entries ({@link EventEntry}).
+ * - `P:{q}:ev:<id>` LIST of event entries ({@link EventEntry}) from sequence 2: the first event
+ *   (submitted) is implied by `cr` and `rat` and rebuilt by {@link submitEntry}, so a task that
+ *   has not started yet costs no list (a one-entry list takes about 260 bytes on Redis 7.0).
  *
  * The payload and the result live outside the hash on purpose: Redis keeps a hash whose values
  * are all at most 64 bytes (`hash-max-listpack-value`) as a compact listpack, and switches it to
@@ -148,7 +150,8 @@ export function storedFromNew(t: NewTask, now: number): StoredTask {
     max: String(t.maxAttempts),
     ttl: String(t.resultTtlMs),
   };
-  if (!delayed) hash["enq"] = String(now);
+  if (delayed) hash["rat"] = String(t.runAtMs);
+  else hash["enq"] = String(now);
   if (t.affinityKey !== "") hash["aff"] = t.affinityKey;
   return { id: t.id, queue: t.queue, hash, spec: encodeSpec(t), result: null };
 }
@@ -254,6 +257,15 @@ export function parseEventEntry(raw: string): EventEntry {
     throw new Error("malformed task event entry");
   }
   return { ...e, n: e.n, t: e.t, k: e.k, a: typeof e.a === "number" ? e.a : 0 };
+}
+
+/** The first event of a task (sequence 1: submitted as QUEUED, or DELAYED until `rat`), rebuilt from its hash. */
+export function submitEntry(hash: Readonly<Record<string, string>>): EventEntry {
+  const created = num(hash["cr"]);
+  const runAt = hash["rat"];
+  return runAt === undefined
+    ? { n: 1, t: created, k: "s", a: 0, f: TaskStatus.UNSPECIFIED, s: TaskStatus.QUEUED, at: created }
+    : { n: 1, t: created, k: "s", a: 0, f: TaskStatus.UNSPECIFIED, s: TaskStatus.DELAYED, at: num(runAt) };
 }
 
 const TERMINAL: ReadonlySet<TaskStatus> = new Set([TaskStatus.SUCCEEDED, TaskStatus.FAILED, TaskStatus.CANCELLED]);

@@ -1,0 +1,898 @@
+import { readFileSync } from "node:fs";
+import { create, type JsonObject } from "@bufbuild/protobuf";
+import { durationFromMs } from "@bufbuild/protobuf/wkt";
+import type { ClientContext, Redis, RedisValue, Result } from "ioredis";
+import { QueueStatsSchema, type QueueStats } from "../../gen/taskmesh/v1/cluster_service_pb.js";
+import type { Task, TaskEvent, TaskStatus } from "../../gen/taskmesh/v1/task_pb.js";
+import { invalidArgument } from "../../lib/errors.js";
+import type { Logger } from "../../lib/logger.js";
+import {
+  decodeSpec,
+  encodeSpec,
+  foldBase,
+  foldEvents,
+  hashFromFlat,
+  parseEventEntry,
+  storedFromNew,
+  submitEntry,
+  taskFromStored,
+  type EventEntry,
+  type NewTask,
+  type StoredTask,
+} from "./task-codec.js";
+
+export type { NewTask, BackoffPolicy } from "./task-codec.js";
+
+/**
+ * The scheduler's task store: every task state change is one Lua script call on Redis, batched
+ * (many tasks per call) and fenced by attempt, so a late report from an old attempt can never
+ * overwrite a newer one. See DESIGN.md §4 and `task-codec.ts` for the per-task layout.
+ *
+ * Keys (`P` = prefix; a queue's keys share the hash tag `{q}`, so one queue fits one Cluster slot):
+ * - `P:{q}:t:<id>`, `P:{q}:d:<id>`, `P:{q}:r:<id>`, `P:{q}:ev:<id>`: one task (task-codec.ts).
+ * - `P:{q}:ready` ZSET of QUEUED ids by {@link readyScore}.
+ * - `P:{q}:delayed` ZSET of DELAYED and RETRY_WAIT ids by due time; `P:{q}:rw` counts the
+ *   RETRY_WAIT ones (so stats need no scan).
+ * - `P:{q}:running` ZSET of RUNNING ids by lease deadline.
+ * - `P:{q}:done` ZSET of finished ids by expiry time; `P:{q}:dead` ZSET of FAILED and CANCELLED
+ *   ids (the dead-letter set) by finish time.
+ * - `P:queues` SET of queue names; `P:ix` HASH id → queue; `P:tn:<tenant>` ZSET (all scores 0) of
+ *   the tenant's ids, listed newest first by ZREVRANGEBYLEX (ULIDs sort by time);
+ *   `P:idem:<tenant>:<key>` STRING id, 24 h.
+ * - Channel `P:ev:<id>`: the sequence number of each new event of the task.
+ *
+ * The global keys (ix, tn, idem, queues) are outside the queues' hash tags: fine on one Redis,
+ * and the known obstacle to Redis Cluster. Scripts receive queue-wide keys in KEYS and build
+ * per-task keys from the prefix and queue (all inside the queue's hash tag), as BullMQ does.
+ * The Redis connection must not use ioredis' `keyPrefix` (use `prefix`): scripts could not see it.
+ */
+export interface TaskStoreOptions {
+  redis: Redis;
+  /** Key prefix. @default "tm" */
+  prefix?: string | undefined;
+  /**
+   * How many ms of waiting one priority level is worth (see {@link readyScore}).
+   * @default 5000
+   */
+  agingMsPerLevel?: number | undefined;
+  /** Events kept per task; older ones are trimmed. @default 1000 */
+  maxEvents?: number | undefined;
+  logger: Logger;
+}
+
+/** A task handed to a worker by {@link TaskStore.claim}. */
+export interface ClaimedTask {
+  id: string;
+  attempt: number;
+  type: string;
+  payload: JsonObject;
+  /** 0 for none. */
+  timeoutMs: number;
+  queue: string;
+  tenant: string;
+  labels: Record<string, string>;
+  workerId: string;
+}
+
+/** One attempt of a task: what worker reports are fenced by. */
+export interface TaskRef {
+  id: string;
+  attempt: number;
+}
+
+/** How an attempt ended, as reported by its worker. */
+export type TaskOutcome =
+  | { kind: "succeeded"; result: JsonObject }
+  | { kind: "failed"; code: string; message: string; retryable: boolean }
+  | { kind: "cancelled"; reason: string };
+
+/** Filters of {@link TaskStore.list}; empty or absent ones match everything. */
+export interface ListFilter {
+  status?: TaskStatus | undefined;
+  type?: string | undefined;
+  queue?: string | undefined;
+  label?: [key: string, value: string] | undefined;
+}
+
+/**
+ * Returned by {@link TaskStore.onEvent}: call it to unsubscribe. `ready` settles once the
+ * subscription is live; read history after it to miss nothing.
+ */
+export type Unsubscribe = (() => void) & { readonly ready: Promise<void> };
+
+/**
+ * The ready-set score of a task enqueued at `enqMs` with priority `priority` (1 LOW .. 4 CRITICAL):
+ * `enqMs − (priority − 1) × agingMsPerLevel`, lower first. So higher priority goes first, FIFO
+ * inside a level (equal scores fall back to the ULID, i.e. creation order), and no starvation:
+ * a task enqueued at e₁ with priority p₁ goes before one enqueued at e₂ with p₂ whenever
+ * e₂ − e₁ > (p₂ − p₁) × agingMsPerLevel. Each level is worth agingMsPerLevel of waiting, and any
+ * task enqueued more than 3 × agingMsPerLevel after a given task, whatever its priority, queues
+ * behind it: a task only ever waits for tasks that arrived before it or less than
+ * (4 − its priority) × agingMsPerLevel after it.
+ */
+export function readyScore(enqMs: number, priority: number, agingMsPerLevel: number): number {
+  return enqMs - (priority - 1) * agingMsPerLevel;
+}
+
+const SCRIPTS = {
+  tmSubmit: { file: "submit", keys: 4 },
+  tmClaim: { file: "claim", keys: 2 },
+  tmRenew: { file: "renew", keys: 1 },
+  tmReport: { file: "report", keys: 1 },
+  tmComplete: { file: "complete", keys: 5 },
+  tmRequeue: { file: "requeue", keys: 4 },
+  tmExpire: { file: "expire", keys: 4 },
+  tmPromote: { file: "promote", keys: 3 },
+  tmCancel: { file: "cancel", keys: 5 },
+  tmRetry: { file: "retry", keys: 3 },
+  tmReap: { file: "reap", keys: 3 },
+  tmGet: { file: "get", keys: 1, readOnly: true },
+  tmList: { file: "list", keys: 2, readOnly: true },
+  tmPeek: { file: "peek", keys: 1, readOnly: true },
+  tmEvents: { file: "events", keys: 1, readOnly: true },
+  tmStats: { file: "stats", keys: 5, readOnly: true },
+} as const;
+
+type ScriptName = keyof typeof SCRIPTS;
+
+declare module "ioredis" {
+  // The task store's Lua scripts (services/scheduler/lua), defined by TaskStore on its connection.
+  interface RedisCommander<Context extends ClientContext = { type: "default" }> {
+    tmSubmit(...args: RedisValue[]): Result<unknown, Context>;
+    tmClaim(...args: RedisValue[]): Result<unknown, Context>;
+    tmRenew(...args: RedisValue[]): Result<unknown, Context>;
+    tmReport(...args: RedisValue[]): Result<unknown, Context>;
+    tmComplete(...args: RedisValue[]): Result<unknown, Context>;
+    tmRequeue(...args: RedisValue[]): Result<unknown, Context>;
+    tmExpire(...args: RedisValue[]): Result<unknown, Context>;
+    tmPromote(...args: RedisValue[]): Result<unknown, Context>;
+    tmCancel(...args: RedisValue[]): Result<unknown, Context>;
+    tmRetry(...args: RedisValue[]): Result<unknown, Context>;
+    tmReap(...args: RedisValue[]): Result<unknown, Context>;
+    tmGet(...args: RedisValue[]): Result<unknown, Context>;
+    tmList(...args: RedisValue[]): Result<unknown, Context>;
+    tmPeek(...args: RedisValue[]): Result<unknown, Context>;
+    tmEvents(...args: RedisValue[]): Result<unknown, Context>;
+    tmStats(...args: RedisValue[]): Result<unknown, Context>;
+  }
+}
+
+let luaSources: Map<ScriptName, string> | undefined;
+
+/** Reads the scripts once per process, each prefixed with lib.lua. */
+function loadScripts(): Map<ScriptName, string> {
+  if (luaSources === undefined) {
+    const read = (name: string): string => readFileSync(new URL(`./lua/${name}.lua`, import.meta.url), "utf8");
+    const lib = read("lib");
+    luaSources = new Map();
+    for (const [name, s] of Object.entries(SCRIPTS)) luaSources.set(name as ScriptName, `${lib}\n${read(s.file)}`);
+  }
+  return luaSources;
+}
+
+/** Tasks per script call: bounds how long one call blocks Redis (about 5–10 ms at 500). */
+const BATCH = 500;
+/** How many id → queue mappings to remember (they never change). */
+const QUEUE_CACHE_SIZE = 100_000;
+/** How many watched tasks' folded event state to remember for incremental reads. */
+const FOLD_CACHE_SIZE = 1000;
+/** Ready tasks stats() inspects to find the oldest. */
+const STATS_WINDOW = 200;
+/** Largest page {@link TaskStore.list} returns. */
+const MAX_PAGE = 1000;
+/** Lists never scan more than this many ids per call. */
+const MAX_SCAN = 10_000;
+
+function chunks<T>(items: readonly T[], size: number): T[][] {
+  const out: T[][] = [];
+  for (let i = 0; i < items.length; i += size) out.push(items.slice(i, i + size));
+  return out;
+}
+
+function arr(x: unknown): unknown[] {
+  if (!Array.isArray(x)) throw new Error("unexpected task store script reply");
+  return x;
+}
+
+function str(x: unknown): string {
+  if (typeof x === "string") return x;
+  if (typeof x === "number") return String(x);
+  throw new Error("unexpected task store script reply");
+}
+
+function strOrNull(x: unknown): string | null {
+  // A Lua `false` is a nil reply over RESP2 and a boolean over RESP3.
+  return x === null || x === undefined || x === false ? null : str(x);
+}
+
+function int(x: unknown): number {
+  const n = Number(x);
+  if (!Number.isFinite(n)) throw new Error("unexpected task store script reply");
+  return n;
+}
+
+function stored(x: unknown): StoredTask {
+  const a = arr(x);
+  return {
+    id: str(a[0]),
+    queue: str(a[1]),
+    hash: hashFromFlat(arr(a[2]).map(str)),
+    spec: strOrNull(a[3]),
+    result: strOrNull(a[4]),
+  };
+}
+
+function storedOrUndefined(x: unknown): StoredTask | undefined {
+  return x === null || x === undefined || x === false ? undefined : stored(x);
+}
+
+function pairs(flat: unknown): TaskRef[] {
+  const a = arr(flat);
+  const out: TaskRef[] = [];
+  for (let i = 0; i + 1 < a.length; i += 2) out.push({ id: str(a[i]), attempt: int(a[i + 1]) });
+  return out;
+}
+
+/** Validates a queue name for use inside a Redis hash tag. */
+function checkQueue(queue: string): void {
+  if (queue === "" || queue.includes("{") || queue.includes("}")) {
+    throw invalidArgument("queue", "must be non-empty and must not contain { or }");
+  }
+}
+
+/** Redis-backed task state: queues, leases, retries, dead letters, events. */
+export class TaskStore {
+  private readonly redis: Redis;
+  private readonly prefix: string;
+  private readonly aging: number;
+  private readonly maxEvents: number;
+  private readonly logger: Logger;
+  private readonly queueOf = new Map<string, string>();
+  private readonly folded = new Map<string, { seq: number; task: Task }>();
+  private sub: Redis | undefined;
+  private readonly channels = new Map<string, { listeners: Set<(seq: number) => void>; ready: Promise<void> }>();
+  private closed = false;
+
+  constructor(opts: TaskStoreOptions) {
+    this.redis = opts.redis;
+    this.prefix = opts.prefix ?? "tm";
+    this.aging = opts.agingMsPerLevel ?? 5000;
+    this.maxEvents = opts.maxEvents ?? 1000;
+    this.logger = opts.logger.child({ component: "task-store" });
+    const keyPrefix = this.redis.options.keyPrefix;
+    if (keyPrefix !== undefined && keyPrefix !== "") {
+      throw new Error("TaskStore needs a Redis connection without keyPrefix; use the prefix option");
+    }
+    const sources = loadScripts();
+    for (const [name, s] of Object.entries(SCRIPTS)) {
+      this.redis.defineCommand(name, {
+        numberOfKeys: s.keys,
+        lua: sources.get(name as ScriptName) as string,
+        readOnly: "readOnly" in s && s.readOnly,
+      });
+    }
+  }
+
+  // ---- keys and helpers ----
+
+  private keys(queue: string) {
+    const q = `${this.prefix}:{${queue}}:`;
+    return {
+      ready: `${q}ready`,
+      delayed: `${q}delayed`,
+      running: `${q}running`,
+      done: `${q}done`,
+      dead: `${q}dead`,
+      rw: `${q}rw`,
+    };
+  }
+
+  private get ixKey(): string {
+    return `${this.prefix}:ix`;
+  }
+
+  /** The ARGV header every script starts with (see lib.lua). */
+  private header(queue: string, now: number): RedisValue[] {
+    return [this.prefix, queue, String(Math.floor(now)), this.maxEvents, this.aging];
+  }
+
+  private remember(id: string, queue: string): void {
+    if (this.queueOf.has(id)) return;
+    if (this.queueOf.size >= QUEUE_CACHE_SIZE) {
+      const oldest = this.queueOf.keys().next();
+      if (oldest.done !== true) this.queueOf.delete(oldest.value);
+    }
+    this.queueOf.set(id, queue);
+  }
+
+  /** Groups items by their task's queue (cached, else from P:ix). Unknown tasks go to `unknown`. */
+  private async byQueue<T extends { id: string }>(items: readonly T[]): Promise<{ groups: Map<string, { item: T; index: number }[]>; unknown: number[] }> {
+    const missing = [...new Set(items.filter((it) => !this.queueOf.has(it.id)).map((it) => it.id))];
+    if (missing.length > 0) {
+      const queues = await this.redis.hmget(this.ixKey, ...missing);
+      missing.forEach((id, i) => {
+        const q = queues[i];
+        if (q !== null && q !== undefined) this.remember(id, q);
+      });
+    }
+    const groups = new Map<string, { item: T; index: number }[]>();
+    const unknown: number[] = [];
+    items.forEach((item, index) => {
+      const q = this.queueOf.get(item.id);
+      if (q === undefined) {
+        unknown.push(index);
+        return;
+      }
+      let g = groups.get(q);
+      if (g === undefined) groups.set(q, (g = []));
+      g.push({ item, index });
+    });
+    return { groups, unknown };
+  }
+
+  /** Runs `fn` for each queue's chunks of items, all calls in flight at once (pipelined). */
+  private async perQueue<T extends { id: string }>(
+    items: readonly T[],
+    fn: (queue: string, part: { item: T; index: number }[]) => Promise<void>,
+  ): Promise<number[]> {
+    const { groups, unknown } = await this.byQueue(items);
+    const calls: Promise<void>[] = [];
+    for (const [queue, group] of groups) for (const part of chunks(group, BATCH)) calls.push(fn(queue, part));
+    await Promise.all(calls);
+    return unknown;
+  }
+
+  private toTask(s: StoredTask): Task {
+    this.remember(s.id, s.queue);
+    return taskFromStored(s);
+  }
+
+  // ---- API ----
+
+  /**
+   * Stores new tasks: one script call per queue present in the batch (pipelined), atomic per task.
+   * A task whose (tenant, idempotency key) matches a live task from the last 24 h is not stored:
+   * the earlier task is returned instead, flagged `existing`. New tasks are QUEUED, or DELAYED
+   * when `runAtMs` is later than `now`; each gets its first event.
+   */
+  async submit(tasks: readonly NewTask[], now: number): Promise<{ task: Task; existing: boolean }[]> {
+    now = Math.floor(now);
+    const out: { task: Task; existing: boolean }[] = new Array(tasks.length);
+    const groups = new Map<string, number[]>();
+    tasks.forEach((t, i) => {
+      checkQueue(t.queue);
+      let g = groups.get(t.queue);
+      if (g === undefined) groups.set(t.queue, (g = []));
+      g.push(i);
+    });
+    const calls: Promise<void>[] = [];
+    for (const [queue, indexes] of groups) {
+      const k = this.keys(queue);
+      for (const part of chunks(indexes, BATCH)) {
+        const args: RedisValue[] = [k.ready, k.delayed, `${this.prefix}:queues`, this.ixKey, ...this.header(queue, now)];
+        for (const i of part) {
+          const t = tasks[i] as NewTask;
+          args.push(
+            t.id,
+            t.tenant,
+            t.idempotencyKey,
+            Math.floor(t.runAtMs),
+            t.priority,
+            t.type,
+            t.affinityKey,
+            t.maxAttempts,
+            Math.floor(t.resultTtlMs),
+            encodeSpec(t),
+          );
+        }
+        calls.push(
+          this.redis.tmSubmit(...args).then((reply) => {
+            const results = arr(reply);
+            part.forEach((i, j) => {
+              const t = tasks[i] as NewTask;
+              const r = arr(results[j]);
+              if (str(r[0]) === "n") {
+                this.remember(t.id, t.queue);
+                out[i] = { task: taskFromStored(storedFromNew(t, now)), existing: false };
+              } else {
+                out[i] = { task: this.toTask(stored(r[1])), existing: true };
+              }
+            });
+          }),
+        );
+      }
+    }
+    await Promise.all(calls);
+    return out;
+  }
+
+  /** One task by id, in whatever queue, or undefined. The caller checks the tenant. */
+  async get(id: string): Promise<Task | undefined> {
+    return (await this.getMany([id]))[0];
+  }
+
+  /** Tasks by id (undefined where unknown), in the order asked. */
+  async getMany(ids: readonly string[]): Promise<(Task | undefined)[]> {
+    const out: (Task | undefined)[] = [];
+    const replies = await Promise.all(
+      chunks(ids, BATCH).map((part) => this.redis.tmGet(this.ixKey, ...this.header("", 0), ...part)),
+    );
+    for (const reply of replies) {
+      for (const x of arr(reply)) {
+        const s = storedOrUndefined(x);
+        out.push(s === undefined ? undefined : this.toTask(s));
+      }
+    }
+    return out;
+  }
+
+  /**
+   * A tenant's tasks, newest first, filtered. Scans at most 10 × pageSize ids per call, so a page
+   * may hold fewer than pageSize tasks (even none) while `nextPageToken` is not empty; an empty
+   * token means the end. Page tokens are opaque (base64url of the last id scanned).
+   */
+  async list(
+    tenant: string,
+    filter: ListFilter,
+    pageSize: number,
+    pageToken: string,
+  ): Promise<{ tasks: Task[]; nextPageToken: string }> {
+    const size = Math.max(1, Math.min(Math.floor(pageSize), MAX_PAGE));
+    let after = "";
+    if (pageToken !== "") {
+      after = Buffer.from(pageToken, "base64url").toString("utf8");
+      if (!/^[0-9A-Za-z_-]{1,64}$/.test(after)) throw invalidArgument("page_token", "is malformed");
+    }
+    const label = filter.label;
+    const reply = arr(
+      await this.redis.tmList(
+        `${this.prefix}:tn:${tenant}`,
+        this.ixKey,
+        ...this.header("", 0),
+        after,
+        size,
+        Math.min(size * 10, MAX_SCAN),
+        filter.status === undefined || filter.status === 0 ? "" : String(filter.status),
+        filter.type ?? "",
+        filter.queue ?? "",
+        label?.[0] ?? "",
+        label?.[1] ?? "",
+      ),
+    );
+    const next = str(reply[0]);
+    return {
+      tasks: reply.slice(1).map((x) => this.toTask(stored(x))),
+      nextPageToken: next === "" ? "" : Buffer.from(next, "utf8").toString("base64url"),
+    };
+  }
+
+  /** Names of the queues that ever had a task, sorted. */
+  async queues(): Promise<string[]> {
+    const names = await this.redis.smembers(`${this.prefix}:queues`);
+    return names.sort();
+  }
+
+  /** Up to `limit` ready tasks of a queue in dispatch order, without claiming them. */
+  async peekReady(queue: string, limit: number): Promise<{ id: string; type: string; affinityKey: string }[]> {
+    if (limit < 1) return [];
+    const reply = arr(await this.redis.tmPeek(this.keys(queue).ready, ...this.header(queue, 0), Math.floor(limit)));
+    const out: { id: string; type: string; affinityKey: string }[] = [];
+    for (let i = 0; i + 2 < reply.length; i += 3) {
+      out.push({ id: str(reply[i]), type: str(reply[i + 1]), affinityKey: str(reply[i + 2]) });
+    }
+    return out;
+  }
+
+  /**
+   * Claims tasks for workers, atomically per call: only tasks still QUEUED and in the ready set
+   * are claimed (status RUNNING, attempt + 1, worker, start time, lease = now + leaseMs, moved to
+   * running, event appended). Returns the claimed ones; the rest are skipped.
+   */
+  async claim(
+    queue: string,
+    claims: readonly { id: string; workerId: string }[],
+    now: number,
+    leaseMs: number,
+  ): Promise<ClaimedTask[]> {
+    const k = this.keys(queue);
+    const replies = await Promise.all(
+      chunks(claims, BATCH).map((part) =>
+        this.redis.tmClaim(
+          k.ready,
+          k.running,
+          ...this.header(queue, now),
+          Math.floor(leaseMs),
+          ...part.flatMap((c) => [c.id, c.workerId]),
+        ),
+      ),
+    );
+    const workerOf = new Map(claims.map((c) => [c.id, c.workerId]));
+    const out: ClaimedTask[] = [];
+    for (const reply of replies) {
+      for (const x of arr(reply)) {
+        const a = arr(x);
+        const id = str(a[0]);
+        const spec = decodeSpec(strOrNull(a[4]));
+        this.remember(id, queue);
+        out.push({
+          id,
+          attempt: int(a[1]),
+          type: strOrNull(a[2]) ?? "",
+          payload: spec.payload,
+          timeoutMs: spec.timeoutMs,
+          queue,
+          tenant: strOrNull(a[3]) ?? "",
+          labels: spec.labels,
+          workerId: workerOf.get(id) ?? "",
+        });
+      }
+    }
+    return out;
+  }
+
+  /**
+   * Heartbeat: each attempt still RUNNING at that attempt gets lease = now + leaseMs. Returns the
+   * refs that are stale (not current, or unknown) so the worker can be told to drop them.
+   */
+  async renew(refs: readonly TaskRef[], now: number, leaseMs: number): Promise<{ stale: TaskRef[] }> {
+    const stale: TaskRef[] = [];
+    const unknown = await this.perQueue(refs, async (queue, part) => {
+      const reply = await this.redis.tmRenew(
+        this.keys(queue).running,
+        ...this.header(queue, now),
+        Math.floor(leaseMs),
+        ...part.flatMap(({ item }) => [item.id, item.attempt]),
+      );
+      stale.push(...pairs(reply));
+    });
+    for (const i of unknown) stale.push({ ...(refs[i] as TaskRef) });
+    return { stale };
+  }
+
+  /** Progress of running attempts (0–100), fenced by attempt; each appends an event. */
+  async progress(
+    updates: readonly { id: string; attempt: number; progress: number; message: string }[],
+    now: number,
+  ): Promise<void> {
+    await this.report(
+      updates.map((u) => ({
+        id: u.id,
+        args: ["p", u.id, u.attempt, Math.max(0, Math.min(100, Math.round(u.progress))), u.message] as RedisValue[],
+      })),
+      now,
+    );
+  }
+
+  /** Log lines of running attempts, fenced by attempt; each appends an event. */
+  async log(lines: readonly { id: string; attempt: number; line: string }[], now: number): Promise<void> {
+    await this.report(
+      lines.map((l) => ({ id: l.id, args: ["l", l.id, l.attempt, 0, l.line] as RedisValue[] })),
+      now,
+    );
+  }
+
+  private async report(items: readonly { id: string; args: RedisValue[] }[], now: number): Promise<void> {
+    await this.perQueue(items, async (queue, part) => {
+      await this.redis.tmReport(this.keys(queue).ready, ...this.header(queue, now), ...part.flatMap(({ item }) => item.args));
+    });
+  }
+
+  /**
+   * Applies attempt results, fenced by attempt. Succeeded → SUCCEEDED. After a cancel request
+   * ({@link cancel}), any other outcome → CANCELLED (with the requested reason) and dead-lettered.
+   * Failed, retryable and attempt < maxAttempts → RETRY_WAIT until now + backoff(attempt) (with
+   * jitter), else FAILED and dead-lettered. Cancelled without a cancel request (the worker gave up
+   * on its own, e.g. shutting down) counts as a retryable failure ABORTED, so no task is lost.
+   * Finished tasks are kept for their result TTL. Returns per item "applied" or "stale".
+   */
+  async complete(
+    results: readonly { id: string; attempt: number; outcome: TaskOutcome }[],
+    now: number,
+  ): Promise<("applied" | "stale")[]> {
+    const out: ("applied" | "stale")[] = results.map(() => "stale");
+    await this.perQueue(results, async (queue, part) => {
+      const k = this.keys(queue);
+      const args: RedisValue[] = [k.running, k.delayed, k.done, k.dead, k.rw, ...this.header(queue, now)];
+      for (const { item } of part) {
+        const o = item.outcome;
+        switch (o.kind) {
+          case "succeeded": {
+            const json = Object.keys(o.result).length === 0 ? "" : JSON.stringify(o.result);
+            args.push(item.id, item.attempt, "s", json, "", "", 0);
+            break;
+          }
+          case "failed":
+            args.push(item.id, item.attempt, "f", o.code, o.message, o.retryable ? "1" : "0", Math.random());
+            break;
+          case "cancelled":
+            args.push(item.id, item.attempt, "c", o.reason, "", "", Math.random());
+            break;
+        }
+      }
+      const reply = arr(await this.redis.tmComplete(...args));
+      part.forEach(({ index }, j) => {
+        out[index] = int(reply[j]) === 1 ? "applied" : "stale";
+      });
+    });
+    return out;
+  }
+
+  /**
+   * Worker lost or stream broken: each attempt still RUNNING at that attempt goes back to QUEUED
+   * at its old enqueue time (the front of its priority), with error REQUEUED (reason) recorded.
+   * The attempt stays; the next claim increments it. A task with a pending cancel request ends
+   * CANCELLED instead. Returns how many were re-queued.
+   */
+  async requeue(refs: readonly TaskRef[], reason: string, now: number): Promise<number> {
+    let n = 0;
+    await this.perQueue(refs, async (queue, part) => {
+      const k = this.keys(queue);
+      const reply = await this.redis.tmRequeue(
+        k.ready,
+        k.running,
+        k.done,
+        k.dead,
+        ...this.header(queue, now),
+        "REQUEUED",
+        reason,
+        ...part.flatMap(({ item }) => [item.id, item.attempt]),
+      );
+      n += int(reply);
+    });
+    return n;
+  }
+
+  /**
+   * Moves up to `limit` due DELAYED / RETRY_WAIT tasks of a queue to the ready set (QUEUED), each
+   * counted as enqueued at its due time. Returns how many moved.
+   */
+  async promoteDue(queue: string, now: number, limit: number): Promise<number> {
+    if (limit < 1) return 0;
+    const k = this.keys(queue);
+    return int(await this.redis.tmPromote(k.delayed, k.ready, k.rw, ...this.header(queue, now), Math.floor(limit)));
+  }
+
+  /**
+   * Running tasks whose lease deadline passed go back to the ready set like {@link requeue}
+   * (error LEASE_EXPIRED). Returns the refs re-queued.
+   */
+  async expireLeases(queue: string, now: number, limit: number): Promise<TaskRef[]> {
+    if (limit < 1) return [];
+    const k = this.keys(queue);
+    return pairs(
+      await this.redis.tmExpire(k.ready, k.running, k.done, k.dead, ...this.header(queue, now), Math.floor(limit)),
+    );
+  }
+
+  /**
+   * Cancels a task of `tenant`. QUEUED / DELAYED / RETRY_WAIT → CANCELLED at once (dead-lettered,
+   * kept for its result TTL). RUNNING → a cancel request is recorded and `running` says which
+   * worker to tell; its cancelled (or failed) result then ends it. Finished → returned unchanged.
+   * Unknown, or another tenant's → undefined.
+   */
+  async cancel(
+    tenant: string,
+    id: string,
+    reason: string,
+    now: number,
+  ): Promise<{ task: Task; running?: { workerId: string; attempt: number } } | undefined> {
+    const [queue] = await this.queuesOf([id]);
+    if (queue === undefined) return undefined;
+    const k = this.keys(queue);
+    const reply = arr(
+      await this.redis.tmCancel(k.ready, k.delayed, k.done, k.dead, k.rw, ...this.header(queue, now), tenant, id, reason === "" ? "cancelled" : reason),
+    );
+    const code = str(reply[0]);
+    if (code === "x") return undefined;
+    const task = this.toTask(stored(reply[1]));
+    if (code === "r") return { task, running: { workerId: str(reply[2]), attempt: int(reply[3]) } };
+    return { task };
+  }
+
+  /**
+   * Re-queues a FAILED or CANCELLED task of `tenant` now (out of the dead-letter set). Its attempt
+   * count is kept, so the next claim makes attempt + 1 and a retryable failure then retries only
+   * while attempt < maxAttempts.
+   */
+  async retry(tenant: string, id: string, now: number): Promise<{ task: Task } | { error: "not_found" | "not_dead" }> {
+    const [queue] = await this.queuesOf([id]);
+    if (queue === undefined) return { error: "not_found" };
+    const k = this.keys(queue);
+    const reply = arr(await this.redis.tmRetry(k.ready, k.done, k.dead, ...this.header(queue, now), tenant, id));
+    switch (str(reply[0])) {
+      case "x":
+        return { error: "not_found" };
+      case "d":
+        return { error: "not_dead" };
+      default:
+        return { task: this.toTask(stored(reply[1])) };
+    }
+  }
+
+  /** Deletes up to `limit` finished tasks whose result TTL passed, with every key and index entry. */
+  async reapExpired(queue: string, now: number, limit: number): Promise<number> {
+    if (limit < 1) return 0;
+    const k = this.keys(queue);
+    return int(await this.redis.tmReap(k.done, k.dead, this.ixKey, ...this.header(queue, now), Math.floor(limit)));
+  }
+
+  /**
+   * A task's history after sequence `afterSeq`, each event with the task's snapshot after it
+   * (folded over the immutable spec). Empty when the task is unknown. A subscriber (see
+   * {@link onEvent}) that passes the last sequence it saw reads only the new entries: the folded
+   * state of watched tasks is cached.
+   */
+  async events(id: string, afterSeq: number): Promise<TaskEvent[]> {
+    const cached = afterSeq > 0 ? this.folded.get(id) : undefined;
+    if (cached !== undefined && cached.seq === afterSeq) {
+      const r = await this.readEvents(id, afterSeq, false);
+      if (r === undefined) return [];
+      // Contiguous after the cached state (nothing trimmed in between): fold only the tail.
+      if (r.entries.length === 0) return [];
+      if (r.entries[0]?.n === afterSeq + 1) {
+        const { events, state } = foldEvents(cached.task, r.entries, r.result);
+        this.cacheFold(id, state, r.entries);
+        return events;
+      }
+    }
+    const r = await this.readEvents(id, 0, true);
+    if (r === undefined) return [];
+    // The list starts at sequence 2 unless trimmed; the first event is rebuilt from the hash.
+    const entries = (r.entries[0]?.n ?? 2) === 2 ? [submitEntry(r.stored.hash), ...r.entries] : r.entries;
+    const first = entries[0] as EventEntry;
+    const { events, state } = foldEvents(foldBase(taskFromStored(r.stored), first.n), entries, r.result);
+    this.cacheFold(id, state, entries);
+    return events.filter((e) => e.sequence > BigInt(afterSeq));
+  }
+
+  /**
+   * Remembers the folded state of a task that has subscribers (the watchers that call events()
+   * again on each notification); dropped when its last subscriber leaves. Bounded, since
+   * snapshots hold the payload.
+   */
+  private cacheFold(id: string, state: Task, entries: readonly { n: number }[]): void {
+    const last = entries[entries.length - 1];
+    if (last === undefined || !this.channels.has(this.channel(id))) return;
+    this.folded.delete(id);
+    if (this.folded.size >= FOLD_CACHE_SIZE) {
+      const oldest = this.folded.keys().next();
+      if (oldest.done !== true) this.folded.delete(oldest.value);
+    }
+    this.folded.set(id, { seq: last.n, task: state });
+  }
+
+  private async readEvents(id: string, fromSeq: number, full: boolean) {
+    const reply = await this.redis.tmEvents(this.ixKey, ...this.header("", 0), id, fromSeq, full ? "1" : "0");
+    if (reply === null || reply === false) return undefined;
+    const a = arr(reply);
+    const s = stored(a[0]);
+    this.remember(s.id, s.queue);
+    return {
+      stored: s,
+      result: s.result === null ? undefined : (JSON.parse(s.result) as JsonObject),
+      entries: arr(a[1]).map((e) => parseEventEntry(str(e))),
+    };
+  }
+
+  /** Depths of every queue: queued, running, delayed, retry wait, dead, oldest queued age. */
+  async stats(now: number): Promise<QueueStats[]> {
+    const names = await this.queues();
+    return Promise.all(
+      names.map(async (name) => {
+        const k = this.keys(name);
+        const r = arr(
+          await this.redis.tmStats(k.ready, k.running, k.delayed, k.dead, k.rw, ...this.header(name, now), STATS_WINDOW),
+        ).map(int);
+        const [queued = 0, running = 0, waiting = 0, retryWait = 0, dead = 0, oldest = -1] = r;
+        const s = create(QueueStatsSchema, {
+          name,
+          queued: BigInt(queued),
+          running: BigInt(running),
+          delayed: BigInt(Math.max(0, waiting - retryWait)),
+          retryWait: BigInt(retryWait),
+          dead: BigInt(dead),
+        });
+        if (oldest >= 0) s.oldestQueuedAge = durationFromMs(Math.max(0, Math.floor(now) - oldest));
+        return s;
+      }),
+    );
+  }
+
+  /**
+   * Calls `listener` with the sequence number of each new event of task `id`, through one shared
+   * subscriber connection (created on first use). After the subscriber reconnects every listener
+   * gets 0: events may have been missed, read again. Subscribe, await `ready`, then read history.
+   */
+  onEvent(id: string, listener: (seq: number) => void): Unsubscribe {
+    if (this.closed) throw new Error("task store is closed");
+    const sub = this.subscriber();
+    const channel = this.channel(id);
+    let ch = this.channels.get(channel);
+    if (ch === undefined) {
+      const ready = sub.subscribe(channel).then(
+        () => undefined,
+        (err: unknown) => {
+          this.logger.warn({ err, taskId: id }, "event subscription failed");
+        },
+      );
+      ch = { listeners: new Set(), ready };
+      this.channels.set(channel, ch);
+    }
+    const entry = ch;
+    // A listener added twice must be removable twice: wrap it so each subscription is distinct.
+    const own = (seq: number): void => listener(seq);
+    entry.listeners.add(own);
+    let done = false;
+    const off = (): void => {
+      if (done) return;
+      done = true;
+      entry.listeners.delete(own);
+      if (entry.listeners.size === 0 && this.channels.get(channel) === entry) {
+        this.channels.delete(channel);
+        this.folded.delete(id);
+        if (!this.closed) {
+          sub.unsubscribe(channel).catch((err: unknown) => {
+            this.logger.debug({ err, taskId: id }, "event unsubscribe failed");
+          });
+        }
+      }
+    };
+    return Object.assign(off, { ready: entry.ready });
+  }
+
+  private channel(id: string): string {
+    return `${this.prefix}:ev:${id}`;
+  }
+
+  private subscriber(): Redis {
+    if (this.sub === undefined) {
+      const sub = this.redis.duplicate();
+      let connectedOnce = false;
+      sub.on("message", (channel: string, message: string) => {
+        const ch = this.channels.get(channel);
+        if (ch === undefined) return;
+        const seq = Number(message);
+        for (const l of [...ch.listeners]) this.safeCall(l, Number.isFinite(seq) ? seq : 0);
+      });
+      sub.on("ready", () => {
+        if (connectedOnce) {
+          for (const ch of this.channels.values()) for (const l of [...ch.listeners]) this.safeCall(l, 0);
+        }
+        connectedOnce = true;
+      });
+      sub.on("error", (err: unknown) => {
+        this.logger.warn({ err }, "event subscriber error");
+      });
+      this.sub = sub;
+    }
+    return this.sub;
+  }
+
+  private safeCall(listener: (seq: number) => void, seq: number): void {
+    try {
+      listener(seq);
+    } catch (err) {
+      this.logger.error({ err }, "task event listener threw");
+    }
+  }
+
+  /** Closes the subscriber connection (the main connection belongs to the caller). Idempotent. */
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    this.channels.clear();
+    this.folded.clear();
+    const sub = this.sub;
+    this.sub = undefined;
+    if (sub !== undefined) {
+      await sub.quit().catch(() => sub.disconnect());
+    }
+  }
+
+  private async queuesOf(ids: readonly string[]): Promise<(string | undefined)[]> {
+    const { groups } = await this.byQueue(ids.map((id) => ({ id })));
+    const out: (string | undefined)[] = ids.map(() => undefined);
+    for (const [q, g] of groups) for (const { index } of g) out[index] = q;
+    return out;
+  }
+}

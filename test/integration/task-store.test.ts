@@ -1,0 +1,782 @@
+import { Redis } from "ioredis";
+import { monotonicFactory } from "ulid";
+import { afterEach, beforeEach, describe, expect, inject, it, vi } from "vitest";
+import { timestampMs } from "@bufbuild/protobuf/wkt";
+import { TaskStatus, type Task } from "../../gen/taskmesh/v1/task_pb.js";
+import { silentLogger } from "../../lib/logger.js";
+import { TaskStore, type NewTask, type TaskStoreOptions } from "../../services/scheduler/task-store.js";
+import { uniquePrefix } from "../support/ids.js";
+import { waitFor } from "../support/wait.js";
+
+const T0 = 1_700_000_000_000;
+const AGING = 1000;
+const LEASE = 30_000;
+const nextId = monotonicFactory();
+
+let redis: Redis;
+let prefix: string;
+let store: TaskStore;
+const extraStores: TaskStore[] = [];
+
+function makeStore(opts: Partial<TaskStoreOptions> = {}): TaskStore {
+  const s = new TaskStore({ redis, prefix, agingMsPerLevel: AGING, logger: silentLogger(), ...opts });
+  extraStores.push(s);
+  return s;
+}
+
+function task(over: Partial<NewTask> = {}): NewTask {
+  return {
+    id: nextId(),
+    tenant: "acme",
+    type: "noop",
+    queue: "default",
+    priority: 2,
+    payload: { n: 1, s: "x" },
+    affinityKey: "",
+    maxAttempts: 3,
+    backoff: { initialMs: 1000, maxMs: 60_000, multiplier: 2, jitter: 0 },
+    timeoutMs: 0,
+    runAtMs: 0,
+    idempotencyKey: "",
+    labels: {},
+    resultTtlMs: 86_400_000,
+    concurrencyKey: "",
+    concurrencyLimit: 0,
+    ...over,
+  };
+}
+
+async function submitOne(over: Partial<NewTask> = {}, now = T0): Promise<Task> {
+  const [r] = await store.submit([task(over)], now);
+  if (r === undefined) throw new Error("no result");
+  return r.task;
+}
+
+async function mustGet(id: string): Promise<Task> {
+  const t = await store.get(id);
+  if (t === undefined) throw new Error(`task ${id} not found`);
+  return t;
+}
+
+async function prefixKeys(): Promise<string[]> {
+  const keys: string[] = [];
+  let cursor = "0";
+  do {
+    const [next, batch] = await redis.scan(cursor, "MATCH", `${prefix}:*`, "COUNT", 1000);
+    cursor = next;
+    keys.push(...batch);
+  } while (cursor !== "0");
+  return keys;
+}
+
+const k = (queue: string, name: string): string => `${prefix}:{${queue}}:${name}`;
+
+beforeEach(() => {
+  prefix = uniquePrefix("ts");
+  redis = new Redis(inject("redisUrl"));
+  store = makeStore();
+});
+
+afterEach(async () => {
+  for (const s of extraStores.splice(0)) {
+    await s.close();
+    await s.close(); // twice is fine
+  }
+  const keys = await prefixKeys();
+  if (keys.length > 0) await redis.del(...keys);
+  await redis.quit();
+});
+
+describe("submit and get", () => {
+  it("stores a task and reads it back exactly as submit returned it", async () => {
+    const t = task({
+      priority: 3,
+      affinityKey: "user-7",
+      labels: { env: "prod" },
+      timeoutMs: 5000,
+      idempotencyKey: "k1",
+      concurrencyKey: "c",
+      concurrencyLimit: 2,
+      payload: { data: [{ a: 1 }, { b: "long ".repeat(30) }] },
+    });
+    const [r] = await store.submit([t], T0);
+    expect(r?.existing).toBe(false);
+    const got = await mustGet(t.id);
+    expect(got).toEqual(r?.task);
+    expect(got.status).toBe(TaskStatus.QUEUED);
+    expect(got.tenant).toBe("acme");
+    expect(got.payload).toEqual(t.payload);
+    expect(got.labels).toEqual({ env: "prod" });
+    expect(got.priority).toBe(3);
+    expect(got.affinityKey).toBe("user-7");
+    expect(got.idempotencyKey).toBe("k1");
+    expect(got.concurrencyKey).toBe("c");
+    expect(got.concurrencyLimit).toBe(2);
+    expect(got.timeout?.seconds).toBe(5n);
+    expect(got.backoff?.multiplier).toBe(2);
+    expect(timestampMs(got.createdAt!)).toBe(T0);
+    expect(timestampMs(got.scheduledAt!)).toBe(T0);
+    expect(got.attempt).toBe(0);
+    expect(await store.get("01UNKNOWN0000000000000000")).toBeUndefined();
+  });
+
+  it("submits a batch across queues in one call each and lists the queues", async () => {
+    const tasks = Array.from({ length: 30 }, (_, i) => task({ queue: `q${i % 3}` }));
+    const res = await store.submit(tasks, T0);
+    expect(res.map((r) => r.task.id)).toEqual(tasks.map((t) => t.id));
+    expect(res.every((r) => !r.existing)).toBe(true);
+    expect(await store.queues()).toEqual(["q0", "q1", "q2"]);
+    const got = await store.getMany([tasks[4]!.id, "nope", tasks[29]!.id]);
+    expect(got[0]?.queue).toBe("q1");
+    expect(got[1]).toBeUndefined();
+    expect(got[2]?.queue).toBe("q2");
+    expect(await redis.zcard(k("q0", "ready"))).toBe(10);
+  });
+
+  it("handles batches larger than one script call, end to end", async () => {
+    const tasks = Array.from({ length: 1200 }, () => task());
+    await store.submit(tasks, T0);
+    const peek = await store.peekReady("default", 2000);
+    expect(peek.map((p) => p.id)).toEqual(tasks.map((t) => t.id));
+    const claimed = await store.claim("default", peek.map((p) => ({ id: p.id, workerId: "w" })), T0 + 1, LEASE);
+    expect(claimed).toHaveLength(1200);
+    const done = await store.complete(
+      claimed.map((c) => ({ id: c.id, attempt: c.attempt, outcome: { kind: "succeeded", result: {} } })),
+      T0 + 2,
+    );
+    expect(done.every((d) => d === "applied")).toBe(true);
+    expect((await store.getMany(tasks.map((t) => t.id))).every((t) => t?.status === TaskStatus.SUCCEEDED)).toBe(true);
+  });
+
+  it("works over RESP2 as well as RESP3", async () => {
+    const resp2 = new Redis(inject("redisUrl"), { protocol: 2 });
+    try {
+      const s = new TaskStore({ redis: resp2, prefix, logger: silentLogger() });
+      const [r] = await s.submit([task()], T0);
+      const id = r!.task.id;
+      expect(await s.get(id)).toEqual(r?.task);
+      expect(await s.get("01UNKNOWN0000000000000000")).toBeUndefined();
+      await s.claim("default", [{ id, workerId: "w" }], T0, LEASE);
+      await s.complete([{ id, attempt: 1, outcome: { kind: "succeeded", result: { a: 1 } } }], T0 + 1);
+      const evs = await s.events(id, 0);
+      expect(evs[evs.length - 1]?.task).toEqual(await s.get(id));
+      await s.close();
+    } finally {
+      await resp2.quit();
+    }
+  });
+
+  it("returns the first task for a repeated (tenant, idempotency key), also within one batch", async () => {
+    const first = await submitOne({ idempotencyKey: "order-1" });
+    const [again, sameBatchA, sameBatchB] = await store.submit(
+      [task({ idempotencyKey: "order-1" }), task({ idempotencyKey: "order-2" }), task({ idempotencyKey: "order-2" })],
+      T0 + 10,
+    );
+    expect(again).toEqual({ task: first, existing: true });
+    expect(sameBatchA?.existing).toBe(false);
+    expect(sameBatchB?.existing).toBe(true);
+    expect(sameBatchB?.task.id).toBe(sameBatchA?.task.id);
+    const other = await submitOne({ idempotencyKey: "order-1", tenant: "globex" });
+    expect(other.id).not.toBe(first.id);
+    // Another queue, same key: still the first task.
+    const [cross] = await store.submit([task({ idempotencyKey: "order-1", queue: "other" })], T0);
+    expect(cross?.task.id).toBe(first.id);
+    expect(await redis.pttl(`${prefix}:idem:acme:order-1`)).toBeGreaterThan(86_000_000);
+  });
+
+  it("rejects queue names that would break the hash tag", async () => {
+    await expect(store.submit([task({ queue: "a}b" })], T0)).rejects.toThrow(/queue/);
+  });
+
+  it("refuses a connection with an ioredis keyPrefix", () => {
+    const prefixed = new Redis(inject("redisUrl"), { keyPrefix: "x:", lazyConnect: true });
+    expect(() => new TaskStore({ redis: prefixed, logger: silentLogger() })).toThrow(/keyPrefix/);
+    prefixed.disconnect();
+  });
+});
+
+describe("ready order", () => {
+  it("orders by priority, FIFO inside a priority", async () => {
+    const low = task({ priority: 1 });
+    const n1 = task({ priority: 2 });
+    const crit = task({ priority: 4 });
+    const n2 = task({ priority: 2 });
+    const high = task({ priority: 3 });
+    await store.submit([low, n1, crit, n2, high], T0);
+    const order = (await store.peekReady("default", 10)).map((p) => p.id);
+    expect(order).toEqual([crit.id, high.id, n1.id, n2.id, low.id]);
+  });
+
+  it("ages a waiting task until it beats newer higher-priority tasks", async () => {
+    // A LOW task waits; CRITICAL tasks are 3 levels higher, worth 3 × AGING ms of waiting.
+    const low = await submitOne({ priority: 1 }, T0);
+    const critEarly = await submitOne({ priority: 4 }, T0 + 3 * AGING - 1);
+    const critLate = await submitOne({ priority: 4 }, T0 + 3 * AGING + 1);
+    // One level above LOW, 1.5 × AGING later: behind the LOW task too.
+    const normalLate = await submitOne({ priority: 2 }, T0 + 1.5 * AGING);
+    const order = (await store.peekReady("default", 10)).map((p) => p.id);
+    expect(order).toEqual([critEarly.id, low.id, critLate.id, normalLate.id]);
+  });
+
+  it("reports type and affinity key when peeking, and respects the limit", async () => {
+    await store.submit([task({ type: "a", affinityKey: "k" }), task({ type: "b" })], T0);
+    expect(await store.peekReady("default", 1)).toEqual([expect.objectContaining({ type: "a", affinityKey: "k" })]);
+    expect(await store.peekReady("default", 0)).toEqual([]);
+    expect(await store.peekReady("empty", 5)).toEqual([]);
+  });
+});
+
+describe("delayed tasks", () => {
+  it("keeps a delayed task out of the ready set until it is due", async () => {
+    const t = await submitOne({ runAtMs: T0 + 5000 }, T0);
+    expect(t.status).toBe(TaskStatus.DELAYED);
+    expect(timestampMs(t.scheduledAt!)).toBe(T0 + 5000);
+    expect(await mustGet(t.id)).toEqual(t);
+    expect(await store.peekReady("default", 10)).toEqual([]);
+    expect(await store.promoteDue("default", T0 + 4999, 100)).toBe(0);
+    expect(await store.promoteDue("default", T0 + 5000, 100)).toBe(1);
+    expect((await mustGet(t.id)).status).toBe(TaskStatus.QUEUED);
+    expect((await store.peekReady("default", 10)).map((p) => p.id)).toEqual([t.id]);
+    expect(await store.promoteDue("default", T0 + 6000, 100)).toBe(0);
+    const events = await store.events(t.id, 0);
+    expect(events.map((e) => e.event.value)).toMatchObject([
+      { from: TaskStatus.UNSPECIFIED, to: TaskStatus.DELAYED },
+      { from: TaskStatus.DELAYED, to: TaskStatus.QUEUED },
+    ]);
+    expect(events[0]?.task).toEqual(t);
+    expect(events[1]?.task).toEqual(await mustGet(t.id));
+  });
+
+  it("gives a promoted task its due time as its place in line", async () => {
+    const delayed = await submitOne({ runAtMs: T0 + 1000 }, T0);
+    const later = await submitOne({}, T0 + 2000);
+    await store.promoteDue("default", T0 + 3000, 10);
+    expect((await store.peekReady("default", 10)).map((p) => p.id)).toEqual([delayed.id, later.id]);
+  });
+});
+
+describe("claim and results", () => {
+  it("claims a task once: a second claim gets nothing", async () => {
+    const t = await submitOne({ labels: { a: "b" }, timeoutMs: 1234 });
+    const first = await store.claim("default", [{ id: t.id, workerId: "w1" }], T0 + 10, LEASE);
+    expect(first).toEqual([
+      {
+        id: t.id,
+        attempt: 1,
+        type: "noop",
+        payload: t.payload,
+        timeoutMs: 1234,
+        queue: "default",
+        tenant: "acme",
+        labels: { a: "b" },
+        workerId: "w1",
+      },
+    ]);
+    expect(await store.claim("default", [{ id: t.id, workerId: "w2" }], T0 + 11, LEASE)).toEqual([]);
+    const got = await mustGet(t.id);
+    expect(got.status).toBe(TaskStatus.RUNNING);
+    expect(got.workerId).toBe("w1");
+    expect(timestampMs(got.startedAt!)).toBe(T0 + 10);
+    expect(Number(await redis.zscore(k("default", "running"), t.id))).toBe(T0 + 10 + LEASE);
+  });
+
+  it("lets exactly one of two concurrent claims win", async () => {
+    const tasks = Array.from({ length: 50 }, () => task());
+    await store.submit(tasks, T0);
+    const other = makeStore();
+    const [a, b] = await Promise.all([
+      store.claim("default", tasks.map((t) => ({ id: t.id, workerId: "a" })), T0, LEASE),
+      other.claim("default", tasks.map((t) => ({ id: t.id, workerId: "b" })), T0, LEASE),
+    ]);
+    expect(a.length + b.length).toBe(50);
+    expect(new Set([...a, ...b].map((c) => c.id)).size).toBe(50);
+  });
+
+  it("completes a success: result kept until its TTL", async () => {
+    const t = await submitOne({ resultTtlMs: 60_000 });
+    await store.claim("default", [{ id: t.id, workerId: "w1" }], T0, LEASE);
+    expect(await store.complete([{ id: t.id, attempt: 1, outcome: { kind: "succeeded", result: { ok: true } } }], T0 + 50)).toEqual([
+      "applied",
+    ]);
+    const got = await mustGet(t.id);
+    expect(got.status).toBe(TaskStatus.SUCCEEDED);
+    expect(got.result).toEqual({ ok: true });
+    expect(got.error).toBeUndefined();
+    expect(timestampMs(got.finishedAt!)).toBe(T0 + 50);
+    expect(Number(await redis.zscore(k("default", "done"), t.id))).toBe(T0 + 50 + 60_000);
+    expect(await redis.zcard(k("default", "running"))).toBe(0);
+    expect(await redis.zscore(k("default", "dead"), t.id)).toBeNull();
+    // A second report for the same attempt is stale.
+    expect(await store.complete([{ id: t.id, attempt: 1, outcome: { kind: "succeeded", result: {} } }], T0 + 60)).toEqual(["stale"]);
+  });
+
+  it("retries a retryable failure with exponential backoff, then fails into the dead set", async () => {
+    const t = await submitOne({ maxAttempts: 3, backoff: { initialMs: 1000, maxMs: 1500, multiplier: 2, jitter: 0 } });
+    const fail = { kind: "failed", code: "HANDLER_ERROR", message: "boom", retryable: true } as const;
+
+    await store.claim("default", [{ id: t.id, workerId: "w" }], T0, LEASE);
+    expect(await store.complete([{ id: t.id, attempt: 1, outcome: fail }], T0 + 100)).toEqual(["applied"]);
+    let got = await mustGet(t.id);
+    expect(got.status).toBe(TaskStatus.RETRY_WAIT);
+    expect(got.error).toMatchObject({ code: "HANDLER_ERROR", message: "boom", retryable: true });
+    expect(timestampMs(got.scheduledAt!)).toBe(T0 + 100 + 1000);
+    expect(Number(await redis.zscore(k("default", "delayed"), t.id))).toBe(T0 + 1100);
+    let [stats] = await store.stats(T0 + 100);
+    expect(stats).toMatchObject({ retryWait: 1n, delayed: 0n, running: 0n });
+
+    expect(await store.promoteDue("default", T0 + 1099, 10)).toBe(0);
+    expect(await store.promoteDue("default", T0 + 1100, 10)).toBe(1);
+    [stats] = await store.stats(T0 + 1100);
+    expect(stats).toMatchObject({ retryWait: 0n, queued: 1n });
+    await store.claim("default", [{ id: t.id, workerId: "w" }], T0 + 1200, LEASE);
+    await store.complete([{ id: t.id, attempt: 2, outcome: fail }], T0 + 1300);
+    got = await mustGet(t.id);
+    // min(max 1500, 1000 × 2^1)
+    expect(timestampMs(got.scheduledAt!)).toBe(T0 + 1300 + 1500);
+
+    await store.promoteDue("default", T0 + 3000, 10);
+    await store.claim("default", [{ id: t.id, workerId: "w" }], T0 + 3000, LEASE);
+    await store.complete([{ id: t.id, attempt: 3, outcome: fail }], T0 + 3100);
+    got = await mustGet(t.id);
+    expect(got.status).toBe(TaskStatus.FAILED);
+    expect(got.attempt).toBe(3);
+    expect(Number(await redis.zscore(k("default", "dead"), t.id))).toBe(T0 + 3100);
+    [stats] = await store.stats(T0 + 3100);
+    expect(stats).toMatchObject({ dead: 1n, queued: 0n, retryWait: 0n });
+  });
+
+  it("spreads the backoff by the jitter", async () => {
+    const tasks = Array.from({ length: 40 }, () => task({ backoff: { initialMs: 1000, maxMs: 10_000, multiplier: 2, jitter: 0.5 } }));
+    await store.submit(tasks, T0);
+    await store.claim("default", tasks.map((t) => ({ id: t.id, workerId: "w" })), T0, LEASE);
+    await store.complete(
+      tasks.map((t) => ({ id: t.id, attempt: 1, outcome: { kind: "failed", code: "E", message: "", retryable: true } })),
+      T0,
+    );
+    const delays = (await store.getMany(tasks.map((t) => t.id))).map((t) => timestampMs(t!.scheduledAt!) - T0);
+    for (const d of delays) {
+      expect(d).toBeGreaterThanOrEqual(500);
+      expect(d).toBeLessThanOrEqual(1500);
+    }
+    expect(new Set(delays).size).toBeGreaterThan(5);
+  });
+
+  it("fails a non-retryable failure at once into the dead set", async () => {
+    const t = await submitOne({ maxAttempts: 5 });
+    await store.claim("default", [{ id: t.id, workerId: "w" }], T0, LEASE);
+    await store.complete([{ id: t.id, attempt: 1, outcome: { kind: "failed", code: "INVALID_PAYLOAD", message: "no", retryable: false } }], T0 + 1);
+    const got = await mustGet(t.id);
+    expect(got.status).toBe(TaskStatus.FAILED);
+    expect(got.error?.code).toBe("INVALID_PAYLOAD");
+    expect(await redis.zscore(k("default", "dead"), t.id)).not.toBeNull();
+  });
+
+  it("rejects a stale attempt after a requeue and a new claim", async () => {
+    const t = await submitOne();
+    await store.claim("default", [{ id: t.id, workerId: "w1" }], T0, LEASE);
+    expect(await store.requeue([{ id: t.id, attempt: 1 }], "worker gone", T0 + 5)).toBe(1);
+    let got = await mustGet(t.id);
+    expect(got.status).toBe(TaskStatus.QUEUED);
+    expect(got.attempt).toBe(1);
+    expect(got.error).toMatchObject({ code: "REQUEUED", message: "worker gone" });
+    // A second requeue of the same attempt does nothing.
+    expect(await store.requeue([{ id: t.id, attempt: 1 }], "again", T0 + 6)).toBe(0);
+
+    const [c2] = await store.claim("default", [{ id: t.id, workerId: "w2" }], T0 + 10, LEASE);
+    expect(c2?.attempt).toBe(2);
+    expect(await store.complete([{ id: t.id, attempt: 1, outcome: { kind: "succeeded", result: { late: true } } }], T0 + 20)).toEqual([
+      "stale",
+    ]);
+    await store.progress([{ id: t.id, attempt: 1, progress: 90, message: "old" }], T0 + 21);
+    expect((await store.renew([{ id: t.id, attempt: 1 }], T0 + 22, LEASE)).stale).toEqual([{ id: t.id, attempt: 1 }]);
+    got = await mustGet(t.id);
+    expect(got.status).toBe(TaskStatus.RUNNING);
+    expect(got.progress).toBe(0);
+    expect(got.workerId).toBe("w2");
+    expect(await store.complete([{ id: t.id, attempt: 2, outcome: { kind: "succeeded", result: { ok: 1 } } }], T0 + 30)).toEqual([
+      "applied",
+    ]);
+    got = await mustGet(t.id);
+    expect(got.result).toEqual({ ok: 1 });
+    expect(got.error).toBeUndefined();
+  });
+
+  it("puts a re-queued task back at the front of its priority", async () => {
+    const a = await submitOne({}, T0);
+    const b = await submitOne({}, T0 + 1);
+    await store.claim("default", [{ id: a.id, workerId: "w" }], T0 + 2, LEASE);
+    await store.requeue([{ id: a.id, attempt: 1 }], "stream broken", T0 + 3);
+    expect((await store.peekReady("default", 10)).map((p) => p.id)).toEqual([a.id, b.id]);
+  });
+
+  it("renews leases of current attempts and re-queues expired ones", async () => {
+    const [a, b] = (await store.submit([task(), task()], T0)).map((r) => r.task);
+    await store.claim("default", [{ id: a!.id, workerId: "w" }, { id: b!.id, workerId: "w" }], T0, 1000);
+    const { stale } = await store.renew(
+      [{ id: a!.id, attempt: 1 }, { id: b!.id, attempt: 7 }, { id: "01UNKNOWN0000000000000000", attempt: 1 }],
+      T0 + 900,
+      1000,
+    );
+    expect(stale).toEqual(expect.arrayContaining([{ id: b!.id, attempt: 7 }, { id: "01UNKNOWN0000000000000000", attempt: 1 }]));
+    expect(stale).toHaveLength(2);
+    expect(Number(await redis.zscore(k("default", "running"), a!.id))).toBe(T0 + 1900);
+
+    // At T0 + 1500 only b's lease (T0 + 1000) has passed.
+    expect(await store.expireLeases("default", T0 + 1500, 100)).toEqual([{ id: b!.id, attempt: 1 }]);
+    expect((await mustGet(b!.id)).error?.code).toBe("LEASE_EXPIRED");
+    expect(await store.expireLeases("default", T0 + 2000, 100)).toEqual([{ id: a!.id, attempt: 1 }]);
+    expect(await store.expireLeases("default", T0 + 9000, 100)).toEqual([]);
+    const again = await store.claim("default", [{ id: a!.id, workerId: "w2" }], T0 + 2100, 1000);
+    expect(again[0]?.attempt).toBe(2);
+  });
+});
+
+describe("cancel", () => {
+  it("cancels a queued task at once", async () => {
+    const t = await submitOne();
+    const r = await store.cancel("acme", t.id, "not needed", T0 + 1);
+    expect(r?.running).toBeUndefined();
+    expect(r?.task.status).toBe(TaskStatus.CANCELLED);
+    expect(r?.task.error).toMatchObject({ code: "CANCELLED", message: "not needed", retryable: false });
+    expect(await redis.zcard(k("default", "ready"))).toBe(0);
+    expect(await redis.zscore(k("default", "dead"), t.id)).not.toBeNull();
+    expect(await redis.zscore(k("default", "done"), t.id)).not.toBeNull();
+    expect(await mustGet(t.id)).toEqual(r?.task);
+  });
+
+  it("cancels a delayed task and a task waiting to retry", async () => {
+    const d = await submitOne({ runAtMs: T0 + 10_000 });
+    const w = await submitOne();
+    await store.claim("default", [{ id: w.id, workerId: "w" }], T0, LEASE);
+    await store.complete([{ id: w.id, attempt: 1, outcome: { kind: "failed", code: "E", message: "m", retryable: true } }], T0);
+    expect((await mustGet(w.id)).status).toBe(TaskStatus.RETRY_WAIT);
+    expect((await store.cancel("acme", d.id, "x", T0 + 1))?.task.status).toBe(TaskStatus.CANCELLED);
+    expect((await store.cancel("acme", w.id, "y", T0 + 1))?.task.status).toBe(TaskStatus.CANCELLED);
+    expect(await redis.zcard(k("default", "delayed"))).toBe(0);
+    const [stats] = await store.stats(T0 + 1);
+    expect(stats).toMatchObject({ delayed: 0n, retryWait: 0n, dead: 2n });
+    expect(await store.promoteDue("default", T0 + 100_000, 10)).toBe(0);
+  });
+
+  it("asks the worker of a running task, which then ends it", async () => {
+    const t = await submitOne();
+    await store.claim("default", [{ id: t.id, workerId: "w9" }], T0, LEASE);
+    const r = await store.cancel("acme", t.id, "user asked", T0 + 1);
+    expect(r?.running).toEqual({ workerId: "w9", attempt: 1 });
+    expect(r?.task.status).toBe(TaskStatus.RUNNING);
+    await store.complete([{ id: t.id, attempt: 1, outcome: { kind: "cancelled", reason: "cancelled" } }], T0 + 2);
+    const got = await mustGet(t.id);
+    expect(got.status).toBe(TaskStatus.CANCELLED);
+    expect(got.error).toMatchObject({ code: "CANCELLED", message: "user asked", retryable: false });
+    expect(await redis.hexists(k("default", `t:${t.id}`), "cxl")).toBe(0);
+  });
+
+  it("retries an attempt its worker cancelled on its own, as ABORTED", async () => {
+    const t = await submitOne({ maxAttempts: 2 });
+    await store.claim("default", [{ id: t.id, workerId: "w" }], T0, LEASE);
+    await store.complete([{ id: t.id, attempt: 1, outcome: { kind: "cancelled", reason: "worker shutting down" } }], T0 + 1);
+    const got = await mustGet(t.id);
+    expect(got.status).toBe(TaskStatus.RETRY_WAIT);
+    expect(got.error).toMatchObject({ code: "ABORTED", message: "worker shutting down", retryable: true });
+    await store.promoteDue("default", T0 + 60_000, 10);
+    await store.claim("default", [{ id: t.id, workerId: "w" }], T0 + 60_000, LEASE);
+    await store.complete([{ id: t.id, attempt: 2, outcome: { kind: "cancelled", reason: "" } }], T0 + 60_001);
+    expect((await mustGet(t.id)).status).toBe(TaskStatus.FAILED);
+  });
+
+  it("does not retry a running task whose cancel was requested, whether it fails or its worker is lost", async () => {
+    const [a, b] = (await store.submit([task(), task()], T0)).map((r) => r.task);
+    await store.claim("default", [{ id: a!.id, workerId: "w" }, { id: b!.id, workerId: "w" }], T0, LEASE);
+    await store.cancel("acme", a!.id, "stop", T0);
+    await store.cancel("acme", b!.id, "stop", T0);
+    await store.complete([{ id: a!.id, attempt: 1, outcome: { kind: "failed", code: "ABORTED", message: "aborted", retryable: true } }], T0 + 1);
+    expect(await store.requeue([{ id: b!.id, attempt: 1 }], "worker gone", T0 + 1)).toBe(0);
+    expect((await mustGet(a!.id)).status).toBe(TaskStatus.CANCELLED);
+    expect((await mustGet(b!.id)).status).toBe(TaskStatus.CANCELLED);
+    expect(await redis.zcard(k("default", "running"))).toBe(0);
+  });
+
+  it("returns a finished task unchanged, and nothing for another tenant or an unknown id", async () => {
+    const t = await submitOne();
+    await store.claim("default", [{ id: t.id, workerId: "w" }], T0, LEASE);
+    await store.complete([{ id: t.id, attempt: 1, outcome: { kind: "succeeded", result: { v: 1 } } }], T0 + 1);
+    const before = await mustGet(t.id);
+    const r = await store.cancel("acme", t.id, "late", T0 + 2);
+    expect(r).toEqual({ task: before });
+    expect(await store.cancel("globex", t.id, "x", T0 + 2)).toBeUndefined();
+    expect(await store.cancel("acme", "01UNKNOWN0000000000000000", "x", T0 + 2)).toBeUndefined();
+  });
+});
+
+describe("retry from the dead-letter set", () => {
+  it("re-queues a failed task keeping its attempt count", async () => {
+    const t = await submitOne({ maxAttempts: 1, resultTtlMs: 1000 });
+    await store.claim("default", [{ id: t.id, workerId: "w" }], T0, LEASE);
+    await store.complete([{ id: t.id, attempt: 1, outcome: { kind: "failed", code: "E", message: "m", retryable: true } }], T0 + 1);
+    expect((await mustGet(t.id)).status).toBe(TaskStatus.FAILED);
+
+    const r = await store.retry("acme", t.id, T0 + 10);
+    if (!("task" in r)) throw new Error(r.error);
+    expect(r.task.status).toBe(TaskStatus.QUEUED);
+    expect(r.task.attempt).toBe(1);
+    expect(r.task.finishedAt).toBeUndefined();
+    expect(await redis.zscore(k("default", "dead"), t.id)).toBeNull();
+    expect(await redis.zscore(k("default", "done"), t.id)).toBeNull();
+    // Not reaped while alive again.
+    expect(await store.reapExpired("default", T0 + 10_000, 10)).toBe(0);
+    const [c] = await store.claim("default", [{ id: t.id, workerId: "w" }], T0 + 20, LEASE);
+    expect(c?.attempt).toBe(2);
+  });
+
+  it("re-queues a cancelled task and refuses live, unknown and foreign ones", async () => {
+    const t = await submitOne();
+    await store.cancel("acme", t.id, "oops", T0);
+    expect(await store.retry("globex", t.id, T0 + 1)).toEqual({ error: "not_found" });
+    expect("task" in (await store.retry("acme", t.id, T0 + 1))).toBe(true);
+    expect(await store.retry("acme", t.id, T0 + 2)).toEqual({ error: "not_dead" });
+    expect(await store.retry("acme", "01UNKNOWN0000000000000000", T0 + 2)).toEqual({ error: "not_found" });
+  });
+});
+
+describe("reapExpired", () => {
+  it("deletes every key and index entry of an expired finished task", async () => {
+    const ok = await submitOne({ resultTtlMs: 1000, idempotencyKey: "i" });
+    const bad = await submitOne({ resultTtlMs: 1000, queue: "default" });
+    const live = await submitOne({ resultTtlMs: 1000 });
+    await store.claim("default", [{ id: ok.id, workerId: "w" }, { id: bad.id, workerId: "w" }], T0, LEASE);
+    await store.progress([{ id: ok.id, attempt: 1, progress: 50, message: "half" }], T0 + 1);
+    await store.complete(
+      [
+        { id: ok.id, attempt: 1, outcome: { kind: "succeeded", result: { big: "r".repeat(100) } } },
+        { id: bad.id, attempt: 1, outcome: { kind: "failed", code: "E", message: "m", retryable: false } },
+      ],
+      T0 + 10,
+    );
+    expect(await redis.exists(k("default", `r:${ok.id}`))).toBe(1);
+    expect(await store.reapExpired("default", T0 + 1009, 100)).toBe(0);
+    expect(await store.reapExpired("default", T0 + 1010, 100)).toBe(2);
+
+    for (const id of [ok.id, bad.id]) {
+      expect(await store.get(id)).toBeUndefined();
+      expect(await redis.hexists(`${prefix}:ix`, id)).toBe(0);
+      expect(await redis.zscore(`${prefix}:tn:acme`, id)).toBeNull();
+      expect(await redis.zscore(k("default", "dead"), id)).toBeNull();
+      expect(await redis.zscore(k("default", "done"), id)).toBeNull();
+      expect((await prefixKeys()).filter((key) => key.includes(id))).toEqual([]);
+    }
+    expect(await store.get(live.id)).toBeDefined();
+    // What is left: the live task and the queue-wide keys.
+    const left = (await prefixKeys()).filter((key) => !key.includes(live.id)).sort();
+    expect(left).toEqual(
+      [`${prefix}:idem:acme:i`, `${prefix}:ix`, `${prefix}:queues`, `${prefix}:tn:acme`, k("default", "ready")].sort(),
+    );
+    expect(await store.events(ok.id, 0)).toEqual([]);
+  });
+});
+
+describe("events", () => {
+  it("folds the history into snapshots in order: QUEUED → RUNNING → progress → SUCCEEDED", async () => {
+    const t = await submitOne();
+    await store.claim("default", [{ id: t.id, workerId: "w1" }], T0 + 10, LEASE);
+    await store.progress([{ id: t.id, attempt: 1, progress: 30, message: "a third" }], T0 + 20);
+    await store.log([{ id: t.id, attempt: 1, line: "hello \"world\"\n" }], T0 + 25);
+    await store.progress([{ id: t.id, attempt: 1, progress: 150, message: "" }], T0 + 30);
+    await store.complete([{ id: t.id, attempt: 1, outcome: { kind: "succeeded", result: { out: [1, 2] } } }], T0 + 40);
+
+    const events = await store.events(t.id, 0);
+    expect(events.map((e) => Number(e.sequence))).toEqual([1, 2, 3, 4, 5, 6]);
+    expect(events.map((e) => e.event.case)).toEqual(["statusChange", "statusChange", "progress", "log", "progress", "statusChange"]);
+    expect(events.map((e) => e.task?.status)).toEqual([
+      TaskStatus.QUEUED,
+      TaskStatus.RUNNING,
+      TaskStatus.RUNNING,
+      TaskStatus.RUNNING,
+      TaskStatus.RUNNING,
+      TaskStatus.SUCCEEDED,
+    ]);
+    expect(events.map((e) => timestampMs(e.time!))).toEqual([T0, T0 + 10, T0 + 20, T0 + 25, T0 + 30, T0 + 40]);
+    const [queued, running, p1, log, p2, done] = events;
+    expect(queued?.event).toMatchObject({ case: "statusChange", value: { from: 0, to: TaskStatus.QUEUED, attempt: 0 } });
+    expect(queued?.task).toEqual(t);
+    expect(running?.event).toMatchObject({ value: { from: TaskStatus.QUEUED, to: TaskStatus.RUNNING, attempt: 1, workerId: "w1" } });
+    expect(running?.task?.workerId).toBe("w1");
+    expect(p1?.event).toMatchObject({ value: { attempt: 1, progress: 30, message: "a third" } });
+    expect(p1?.task?.progress).toBe(30);
+    expect(log?.event).toMatchObject({ case: "log", value: { attempt: 1, line: "hello \"world\"\n" } });
+    expect(p2?.task?.progress).toBe(100);
+    expect(p2?.task?.progressMessage).toBe("");
+    expect(done?.task?.result).toEqual({ out: [1, 2] });
+    expect(done?.task).toEqual(await mustGet(t.id));
+
+    const tail = await store.events(t.id, 4);
+    expect(tail.map((e) => Number(e.sequence))).toEqual([5, 6]);
+    expect(tail).toEqual(events.slice(4));
+    expect(await store.events(t.id, 6)).toEqual([]);
+    expect(await store.events("01UNKNOWN0000000000000000", 0)).toEqual([]);
+  });
+
+  it("gives the same snapshots when read incrementally as in one read", async () => {
+    const t = await submitOne({ maxAttempts: 2 });
+    const watcher = makeStore();
+    // A subscribed watcher's reads after the first fetch only the new entries.
+    const off = watcher.onEvent(t.id, () => undefined);
+    await off.ready;
+    const reads = vi.spyOn(redis, "tmEvents");
+    const seen = [...(await watcher.events(t.id, 0))];
+    const last = (): number => Number(seen[seen.length - 1]?.sequence ?? 0);
+    const step = async (fn: () => Promise<unknown>): Promise<void> => {
+      await fn();
+      seen.push(...(await watcher.events(t.id, last())));
+    };
+    await step(() => store.claim("default", [{ id: t.id, workerId: "w1" }], T0 + 1, LEASE));
+    await step(() => store.progress([{ id: t.id, attempt: 1, progress: 10, message: "x" }], T0 + 2));
+    await step(() =>
+      store.complete([{ id: t.id, attempt: 1, outcome: { kind: "failed", code: "E", message: "m", retryable: true } }], T0 + 3),
+    );
+    await step(() => store.promoteDue("default", T0 + 10_000, 10));
+    await step(() => store.claim("default", [{ id: t.id, workerId: "w2" }], T0 + 10_001, LEASE));
+    await step(() => store.requeue([{ id: t.id, attempt: 2 }], "lost", T0 + 10_002));
+    await step(() => store.claim("default", [{ id: t.id, workerId: "w3" }], T0 + 10_003, LEASE));
+    await step(() => store.complete([{ id: t.id, attempt: 3, outcome: { kind: "succeeded", result: { r: 1 } } }], T0 + 10_004));
+
+    off();
+    const tailReads = reads.mock.calls.filter((args) => Number(args[7]) > 0 && args[8] === "0");
+    expect(tailReads).toHaveLength(8);
+    reads.mockRestore();
+    const fresh = await makeStore().events(t.id, 0);
+    expect(seen).toEqual(fresh);
+    expect(fresh.map((e) => e.task?.status)).toEqual([
+      TaskStatus.QUEUED,
+      TaskStatus.RUNNING,
+      TaskStatus.RUNNING,
+      TaskStatus.RETRY_WAIT,
+      TaskStatus.QUEUED,
+      TaskStatus.RUNNING,
+      TaskStatus.QUEUED,
+      TaskStatus.RUNNING,
+      TaskStatus.SUCCEEDED,
+    ]);
+    const retryWait = fresh[3]?.task;
+    expect(retryWait?.error?.code).toBe("E");
+    expect(timestampMs(retryWait!.scheduledAt!)).toBe(T0 + 3 + 1000);
+    expect(fresh[8]?.task).toEqual(await mustGet(t.id));
+  });
+
+  it("folds a dead-lettered and retried task to its stored state", async () => {
+    const t = await submitOne({ maxAttempts: 1 });
+    await store.claim("default", [{ id: t.id, workerId: "w" }], T0, LEASE);
+    await store.complete([{ id: t.id, attempt: 1, outcome: { kind: "failed", code: "E", message: "m", retryable: false } }], T0 + 1);
+    let evs = await store.events(t.id, 0);
+    expect(evs[evs.length - 1]?.task).toEqual(await mustGet(t.id));
+    await store.retry("acme", t.id, T0 + 5);
+    evs = await store.events(t.id, 0);
+    expect(evs[evs.length - 1]?.task).toEqual(await mustGet(t.id));
+    expect(evs[evs.length - 1]?.event).toMatchObject({ value: { from: TaskStatus.FAILED, to: TaskStatus.QUEUED } });
+    const c = await store.cancel("acme", t.id, "bye", T0 + 6);
+    evs = await store.events(t.id, 0);
+    expect(evs[evs.length - 1]?.task).toEqual(c?.task);
+  });
+
+  it("keeps only the newest maxEvents entries and still folds exact statuses", async () => {
+    const small = makeStore({ maxEvents: 5 });
+    const [r] = await small.submit([task()], T0);
+    const id = r!.task.id;
+    await small.claim("default", [{ id, workerId: "w" }], T0, LEASE);
+    for (let i = 1; i <= 10; i++) await small.progress([{ id, attempt: 1, progress: i * 5, message: `p${i}` }], T0 + i);
+    expect(await redis.llen(k("default", `ev:${id}`))).toBe(5);
+    const evs = await small.events(id, 0);
+    expect(evs.map((e) => Number(e.sequence))).toEqual([8, 9, 10, 11, 12]);
+    expect(evs.every((e) => e.task?.status === TaskStatus.RUNNING)).toBe(true);
+    expect(evs[4]?.task).toEqual(await small.get(id));
+    expect((await small.events(id, 10)).map((e) => Number(e.sequence))).toEqual([11, 12]);
+  });
+
+  it("notifies subscribers of new events", async () => {
+    const t = await submitOne();
+    const seqs: number[] = [];
+    const other: number[] = [];
+    const off = store.onEvent(t.id, (s) => seqs.push(s));
+    const offOther = store.onEvent(t.id, (s) => other.push(s));
+    await off.ready;
+    await store.claim("default", [{ id: t.id, workerId: "w" }], T0 + 1, LEASE);
+    await store.progress([{ id: t.id, attempt: 1, progress: 1, message: "" }], T0 + 2);
+    await waitFor(() => seqs.length >= 2 && other.length >= 2, { what: "event notifications" });
+    expect(seqs).toEqual([2, 3]);
+    off();
+    off();
+    await store.progress([{ id: t.id, attempt: 1, progress: 2, message: "" }], T0 + 3);
+    await waitFor(() => other.length >= 3, { what: "remaining listener" });
+    expect(seqs).toEqual([2, 3]);
+    offOther();
+  });
+});
+
+describe("list", () => {
+  it("pages a tenant's tasks newest first", async () => {
+    const tasks = Array.from({ length: 25 }, () => task());
+    await store.submit(tasks, T0);
+    await store.submit([task({ tenant: "globex" })], T0);
+    const seen: string[] = [];
+    let token = "";
+    let pages = 0;
+    do {
+      const page = await store.list("acme", {}, 10, token);
+      seen.push(...page.tasks.map((t) => t.id));
+      token = page.nextPageToken;
+      pages++;
+    } while (token !== "" && pages < 10);
+    expect(seen).toEqual(tasks.map((t) => t.id).reverse());
+    expect(pages).toBeLessThanOrEqual(4);
+    expect((await store.list("globex", {}, 100, "")).tasks).toHaveLength(1);
+    expect((await store.list("nobody", {}, 100, "")).tasks).toEqual([]);
+  });
+
+  it("filters by status, type, queue and label", async () => {
+    const a = task({ type: "a", labels: { env: "prod" } });
+    const b = task({ type: "b", queue: "other", labels: { env: "dev" } });
+    const c = task({ type: "a", queue: "other" });
+    await store.submit([a, b, c], T0);
+    await store.claim("other", [{ id: c.id, workerId: "w" }], T0, LEASE);
+    const ids = async (f: Parameters<TaskStore["list"]>[1]): Promise<string[]> =>
+      (await store.list("acme", f, 50, "")).tasks.map((t) => t.id);
+    expect(await ids({ type: "a" })).toEqual([c.id, a.id]);
+    expect(await ids({ queue: "other" })).toEqual([c.id, b.id]);
+    expect(await ids({ status: TaskStatus.RUNNING })).toEqual([c.id]);
+    expect(await ids({ status: TaskStatus.QUEUED, type: "a" })).toEqual([a.id]);
+    expect(await ids({ label: ["env", "dev"] })).toEqual([b.id]);
+    expect(await ids({ label: ["env", "qa"] })).toEqual([]);
+  });
+
+  it("scans a bounded number of ids per call and continues with the token", async () => {
+    const tasks = Array.from({ length: 30 }, (_, i) => task({ type: i === 0 ? "rare" : "common" }));
+    await store.submit(tasks, T0);
+    // Page size 2 scans at most 20 ids: the only match (the oldest) is beyond them.
+    const first = await store.list("acme", { type: "rare" }, 2, "");
+    expect(first.tasks).toEqual([]);
+    expect(first.nextPageToken).not.toBe("");
+    const second = await store.list("acme", { type: "rare" }, 2, first.nextPageToken);
+    expect(second.tasks.map((t) => t.id)).toEqual([tasks[0]!.id]);
+    expect(second.nextPageToken).toBe("");
+  });
+
+  it("rejects a malformed page token", async () => {
+    await expect(store.list("acme", {}, 10, Buffer.from("a b{").toString("base64url"))).rejects.toThrow(/page_token/);
+  });
+});
+
+describe("stats", () => {
+  it("reports depths by status and the oldest queued age", async () => {
+    await store.submit([task({ priority: 1 })], T0);
+    await store.submit([task({ priority: 4 }), task({ runAtMs: T0 + 60_000 })], T0 + 2000);
+    const running = await submitOne({}, T0 + 2000);
+    await store.claim("default", [{ id: running.id, workerId: "w" }], T0 + 2000, LEASE);
+    await submitOne({ queue: "empty" }, T0).then((t) => store.cancel("acme", t.id, "x", T0));
+    const stats = await store.stats(T0 + 5000);
+    const byName = new Map(stats.map((s) => [s.name, s]));
+    expect(byName.get("default")).toMatchObject({ queued: 2n, running: 1n, delayed: 1n, retryWait: 0n, dead: 0n });
+    // The LOW task from T0 is the oldest even though the CRITICAL one is first in line.
+    expect(byName.get("default")?.oldestQueuedAge?.seconds).toBe(5n);
+    expect(byName.get("empty")).toMatchObject({ queued: 0n, dead: 1n });
+    expect(byName.get("empty")?.oldestQueuedAge).toBeUndefined();
+  });
+});

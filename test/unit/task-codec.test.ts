@@ -1,0 +1,216 @@
+import { describe, expect, it } from "vitest";
+import { timestampMs } from "@bufbuild/protobuf/wkt";
+import { TaskStatus, type Task } from "../../gen/taskmesh/v1/task_pb.js";
+import {
+  applyEvent,
+  decodeSpec,
+  encodeSpec,
+  foldBase,
+  foldEvents,
+  hashFromFlat,
+  parseEventEntry,
+  storedFromNew,
+  submitEntry,
+  taskFromStored,
+  type EventEntry,
+  type NewTask,
+} from "../../services/scheduler/task-codec.js";
+
+const T0 = 1_700_000_000_000;
+
+function newTask(over: Partial<NewTask> = {}): NewTask {
+  return {
+    id: "01HZX0000000000000000000AA",
+    tenant: "acme",
+    type: "noop",
+    queue: "default",
+    priority: 2,
+    payload: {},
+    affinityKey: "",
+    maxAttempts: 3,
+    backoff: { initialMs: 1000, maxMs: 60_000, multiplier: 2, jitter: 0.1 },
+    timeoutMs: 0,
+    runAtMs: 0,
+    idempotencyKey: "",
+    labels: {},
+    resultTtlMs: 86_400_000,
+    concurrencyKey: "",
+    concurrencyLimit: 0,
+    ...over,
+  };
+}
+
+/** Parses entries written the way the Lua scripts write them. */
+const entries = (...raw: string[]): EventEntry[] => raw.map(parseEventEntry);
+
+describe("spec encoding", () => {
+  it("omits defaults and round-trips every field", () => {
+    expect(encodeSpec(newTask())).toBe('{"b":[1000,60000,2,0.1]}');
+    const t = newTask({
+      payload: { a: [1, { b: null }] },
+      labels: { env: "prod" },
+      timeoutMs: 5000,
+      idempotencyKey: "k",
+      concurrencyKey: "c",
+      concurrencyLimit: 3,
+    });
+    expect(decodeSpec(encodeSpec(t))).toEqual({
+      payload: t.payload,
+      labels: t.labels,
+      backoff: t.backoff,
+      timeoutMs: 5000,
+      idempotencyKey: "k",
+      concurrencyKey: "c",
+      concurrencyLimit: 3,
+    });
+  });
+
+  it("reads a missing spec as defaults", () => {
+    expect(decodeSpec(null)).toMatchObject({ payload: {}, labels: {}, timeoutMs: 0, idempotencyKey: "" });
+  });
+});
+
+describe("stored task", () => {
+  it("builds a QUEUED task from a new one, or DELAYED when it runs later", () => {
+    const queued = taskFromStored(storedFromNew(newTask({ affinityKey: "a", timeoutMs: 2500 }), T0));
+    expect(queued.status).toBe(TaskStatus.QUEUED);
+    expect(timestampMs(queued.createdAt!)).toBe(T0);
+    expect(timestampMs(queued.scheduledAt!)).toBe(T0);
+    expect(queued.affinityKey).toBe("a");
+    expect(queued.timeout).toMatchObject({ seconds: 2n, nanos: 500_000_000 });
+    expect(queued.resultTtl?.seconds).toBe(86_400n);
+    expect(queued.payload).toEqual({});
+    expect(queued.startedAt).toBeUndefined();
+
+    const delayed = taskFromStored(storedFromNew(newTask({ runAtMs: T0 + 10 }), T0));
+    expect(delayed.status).toBe(TaskStatus.DELAYED);
+    expect(timestampMs(delayed.scheduledAt!)).toBe(T0 + 10);
+    expect(delayed.timeout).toBeUndefined();
+  });
+
+  it("reads the mutable fields, result and error", () => {
+    const s = storedFromNew(newTask(), T0);
+    const t = taskFromStored({
+      ...s,
+      hash: {
+        ...s.hash,
+        ...hashFromFlat(["st", "6", "att", "2", "wk", "w1", "sta", String(T0 + 5), "fin", String(T0 + 9), "prog", "40", "pmsg", "hm"]),
+        err: '{"code":"E","message":"m","retryable":false}',
+      },
+      result: '{"x":1}',
+    });
+    expect(t).toMatchObject({ status: TaskStatus.FAILED, attempt: 2, workerId: "w1", progress: 40, progressMessage: "hm" });
+    expect(t.error).toMatchObject({ code: "E", message: "m", retryable: false });
+    expect(t.result).toEqual({ x: 1 });
+    expect(timestampMs(t.startedAt!)).toBe(T0 + 5);
+    expect(timestampMs(t.finishedAt!)).toBe(T0 + 9);
+  });
+});
+
+describe("event folding", () => {
+  const initial = (): Task => taskFromStored(storedFromNew(newTask(), T0));
+
+  it("folds QUEUED → RUNNING → progress → log → SUCCEEDED", () => {
+    const current = initial();
+    const { events, state } = foldEvents(
+      foldBase(current, 1),
+      entries(
+        `{"n":1,"t":${T0},"k":"s","f":0,"s":1,"a":0,"at":${T0}}`,
+        `{"n":2,"t":${T0 + 10},"k":"s","f":1,"s":3,"a":1,"w":"w1"}`,
+        `{"n":3,"t":${T0 + 20},"k":"p","a":1,"p":50,"m":"half"}`,
+        `{"n":4,"t":${T0 + 25},"k":"l","a":1,"m":"a line"}`,
+        `{"n":5,"t":${T0 + 30},"k":"s","f":3,"s":5,"a":1}`,
+      ),
+      { ok: true },
+    );
+    expect(events.map((e) => e.task?.status)).toEqual([
+      TaskStatus.QUEUED,
+      TaskStatus.RUNNING,
+      TaskStatus.RUNNING,
+      TaskStatus.RUNNING,
+      TaskStatus.SUCCEEDED,
+    ]);
+    expect(events[0]?.task).toEqual(current);
+    expect(events.map((e) => e.sequence)).toEqual([1n, 2n, 3n, 4n, 5n]);
+    expect(events[1]?.event).toMatchObject({ case: "statusChange", value: { from: 1, to: 3, attempt: 1, workerId: "w1" } });
+    expect(events[2]?.event).toMatchObject({ case: "progress", value: { attempt: 1, progress: 50, message: "half" } });
+    expect(events[2]?.task).toMatchObject({ progress: 50, progressMessage: "half" });
+    expect(events[3]?.event).toMatchObject({ case: "log", value: { attempt: 1, line: "a line" } });
+    expect(events[1]?.task?.result).toBeUndefined();
+    expect(state.result).toEqual({ ok: true });
+    expect(timestampMs(state.startedAt!)).toBe(T0 + 10);
+    expect(timestampMs(state.finishedAt!)).toBe(T0 + 30);
+    expect(state.workerId).toBe("w1");
+  });
+
+  it("records retry waits, requeues and retries from the dead-letter set", () => {
+    const err = '{"code":"E","message":"m","retryable":true}';
+    const { events } = foldEvents(
+      foldBase(initial(), 1),
+      entries(
+        `{"n":1,"t":${T0},"k":"s","f":0,"s":1,"a":0,"at":${T0}}`,
+        `{"n":2,"t":${T0 + 1},"k":"s","f":1,"s":3,"a":1,"w":"w1"}`,
+        `{"n":3,"t":${T0 + 2},"k":"p","a":1,"p":70,"m":""}`,
+        `{"n":4,"t":${T0 + 3},"k":"s","f":3,"s":4,"a":1,"e":${err},"at":${T0 + 1003}}`,
+        `{"n":5,"t":${T0 + 1003},"k":"s","f":4,"s":1,"a":1}`,
+        `{"n":6,"t":${T0 + 1004},"k":"s","f":1,"s":3,"a":2,"w":"w2"}`,
+        `{"n":7,"t":${T0 + 1005},"k":"s","f":3,"s":6,"a":2,"e":{"code":"X","message":"fatal","retryable":false}}`,
+        `{"n":8,"t":${T0 + 2000},"k":"s","f":6,"s":1,"a":2,"at":${T0 + 2000}}`,
+      ),
+      undefined,
+    );
+    const wait = events[3]?.task;
+    expect(wait?.status).toBe(TaskStatus.RETRY_WAIT);
+    expect(wait?.error?.code).toBe("E");
+    expect(timestampMs(wait!.scheduledAt!)).toBe(T0 + 1003);
+    expect(wait?.progress).toBe(70);
+    const second = events[5]?.task;
+    expect(second).toMatchObject({ attempt: 2, workerId: "w2", progress: 0 });
+    expect(second?.error?.code).toBe("E");
+    const failed = events[6]?.task;
+    expect(failed?.status).toBe(TaskStatus.FAILED);
+    expect(timestampMs(failed!.finishedAt!)).toBe(T0 + 1005);
+    const retried = events[7]?.task;
+    expect(retried?.status).toBe(TaskStatus.QUEUED);
+    expect(retried?.finishedAt).toBeUndefined();
+    expect(retried?.error?.code).toBe("X");
+    expect(retried?.attempt).toBe(2);
+    expect(timestampMs(retried!.scheduledAt!)).toBe(T0 + 2000);
+  });
+
+  it("clears the error on success and resets progress on a new attempt", () => {
+    let s = foldBase(initial(), 1);
+    s = applyEvent(s, parseEventEntry(`{"n":1,"t":1,"k":"s","f":3,"s":1,"a":1,"e":{"code":"REQUEUED","message":"lost","retryable":true}}`), undefined);
+    expect(s.error?.code).toBe("REQUEUED");
+    s = applyEvent(s, parseEventEntry(`{"n":2,"t":2,"k":"p","a":1,"p":10,"m":"x"}`), undefined);
+    s = applyEvent(s, parseEventEntry(`{"n":3,"t":3,"k":"s","f":1,"s":3,"a":2,"w":"w"}`), undefined);
+    expect(s).toMatchObject({ progress: 0, progressMessage: "" });
+    s = applyEvent(s, parseEventEntry(`{"n":4,"t":4,"k":"s","f":3,"s":5,"a":2}`), { r: 1 });
+    expect(s.error).toBeUndefined();
+    expect(s.result).toEqual({ r: 1 });
+  });
+
+  it("seeds a trimmed history from the current state", () => {
+    const current = { ...initial(), status: TaskStatus.RUNNING, attempt: 4, workerId: "w" };
+    expect(foldBase(current, 7)).toBe(current);
+    const pristine = foldBase(current, 1);
+    expect(pristine).toMatchObject({ status: TaskStatus.UNSPECIFIED, attempt: 0, workerId: "" });
+    expect(pristine.createdAt).toEqual(current.createdAt);
+    expect(pristine.payload).toEqual(current.payload);
+    const { state } = foldEvents(current, entries(`{"n":7,"t":5,"k":"p","a":4,"p":9}`), undefined);
+    expect(state).toMatchObject({ status: TaskStatus.RUNNING, attempt: 4, progress: 9, progressMessage: "" });
+  });
+
+  it("rebuilds the submit event from the hash", () => {
+    const queued = storedFromNew(newTask(), T0);
+    expect(submitEntry(queued.hash)).toEqual({ n: 1, t: T0, k: "s", a: 0, f: 0, s: TaskStatus.QUEUED, at: T0 });
+    const delayed = storedFromNew(newTask({ runAtMs: T0 + 50 }), T0);
+    const { state } = foldEvents(foldBase(taskFromStored(delayed), 1), [submitEntry(delayed.hash)], undefined);
+    expect(state).toEqual(taskFromStored(delayed));
+  });
+
+  it("rejects malformed entries", () => {
+    expect(() => parseEventEntry('{"n":1,"t":2,"k":"z"}')).toThrow(/malformed/);
+    expect(() => parseEventEntry("not json")).toThrow();
+  });
+});
