@@ -75,7 +75,6 @@ export class WorkSession {
       this.schedule();
     },
     finished: (taskId: string, attempt: number, outcome: Outcome): void => {
-      this.progress.delete(`${taskId}/${attempt}`);
       this.pending.results.push(resultMessage(taskId, attempt, outcome));
       this.schedule();
     },
