@@ -107,9 +107,9 @@ async function stopAll(code: number): Promise<never> {
 process.on("SIGINT", () => void stopAll(0));
 process.on("SIGTERM", () => void stopAll(0));
 
-const tsx = join(root, "node_modules/.bin/tsx");
+// `node --import tsx` keeps each service one process (the tsx CLI adds a wrapper process).
 const service = (name: string, env: NodeJS.ProcessEnv, main = name): Proc =>
-  start(name, tsx, [join(root, "services", main, "main.ts")], env);
+  start(name, process.execPath, ["--import", "tsx", join(root, "services", main, "main.ts")], env);
 
 try {
   const external = {

@@ -6,7 +6,6 @@ import { freePort } from "./ports.js";
 import { waitFor } from "./wait.js";
 
 const root = join(import.meta.dirname, "../..");
-const tsx = join(root, "node_modules/.bin/tsx");
 
 /** A service running as a real child process. */
 export interface ServiceProcess {
@@ -32,7 +31,10 @@ export async function startService(
   opts: { port?: number; env?: NodeJS.ProcessEnv; healthTimeoutMs?: number } = {},
 ): Promise<ServiceProcess> {
   const port = opts.port ?? (await freePort());
-  const child = spawn(tsx, [join(root, "services", service, "main.ts"), "--port", String(port), ...args], {
+  // `node --import tsx` runs the service in this one process (the tsx CLI would add a wrapper
+  // process, and a SIGKILL of the wrapper leaves the service running).
+  const main = join(root, "services", service, "main.ts");
+  const child = spawn(process.execPath, ["--import", "tsx", main, "--port", String(port), ...args], {
     cwd: root,
     env: { ...process.env, TASKMESH_LOG_LEVEL: process.env.TASKMESH_LOG_LEVEL ?? "info", ...opts.env },
     stdio: ["ignore", "pipe", "pipe"],
@@ -134,6 +136,7 @@ export async function startMesh(o: MeshOptions): Promise<Mesh> {
       "--id", id,
       "--slots", String(o.slots ?? 10),
       "--files-root", filesRoot,
+      "--shutdown-grace-ms", "3000",
       ...(o.workerArgs ?? []),
       ...extraArgs,
     ]);
