@@ -1,0 +1,69 @@
+import { create } from "@bufbuild/protobuf";
+import { durationFromMs, timestampFromMs } from "@bufbuild/protobuf/wkt";
+import { Code, ConnectError } from "@connectrpc/connect";
+import { describe, expect, it } from "vitest";
+import { Priority, SubmitTaskRequestSchema } from "../../gen/taskmesh/v1/task_pb.js";
+import { DEFAULT_SUBMIT, toNewTask } from "../../services/scheduler/submit.js";
+
+const known = new Set(["noop", "sleep"]);
+const now = 1_800_000_000_000;
+const req = (init: Parameters<typeof create<typeof SubmitTaskRequestSchema>>[1]) => create(SubmitTaskRequestSchema, init);
+
+function invalid(fn: () => unknown): string {
+  try {
+    fn();
+  } catch (err) {
+    expect(err).toBeInstanceOf(ConnectError);
+    expect((err as ConnectError).code).toBe(Code.InvalidArgument);
+    return (err as ConnectError).rawMessage;
+  }
+  throw new Error("expected INVALID_ARGUMENT");
+}
+
+describe("toNewTask", () => {
+  it("fills defaults for an empty request", () => {
+    const t = toNewTask(req({ type: "noop" }), "acme", known, DEFAULT_SUBMIT, now);
+    expect(t).toMatchObject({
+      tenant: "acme",
+      type: "noop",
+      queue: "default",
+      priority: 2,
+      maxAttempts: 3,
+      runAtMs: 0,
+      resultTtlMs: 24 * 3600 * 1000,
+      payload: {},
+    });
+    expect(t.id).toMatch(/^[0-9A-HJKMNP-TV-Z]{26}$/);
+  });
+
+  it("gives time-sortable ids", () => {
+    const ids = Array.from({ length: 100 }, () => toNewTask(req({ type: "noop" }), "t", known, DEFAULT_SUBMIT, now).id);
+    expect([...ids].sort()).toEqual(ids);
+  });
+
+  it("maps priorities and turns delay and run_at into a run time", () => {
+    expect(toNewTask(req({ type: "noop", priority: Priority.CRITICAL }), "t", known, DEFAULT_SUBMIT, now).priority).toBe(4);
+    expect(toNewTask(req({ type: "noop", priority: Priority.LOW }), "t", known, DEFAULT_SUBMIT, now).priority).toBe(1);
+    expect(toNewTask(req({ type: "noop", delay: durationFromMs(1500) }), "t", known, DEFAULT_SUBMIT, now).runAtMs).toBe(now + 1500);
+    expect(toNewTask(req({ type: "noop", runAt: timestampFromMs(now + 9000) }), "t", known, DEFAULT_SUBMIT, now).runAtMs).toBe(now + 9000);
+    expect(toNewTask(req({ type: "noop", runAt: timestampFromMs(now - 9000) }), "t", known, DEFAULT_SUBMIT, now).runAtMs).toBe(0);
+  });
+
+  it("names the offending field, with the batch path", () => {
+    expect(invalid(() => toNewTask(req({}), "t", known, DEFAULT_SUBMIT, now))).toMatch(/^type: is required/);
+    expect(invalid(() => toNewTask(req({ type: "zzz" }), "t", known, DEFAULT_SUBMIT, now, "tasks[7]."))).toMatch(/^tasks\[7\]\.type: unknown/);
+    expect(invalid(() => toNewTask(req({ type: "noop", queue: "a{b}" }), "t", known, DEFAULT_SUBMIT, now))).toMatch(/^queue:/);
+    expect(invalid(() => toNewTask(req({ type: "noop", priority: 9 as Priority }), "t", known, DEFAULT_SUBMIT, now))).toMatch(/^priority:/);
+    expect(invalid(() => toNewTask(req({ type: "noop", maxAttempts: -1 }), "t", known, DEFAULT_SUBMIT, now))).toMatch(/^max_attempts:/);
+    expect(
+      invalid(() => toNewTask(req({ type: "noop", delay: durationFromMs(5), runAt: timestampFromMs(now) }), "t", known, DEFAULT_SUBMIT, now)),
+    ).toMatch(/^run_at:/);
+    expect(
+      invalid(() => toNewTask(req({ type: "noop", backoff: { multiplier: 0.5 } }), "t", known, DEFAULT_SUBMIT, now)),
+    ).toMatch(/^backoff\.multiplier:/);
+    expect(
+      invalid(() => toNewTask(req({ type: "noop", payload: { s: "x".repeat(DEFAULT_SUBMIT.maxPayloadBytes) } }), "t", known, DEFAULT_SUBMIT, now)),
+    ).toMatch(/^payload: is \d+ bytes/);
+    expect(invalid(() => toNewTask(req({ type: "noop", labels: { "bad key": "v" } }), "t", known, DEFAULT_SUBMIT, now))).toMatch(/^labels\["bad key"\]/);
+  });
+});
