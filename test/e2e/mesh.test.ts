@@ -1,7 +1,9 @@
 import { createServer, type Server } from "node:http";
 import { mkdir, writeFile } from "node:fs/promises";
 import { join } from "node:path";
-import { Code, ConnectError } from "@connectrpc/connect";
+import { Code, ConnectError, createClient, type Interceptor } from "@connectrpc/connect";
+import { createConnectTransport, createGrpcWebTransport } from "@connectrpc/connect-node";
+import { TaskService } from "../../gen/taskmesh/v1/task_service_pb.js";
 import { afterAll, beforeAll, describe, expect, inject, it } from "vitest";
 import type { MessageInitShape } from "@bufbuild/protobuf";
 import { type Priority, type SubmitTaskRequestSchema, TaskStatus, type TaskEvent } from "../../gen/taskmesh/v1/task_pb.js";
@@ -183,6 +185,29 @@ describe("the mesh end to end", () => {
     }
     const after = await c.tasks.listTasks({ pageSize: 1000 });
     expect(after.tasks.length).toBe(before.tasks.length);
+  });
+
+  it("serves the same API over Connect (JSON, HTTP/1.1) and gRPC-Web", async () => {
+    const auth: Interceptor = (next) => (req) => {
+      req.header.set("x-api-key", apiKey);
+      return next(req);
+    };
+    const transports = [
+      createConnectTransport({ baseUrl: `http://${mesh.gateway.address}`, httpVersion: "1.1", interceptors: [auth] }),
+      createConnectTransport({ baseUrl: `http://${mesh.gateway.address}`, httpVersion: "2", useBinaryFormat: true, interceptors: [auth] }),
+      createGrpcWebTransport({ baseUrl: `http://${mesh.gateway.address}`, httpVersion: "1.1", interceptors: [auth] }),
+    ];
+    for (const transport of transports) {
+      const tasks = createClient(TaskService, transport);
+      const t = await tasks.submitTask({ type: "data_processing", payload: { data: [{ n: 21 }] } });
+      const events: TaskEvent[] = [];
+      for await (const ev of tasks.watchTask({ taskId: t.id })) events.push(ev);
+      expect(events.at(-1)?.task?.status).toBe(TaskStatus.SUCCEEDED);
+      const got = await tasks.getTask({ taskId: t.id });
+      expect(got.result).toEqual({ processed_data: [{ n: 42 }], items_processed: 1 });
+      const page = await tasks.listTasks({ type: "data_processing", pageSize: 5 });
+      expect(page.tasks.length).toBeGreaterThan(0);
+    }
   });
 
   it("answers NOT_FOUND for unknown tasks and UNAUTHENTICATED without the key", async () => {
