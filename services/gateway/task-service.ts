@@ -54,6 +54,8 @@ export function gatewayRoutes(up: GatewayUpstreams): (router: ConnectRouter) => 
   const cluster: ServiceImpl<typeof ClusterService> = {
     listWorkers: (req, ctx) => call(() => s().listWorkers(req, opts(ctx))),
     getClusterStatus: (req, ctx) => call(() => s().getClusterStatus(req, opts(ctx))),
+    pauseQueue: (req, ctx) => call(() => s().pauseQueue(req, opts(ctx))),
+    resumeQueue: (req, ctx) => call(() => s().resumeQueue(req, opts(ctx))),
     async *watchWorkers(req, ctx) {
       try {
         yield* s().watchWorkers(req, opts(ctx));

@@ -95,6 +95,14 @@ export function schedulerService(deps: SchedulerServiceDeps): ServiceImpl<typeof
     return stored.map((s) => s.task);
   };
 
+  const setPaused = async (queue: string, paused: boolean) => {
+    if (queue === "" || /[{}]/.test(queue)) throw invalidArgument("queue", "a queue name is required");
+    await store.setPaused(queue, paused);
+    if (!paused) deps.onSubmitted(new Set([queue]));
+    const stats = await store.stats(Date.now());
+    return create(QueueStatsSchema, stats.find((q) => q.name === queue) ?? { name: queue, paused });
+  };
+
   return {
     submitTask: (req, ctx) =>
       guard("SubmitTask", async () => {
@@ -245,6 +253,9 @@ export function schedulerService(deps: SchedulerServiceDeps): ServiceImpl<typeof
           queues: stats.map((q) => create(QueueStatsSchema, q)),
         });
       }),
+
+    pauseQueue: (req) => guard("PauseQueue", () => setPaused(req.queue, true)),
+    resumeQueue: (req) => guard("ResumeQueue", () => setPaused(req.queue, false)),
 
     async *watchWorkers(_req, ctx) {
       const out = new AsyncQueue<WorkerEvent>();

@@ -13,7 +13,45 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file taskmesh/v1/cluster_service.proto.
  */
 export const file_taskmesh_v1_cluster_service: GenFile = /*@__PURE__*/
-  fileDesc("CiF0YXNrbWVzaC92MS9jbHVzdGVyX3NlcnZpY2UucHJvdG8SC3Rhc2ttZXNoLnYxIrACCgpXb3JrZXJJbmZvEgoKAmlkGAEgASgJEg8KB2FkZHJlc3MYAiABKAkSDQoFc2xvdHMYAyABKAUSEgoKc2xvdHNfdXNlZBgEIAEoBRISCgp0YXNrX3R5cGVzGAUgAygJEg4KBnF1ZXVlcxgGIAMoCRIzCgZsYWJlbHMYByADKAsyIy50YXNrbWVzaC52MS5Xb3JrZXJJbmZvLkxhYmVsc0VudHJ5EgwKBGhvc3QYCCABKAkSCwoDcGlkGAkgASgFEg8KB3ZlcnNpb24YCiABKAkSLgoKc3RhcnRlZF9hdBgLIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAaLQoLTGFiZWxzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASI8Cg1TY2hlZHVsZXJJbmZvEgoKAmlkGAEgASgJEg8KB2FkZHJlc3MYAiABKAkSDgoGbGVhZGVyGAMgASgIIrQBCgpRdWV1ZVN0YXRzEgwKBG5hbWUYASABKAkSDgoGcXVldWVkGAIgASgDEg8KB3J1bm5pbmcYAyABKAMSDwoHZGVsYXllZBgEIAEoAxISCgpyZXRyeV93YWl0GAUgASgDEgwKBGRlYWQYBiABKAMSNAoRb2xkZXN0X3F1ZXVlZF9hZ2UYByABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SDgoGcGF1c2VkGAggASgIIhQKEkxpc3RXb3JrZXJzUmVxdWVzdCI/ChNMaXN0V29ya2Vyc1Jlc3BvbnNlEigKB3dvcmtlcnMYASADKAsyFy50YXNrbWVzaC52MS5Xb3JrZXJJbmZvIhkKF0dldENsdXN0ZXJTdGF0dXNSZXF1ZXN0Ip0BChhHZXRDbHVzdGVyU3RhdHVzUmVzcG9uc2USLgoKc2NoZWR1bGVycxgBIAMoCzIaLnRhc2ttZXNoLnYxLlNjaGVkdWxlckluZm8SKAoHd29ya2VycxgCIAMoCzIXLnRhc2ttZXNoLnYxLldvcmtlckluZm8SJwoGcXVldWVzGAMgAygLMhcudGFza21lc2gudjEuUXVldWVTdGF0cyIVChNXYXRjaFdvcmtlcnNSZXF1ZXN0IqABCgtXb3JrZXJFdmVudBIrCgR0eXBlGAEgASgOMh0udGFza21lc2gudjEuV29ya2VyRXZlbnQuVHlwZRInCgZ3b3JrZXIYAiABKAsyFy50YXNrbWVzaC52MS5Xb3JrZXJJbmZvIjsKBFR5cGUSFAoQVFlQRV9VTlNQRUNJRklFRBAAEgwKCFRZUEVfUFVUEAESDwoLVFlQRV9ERUxFVEUQAjL2AgoOQ2x1c3RlclNlcnZpY2UScAoLTGlzdFdvcmtlcnMSHy50YXNrbWVzaC52MS5MaXN0V29ya2Vyc1JlcXVlc3QaIC50YXNrbWVzaC52MS5MaXN0V29ya2Vyc1Jlc3BvbnNlIh6QAgGC0+STAhUSEy92MS9jbHVzdGVyL3dvcmtlcnMSfgoQR2V0Q2x1c3RlclN0YXR1cxIkLnRhc2ttZXNoLnYxLkdldENsdXN0ZXJTdGF0dXNSZXF1ZXN0GiUudGFza21lc2gudjEuR2V0Q2x1c3RlclN0YXR1c1Jlc3BvbnNlIh2QAgGC0+STAhQSEi92MS9jbHVzdGVyL3N0YXR1cxJyCgxXYXRjaFdvcmtlcnMSIC50YXNrbWVzaC52MS5XYXRjaFdvcmtlcnNSZXF1ZXN0GhgudGFza21lc2gudjEuV29ya2VyRXZlbnQiJJACAYLT5JMCGxIZL3YxL2NsdXN0ZXIvd29ya2Vyczp3YXRjaDABYgZwcm90bzM", [file_google_api_annotations, file_google_protobuf_duration, file_google_protobuf_timestamp]);
+  fileDesc("CiF0YXNrbWVzaC92MS9jbHVzdGVyX3NlcnZpY2UucHJvdG8SC3Rhc2ttZXNoLnYxIiIKEVBhdXNlUXVldWVSZXF1ZXN0Eg0KBXF1ZXVlGAEgASgJIiMKElJlc3VtZVF1ZXVlUmVxdWVzdBINCgVxdWV1ZRgBIAEoCSKwAgoKV29ya2VySW5mbxIKCgJpZBgBIAEoCRIPCgdhZGRyZXNzGAIgASgJEg0KBXNsb3RzGAMgASgFEhIKCnNsb3RzX3VzZWQYBCABKAUSEgoKdGFza190eXBlcxgFIAMoCRIOCgZxdWV1ZXMYBiADKAkSMwoGbGFiZWxzGAcgAygLMiMudGFza21lc2gudjEuV29ya2VySW5mby5MYWJlbHNFbnRyeRIMCgRob3N0GAggASgJEgsKA3BpZBgJIAEoBRIPCgd2ZXJzaW9uGAogASgJEi4KCnN0YXJ0ZWRfYXQYCyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wGi0KC0xhYmVsc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEiPAoNU2NoZWR1bGVySW5mbxIKCgJpZBgBIAEoCRIPCgdhZGRyZXNzGAIgASgJEg4KBmxlYWRlchgDIAEoCCK0AQoKUXVldWVTdGF0cxIMCgRuYW1lGAEgASgJEg4KBnF1ZXVlZBgCIAEoAxIPCgdydW5uaW5nGAMgASgDEg8KB2RlbGF5ZWQYBCABKAMSEgoKcmV0cnlfd2FpdBgFIAEoAxIMCgRkZWFkGAYgASgDEjQKEW9sZGVzdF9xdWV1ZWRfYWdlGAcgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEg4KBnBhdXNlZBgIIAEoCCIUChJMaXN0V29ya2Vyc1JlcXVlc3QiPwoTTGlzdFdvcmtlcnNSZXNwb25zZRIoCgd3b3JrZXJzGAEgAygLMhcudGFza21lc2gudjEuV29ya2VySW5mbyIZChdHZXRDbHVzdGVyU3RhdHVzUmVxdWVzdCKdAQoYR2V0Q2x1c3RlclN0YXR1c1Jlc3BvbnNlEi4KCnNjaGVkdWxlcnMYASADKAsyGi50YXNrbWVzaC52MS5TY2hlZHVsZXJJbmZvEigKB3dvcmtlcnMYAiADKAsyFy50YXNrbWVzaC52MS5Xb3JrZXJJbmZvEicKBnF1ZXVlcxgDIAMoCzIXLnRhc2ttZXNoLnYxLlF1ZXVlU3RhdHMiFQoTV2F0Y2hXb3JrZXJzUmVxdWVzdCKgAQoLV29ya2VyRXZlbnQSKwoEdHlwZRgBIAEoDjIdLnRhc2ttZXNoLnYxLldvcmtlckV2ZW50LlR5cGUSJwoGd29ya2VyGAIgASgLMhcudGFza21lc2gudjEuV29ya2VySW5mbyI7CgRUeXBlEhQKEFRZUEVfVU5TUEVDSUZJRUQQABIMCghUWVBFX1BVVBABEg8KC1RZUEVfREVMRVRFEAIy4QQKDkNsdXN0ZXJTZXJ2aWNlEnAKC0xpc3RXb3JrZXJzEh8udGFza21lc2gudjEuTGlzdFdvcmtlcnNSZXF1ZXN0GiAudGFza21lc2gudjEuTGlzdFdvcmtlcnNSZXNwb25zZSIekAIBgtPkkwIVEhMvdjEvY2x1c3Rlci93b3JrZXJzEn4KEEdldENsdXN0ZXJTdGF0dXMSJC50YXNrbWVzaC52MS5HZXRDbHVzdGVyU3RhdHVzUmVxdWVzdBolLnRhc2ttZXNoLnYxLkdldENsdXN0ZXJTdGF0dXNSZXNwb25zZSIdkAIBgtPkkwIUEhIvdjEvY2x1c3Rlci9zdGF0dXMScgoMV2F0Y2hXb3JrZXJzEiAudGFza21lc2gudjEuV2F0Y2hXb3JrZXJzUmVxdWVzdBoYLnRhc2ttZXNoLnYxLldvcmtlckV2ZW50IiSQAgGC0+STAhsSGS92MS9jbHVzdGVyL3dvcmtlcnM6d2F0Y2gwARJyCgpQYXVzZVF1ZXVlEh4udGFza21lc2gudjEuUGF1c2VRdWV1ZVJlcXVlc3QaFy50YXNrbWVzaC52MS5RdWV1ZVN0YXRzIiuC0+STAiU6ASoiIC92MS9jbHVzdGVyL3F1ZXVlcy97cXVldWV9OnBhdXNlEnUKC1Jlc3VtZVF1ZXVlEh8udGFza21lc2gudjEuUmVzdW1lUXVldWVSZXF1ZXN0GhcudGFza21lc2gudjEuUXVldWVTdGF0cyIsgtPkkwImOgEqIiEvdjEvY2x1c3Rlci9xdWV1ZXMve3F1ZXVlfTpyZXN1bWViBnByb3RvMw", [file_google_api_annotations, file_google_protobuf_duration, file_google_protobuf_timestamp]);
+
+/**
+ * PauseQueueRequest names a queue.
+ *
+ * @generated from message taskmesh.v1.PauseQueueRequest
+ */
+export type PauseQueueRequest = Message<"taskmesh.v1.PauseQueueRequest"> & {
+  /**
+   * @generated from field: string queue = 1;
+   */
+  queue: string;
+};
+
+/**
+ * Describes the message taskmesh.v1.PauseQueueRequest.
+ * Use `create(PauseQueueRequestSchema)` to create a new message.
+ */
+export const PauseQueueRequestSchema: GenMessage<PauseQueueRequest> = /*@__PURE__*/
+  messageDesc(file_taskmesh_v1_cluster_service, 0);
+
+/**
+ * ResumeQueueRequest names a queue.
+ *
+ * @generated from message taskmesh.v1.ResumeQueueRequest
+ */
+export type ResumeQueueRequest = Message<"taskmesh.v1.ResumeQueueRequest"> & {
+  /**
+   * @generated from field: string queue = 1;
+   */
+  queue: string;
+};
+
+/**
+ * Describes the message taskmesh.v1.ResumeQueueRequest.
+ * Use `create(ResumeQueueRequestSchema)` to create a new message.
+ */
+export const ResumeQueueRequestSchema: GenMessage<ResumeQueueRequest> = /*@__PURE__*/
+  messageDesc(file_taskmesh_v1_cluster_service, 1);
 
 /**
  * WorkerInfo describes one worker process.
@@ -82,7 +120,7 @@ export type WorkerInfo = Message<"taskmesh.v1.WorkerInfo"> & {
  * Use `create(WorkerInfoSchema)` to create a new message.
  */
 export const WorkerInfoSchema: GenMessage<WorkerInfo> = /*@__PURE__*/
-  messageDesc(file_taskmesh_v1_cluster_service, 0);
+  messageDesc(file_taskmesh_v1_cluster_service, 2);
 
 /**
  * SchedulerInfo describes one scheduler replica.
@@ -111,7 +149,7 @@ export type SchedulerInfo = Message<"taskmesh.v1.SchedulerInfo"> & {
  * Use `create(SchedulerInfoSchema)` to create a new message.
  */
 export const SchedulerInfoSchema: GenMessage<SchedulerInfo> = /*@__PURE__*/
-  messageDesc(file_taskmesh_v1_cluster_service, 1);
+  messageDesc(file_taskmesh_v1_cluster_service, 3);
 
 /**
  * QueueStats are the depths of one queue by status.
@@ -165,7 +203,7 @@ export type QueueStats = Message<"taskmesh.v1.QueueStats"> & {
  * Use `create(QueueStatsSchema)` to create a new message.
  */
 export const QueueStatsSchema: GenMessage<QueueStats> = /*@__PURE__*/
-  messageDesc(file_taskmesh_v1_cluster_service, 2);
+  messageDesc(file_taskmesh_v1_cluster_service, 4);
 
 /**
  * ListWorkersRequest has no fields yet.
@@ -180,7 +218,7 @@ export type ListWorkersRequest = Message<"taskmesh.v1.ListWorkersRequest"> & {
  * Use `create(ListWorkersRequestSchema)` to create a new message.
  */
 export const ListWorkersRequestSchema: GenMessage<ListWorkersRequest> = /*@__PURE__*/
-  messageDesc(file_taskmesh_v1_cluster_service, 3);
+  messageDesc(file_taskmesh_v1_cluster_service, 5);
 
 /**
  * ListWorkersResponse lists workers.
@@ -199,7 +237,7 @@ export type ListWorkersResponse = Message<"taskmesh.v1.ListWorkersResponse"> & {
  * Use `create(ListWorkersResponseSchema)` to create a new message.
  */
 export const ListWorkersResponseSchema: GenMessage<ListWorkersResponse> = /*@__PURE__*/
-  messageDesc(file_taskmesh_v1_cluster_service, 4);
+  messageDesc(file_taskmesh_v1_cluster_service, 6);
 
 /**
  * GetClusterStatusRequest has no fields yet.
@@ -214,7 +252,7 @@ export type GetClusterStatusRequest = Message<"taskmesh.v1.GetClusterStatusReque
  * Use `create(GetClusterStatusRequestSchema)` to create a new message.
  */
 export const GetClusterStatusRequestSchema: GenMessage<GetClusterStatusRequest> = /*@__PURE__*/
-  messageDesc(file_taskmesh_v1_cluster_service, 5);
+  messageDesc(file_taskmesh_v1_cluster_service, 7);
 
 /**
  * GetClusterStatusResponse is a snapshot of the whole mesh.
@@ -243,7 +281,7 @@ export type GetClusterStatusResponse = Message<"taskmesh.v1.GetClusterStatusResp
  * Use `create(GetClusterStatusResponseSchema)` to create a new message.
  */
 export const GetClusterStatusResponseSchema: GenMessage<GetClusterStatusResponse> = /*@__PURE__*/
-  messageDesc(file_taskmesh_v1_cluster_service, 6);
+  messageDesc(file_taskmesh_v1_cluster_service, 8);
 
 /**
  * WatchWorkersRequest has no fields yet.
@@ -258,7 +296,7 @@ export type WatchWorkersRequest = Message<"taskmesh.v1.WatchWorkersRequest"> & {
  * Use `create(WatchWorkersRequestSchema)` to create a new message.
  */
 export const WatchWorkersRequestSchema: GenMessage<WatchWorkersRequest> = /*@__PURE__*/
-  messageDesc(file_taskmesh_v1_cluster_service, 7);
+  messageDesc(file_taskmesh_v1_cluster_service, 9);
 
 /**
  * WorkerEvent is a worker joining, changing or leaving.
@@ -282,7 +320,7 @@ export type WorkerEvent = Message<"taskmesh.v1.WorkerEvent"> & {
  * Use `create(WorkerEventSchema)` to create a new message.
  */
 export const WorkerEventSchema: GenMessage<WorkerEvent> = /*@__PURE__*/
-  messageDesc(file_taskmesh_v1_cluster_service, 8);
+  messageDesc(file_taskmesh_v1_cluster_service, 10);
 
 /**
  * The kind of change.
@@ -310,7 +348,7 @@ export enum WorkerEvent_Type {
  * Describes the enum taskmesh.v1.WorkerEvent.Type.
  */
 export const WorkerEvent_TypeSchema: GenEnum<WorkerEvent_Type> = /*@__PURE__*/
-  enumDesc(file_taskmesh_v1_cluster_service, 8, 0);
+  enumDesc(file_taskmesh_v1_cluster_service, 10, 0);
 
 /**
  * ClusterService shows the mesh: schedulers, workers and queues (scope admin).
@@ -347,6 +385,26 @@ export const ClusterService: GenService<{
     methodKind: "server_streaming";
     input: typeof WatchWorkersRequestSchema;
     output: typeof WorkerEventSchema;
+  },
+  /**
+   * PauseQueue stops dispatching a queue's tasks (running ones go on); submissions are still taken.
+   *
+   * @generated from rpc taskmesh.v1.ClusterService.PauseQueue
+   */
+  pauseQueue: {
+    methodKind: "unary";
+    input: typeof PauseQueueRequestSchema;
+    output: typeof QueueStatsSchema;
+  },
+  /**
+   * ResumeQueue dispatches a paused queue again.
+   *
+   * @generated from rpc taskmesh.v1.ClusterService.ResumeQueue
+   */
+  resumeQueue: {
+    methodKind: "unary";
+    input: typeof ResumeQueueRequestSchema;
+    output: typeof QueueStatsSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_taskmesh_v1_cluster_service, 0);

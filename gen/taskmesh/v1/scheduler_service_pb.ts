@@ -4,7 +4,7 @@
 
 import type { GenFile, GenService } from "@bufbuild/protobuf/codegenv2";
 import { fileDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
-import type { GetClusterStatusRequestSchema, GetClusterStatusResponseSchema, ListWorkersRequestSchema, ListWorkersResponseSchema, WatchWorkersRequestSchema, WorkerEventSchema } from "./cluster_service_pb.js";
+import type { GetClusterStatusRequestSchema, GetClusterStatusResponseSchema, ListWorkersRequestSchema, ListWorkersResponseSchema, PauseQueueRequestSchema, QueueStatsSchema, ResumeQueueRequestSchema, WatchWorkersRequestSchema, WorkerEventSchema } from "./cluster_service_pb.js";
 import { file_taskmesh_v1_cluster_service } from "./cluster_service_pb.js";
 import type { SubmitTaskRequestSchema, TaskEventSchema, TaskSchema } from "./task_pb.js";
 import { file_taskmesh_v1_task } from "./task_pb.js";
@@ -15,11 +15,12 @@ import { file_taskmesh_v1_task_service } from "./task_service_pb.js";
  * Describes the file taskmesh/v1/scheduler_service.proto.
  */
 export const file_taskmesh_v1_scheduler_service: GenFile = /*@__PURE__*/
-  fileDesc("CiN0YXNrbWVzaC92MS9zY2hlZHVsZXJfc2VydmljZS5wcm90bxILdGFza21lc2gudjEykQYKEFNjaGVkdWxlclNlcnZpY2USPwoKU3VibWl0VGFzaxIeLnRhc2ttZXNoLnYxLlN1Ym1pdFRhc2tSZXF1ZXN0GhEudGFza21lc2gudjEuVGFzaxJQCgtTdWJtaXRUYXNrcxIfLnRhc2ttZXNoLnYxLlN1Ym1pdFRhc2tzUmVxdWVzdBogLnRhc2ttZXNoLnYxLlN1Ym1pdFRhc2tzUmVzcG9uc2USPgoHR2V0VGFzaxIbLnRhc2ttZXNoLnYxLkdldFRhc2tSZXF1ZXN0GhEudGFza21lc2gudjEuVGFzayIDkAIBEk8KCUxpc3RUYXNrcxIdLnRhc2ttZXNoLnYxLkxpc3RUYXNrc1JlcXVlc3QaHi50YXNrbWVzaC52MS5MaXN0VGFza3NSZXNwb25zZSIDkAIBEj8KCkNhbmNlbFRhc2sSHi50YXNrbWVzaC52MS5DYW5jZWxUYXNrUmVxdWVzdBoRLnRhc2ttZXNoLnYxLlRhc2sSSQoJV2F0Y2hUYXNrEh0udGFza21lc2gudjEuV2F0Y2hUYXNrUmVxdWVzdBoWLnRhc2ttZXNoLnYxLlRhc2tFdmVudCIDkAIBMAESPQoJUmV0cnlUYXNrEh0udGFza21lc2gudjEuUmV0cnlUYXNrUmVxdWVzdBoRLnRhc2ttZXNoLnYxLlRhc2sSVQoLTGlzdFdvcmtlcnMSHy50YXNrbWVzaC52MS5MaXN0V29ya2Vyc1JlcXVlc3QaIC50YXNrbWVzaC52MS5MaXN0V29ya2Vyc1Jlc3BvbnNlIgOQAgESZAoQR2V0Q2x1c3RlclN0YXR1cxIkLnRhc2ttZXNoLnYxLkdldENsdXN0ZXJTdGF0dXNSZXF1ZXN0GiUudGFza21lc2gudjEuR2V0Q2x1c3RlclN0YXR1c1Jlc3BvbnNlIgOQAgESUQoMV2F0Y2hXb3JrZXJzEiAudGFza21lc2gudjEuV2F0Y2hXb3JrZXJzUmVxdWVzdBoYLnRhc2ttZXNoLnYxLldvcmtlckV2ZW50IgOQAgEwAWIGcHJvdG8z", [file_taskmesh_v1_cluster_service, file_taskmesh_v1_task, file_taskmesh_v1_task_service]);
+  fileDesc("CiN0YXNrbWVzaC92MS9zY2hlZHVsZXJfc2VydmljZS5wcm90bxILdGFza21lc2gudjEyoQcKEFNjaGVkdWxlclNlcnZpY2USPwoKU3VibWl0VGFzaxIeLnRhc2ttZXNoLnYxLlN1Ym1pdFRhc2tSZXF1ZXN0GhEudGFza21lc2gudjEuVGFzaxJQCgtTdWJtaXRUYXNrcxIfLnRhc2ttZXNoLnYxLlN1Ym1pdFRhc2tzUmVxdWVzdBogLnRhc2ttZXNoLnYxLlN1Ym1pdFRhc2tzUmVzcG9uc2USPgoHR2V0VGFzaxIbLnRhc2ttZXNoLnYxLkdldFRhc2tSZXF1ZXN0GhEudGFza21lc2gudjEuVGFzayIDkAIBEk8KCUxpc3RUYXNrcxIdLnRhc2ttZXNoLnYxLkxpc3RUYXNrc1JlcXVlc3QaHi50YXNrbWVzaC52MS5MaXN0VGFza3NSZXNwb25zZSIDkAIBEj8KCkNhbmNlbFRhc2sSHi50YXNrbWVzaC52MS5DYW5jZWxUYXNrUmVxdWVzdBoRLnRhc2ttZXNoLnYxLlRhc2sSSQoJV2F0Y2hUYXNrEh0udGFza21lc2gudjEuV2F0Y2hUYXNrUmVxdWVzdBoWLnRhc2ttZXNoLnYxLlRhc2tFdmVudCIDkAIBMAESPQoJUmV0cnlUYXNrEh0udGFza21lc2gudjEuUmV0cnlUYXNrUmVxdWVzdBoRLnRhc2ttZXNoLnYxLlRhc2sSVQoLTGlzdFdvcmtlcnMSHy50YXNrbWVzaC52MS5MaXN0V29ya2Vyc1JlcXVlc3QaIC50YXNrbWVzaC52MS5MaXN0V29ya2Vyc1Jlc3BvbnNlIgOQAgESZAoQR2V0Q2x1c3RlclN0YXR1cxIkLnRhc2ttZXNoLnYxLkdldENsdXN0ZXJTdGF0dXNSZXF1ZXN0GiUudGFza21lc2gudjEuR2V0Q2x1c3RlclN0YXR1c1Jlc3BvbnNlIgOQAgESUQoMV2F0Y2hXb3JrZXJzEiAudGFza21lc2gudjEuV2F0Y2hXb3JrZXJzUmVxdWVzdBoYLnRhc2ttZXNoLnYxLldvcmtlckV2ZW50IgOQAgEwARJFCgpQYXVzZVF1ZXVlEh4udGFza21lc2gudjEuUGF1c2VRdWV1ZVJlcXVlc3QaFy50YXNrbWVzaC52MS5RdWV1ZVN0YXRzEkcKC1Jlc3VtZVF1ZXVlEh8udGFza21lc2gudjEuUmVzdW1lUXVldWVSZXF1ZXN0GhcudGFza21lc2gudjEuUXVldWVTdGF0c2IGcHJvdG8z", [file_taskmesh_v1_cluster_service, file_taskmesh_v1_task, file_taskmesh_v1_task_service]);
 
 /**
  * SchedulerService is the internal API the gateway calls. Every replica serves it and takes
  * writes. The caller's tenant travels in the `x-taskmesh-tenant` header (default "default").
+ * Scheduler replicas also serve taskmesh.v1.ScheduleService, which the gateway forwards as is.
  *
  * @generated from service taskmesh.v1.SchedulerService
  */
@@ -123,6 +124,26 @@ export const SchedulerService: GenService<{
     methodKind: "server_streaming";
     input: typeof WatchWorkersRequestSchema;
     output: typeof WorkerEventSchema;
+  },
+  /**
+   * PauseQueue stops dispatching a queue.
+   *
+   * @generated from rpc taskmesh.v1.SchedulerService.PauseQueue
+   */
+  pauseQueue: {
+    methodKind: "unary";
+    input: typeof PauseQueueRequestSchema;
+    output: typeof QueueStatsSchema;
+  },
+  /**
+   * ResumeQueue dispatches a paused queue again.
+   *
+   * @generated from rpc taskmesh.v1.SchedulerService.ResumeQueue
+   */
+  resumeQueue: {
+    methodKind: "unary";
+    input: typeof ResumeQueueRequestSchema;
+    output: typeof QueueStatsSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_taskmesh_v1_scheduler_service, 0);
