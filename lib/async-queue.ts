@@ -30,14 +30,6 @@ export class AsyncQueue<T> implements AsyncIterable<T> {
     return this.items.length - this.head;
   }
 
-  /** Removes and returns the items not consumed yet (e.g. to re-send them elsewhere). */
-  drain(): T[] {
-    const rest = this.items.slice(this.head);
-    this.items = [];
-    this.head = 0;
-    return rest;
-  }
-
   /** True once `end()` was called. */
   get closed(): boolean {
     return this.ended;

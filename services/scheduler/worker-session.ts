@@ -270,6 +270,13 @@ export class WorkerSession {
       });
       this.opts.onCapacity();
       await store.complete(results, now);
+      // Applied or stale, the worker may forget them now.
+      this.out?.push(
+        create(SchedulerMessageSchema, {
+          epoch: this.opts.epoch,
+          acked: msg.results.map((r) => ({ taskId: r.taskId, attempt: r.attempt })),
+        }),
+      );
     }
     if (msg.heartbeat !== undefined) {
       if (msg.heartbeat.slots > 0) this.slots = msg.heartbeat.slots;

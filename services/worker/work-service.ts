@@ -33,8 +33,9 @@ interface ActiveStream {
 /**
  * The worker's side of `WorkerService.Work`: it owns the link between the executor and whichever
  * scheduler stream is current. Reports (accepted, progress, logs, results) are buffered and
- * flushed as one message per event-loop turn; results survive a broken stream and go out on the
- * next one (the scheduler fences stale attempts). Only the stream with the newest epoch is obeyed.
+ * flushed as one message per event-loop turn. A result is kept until the scheduler acknowledges it
+ * (`acked`): results not acknowledged when a stream breaks go out again on the next stream (the
+ * scheduler fences stale attempts, so a repeat is harmless). Only the newest epoch is obeyed.
  */
 export class WorkSession {
   private epoch = -1n;
@@ -43,6 +44,9 @@ export class WorkSession {
   private pendingCount = 0;
   /** Latest progress per attempt: coalesced, only the newest value matters. */
   private readonly progress = new Map<string, TaskProgress>();
+  /** Results sent or to send, until acknowledged: `taskId/attempt` → result. */
+  private readonly unacked = new Map<string, TaskResult>();
+  private ackWaiters: (() => void)[] = [];
   private flushScheduled = false;
   private readonly heartbeat: NodeJS.Timeout;
   private readonly log: Logger;
@@ -75,14 +79,29 @@ export class WorkSession {
       this.schedule();
     },
     finished: (taskId: string, attempt: number, outcome: Outcome): void => {
-      this.pending.results.push(resultMessage(taskId, attempt, outcome));
+      const result = resultMessage(taskId, attempt, outcome);
+      this.unacked.set(`${taskId}/${attempt}`, result);
+      this.pending.results.push(result);
       this.schedule();
     },
   };
 
-  /** Number of results not yet handed to a stream. */
-  get unsentResults(): number {
-    return this.pending.results.length;
+  /** Results the scheduler has not acknowledged yet. */
+  get unackedResults(): number {
+    return this.unacked.size;
+  }
+
+  /** Resolves when every result is acknowledged, or after `timeoutMs`. */
+  whenAcked(timeoutMs: number): Promise<void> {
+    if (this.unacked.size === 0) return Promise.resolve();
+    return new Promise((resolve) => {
+      const t = setTimeout(resolve, timeoutMs);
+      t.unref();
+      this.ackWaiters.push(() => {
+        clearTimeout(t);
+        resolve();
+      });
+    });
   }
 
   private schedule(): void {
@@ -124,6 +143,14 @@ export class WorkSession {
 
   private handle(msg: SchedulerMessage): void {
     const ex = this.opts.executor;
+    if (msg.acked.length > 0) {
+      for (const a of msg.acked) this.unacked.delete(`${a.taskId}/${a.attempt}`);
+      if (this.unacked.size === 0 && this.ackWaiters.length > 0) {
+        const waiters = this.ackWaiters;
+        this.ackWaiters = [];
+        for (const w of waiters) w();
+      }
+    }
     for (const c of msg.cancels) ex.cancel(c.taskId, c.attempt, c.reason || "cancelled");
     for (const a of msg.assignments) {
       ex.start({
@@ -171,7 +198,8 @@ export class WorkSession {
       }),
     );
     this.handle(first.value);
-    // Results buffered while no stream was open go out now.
+    // Every result not acknowledged yet goes (again) on this stream.
+    this.pending.results = [...this.unacked.values()];
     this.schedule();
 
     void (async () => {
@@ -201,11 +229,6 @@ export class WorkSession {
     } finally {
       signal.removeEventListener("abort", onAbort);
       if (this.active === stream) this.active = undefined;
-      // Results queued on this stream but never written go out on the next stream. (Results
-      // written to a stream that then broke are covered by the scheduler re-queueing the attempt.)
-      for (const m of stream.out.drain()) {
-        for (const r of m.results) this.pending.results.push(r);
-      }
       this.log.info({ epoch: String(epoch) }, "scheduler stream closed");
     }
   }

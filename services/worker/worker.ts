@@ -148,11 +148,8 @@ export async function startWorker(opts: WorkerOptions): Promise<Worker> {
     })
     .add("drain in-flight tasks", () => ex.drain(opts.shutdownGraceMs))
     .add("flush results", async () => {
-      // Give the stream a moment to carry the last results; bounded, not a synchronisation sleep.
-      const deadline = Date.now() + 2000;
-      while (work.unsentResults > 0 && Date.now() < deadline) {
-        await new Promise((r) => setTimeout(r, 10));
-      }
+      // Wait (bounded) for the scheduler to acknowledge the last results before leaving.
+      await work.whenAcked(3000);
       work.close();
     })
     .add("release lease", () => registration.close())

@@ -26,12 +26,4 @@ describe("AsyncQueue", () => {
     q.end(new Error("boom"));
     await expect(collect(q)).rejects.toThrow("boom");
   });
-
-  it("hands back what was not consumed", () => {
-    const q = new AsyncQueue<string>();
-    q.push("a");
-    q.push("b");
-    expect(q.drain()).toEqual(["a", "b"]);
-    expect(q.size).toBe(0);
-  });
 });
