@@ -24,8 +24,11 @@ import {
  * - `P:{q}:t:<id>` HASH of small fields, omitted when empty or zero: `st` status, `att` attempt,
  *   `prog`, `pmsg`, `wk` worker, `err` error JSON, `cr`/`sch`/`sta`/`fin` created / scheduled /
  *   started / finished ms, `lease` ms, `seq` last event number, `enq` ms it became ready,
- *   `cxl` cancel-requested reason, and the immutable `ten`, `typ`, `pri`, `aff`, `max`, `ttl`
- *   (result TTL ms), `rat` (run-at ms of a task submitted DELAYED).
+ *   `cxl` cancel-requested reason, `rq` how many times it was re-queued (worker lost, lease
+ *   expired; reset by a retry from the dead-letter set), and the immutable `ten`, `typ`, `pri`,
+ *   `aff`, `max`, `ttl` (result TTL ms), `rat` (run-at ms of a task submitted DELAYED), `ck`
+ *   concurrency key and `cl` concurrency limit (in the hash, not the spec, because claim.lua and
+ *   peek.lua read them for every candidate and must not decode the payload to do so).
  * - `P:{q}:d:<id>` STRING, the rest of the immutable spec as JSON ({@link encodeSpec}).
  * - `P:{q}:r:<id>` STRING, the result JSON of a SUCCEEDED task.
  * - `P:{q}:ev:<id>` LIST of event entries ({@link EventEntry}) from sequence 2: the first event
@@ -60,9 +63,17 @@ export interface NewTask {
   labels: Record<string, string>;
   /** How long a finished task is kept. */
   resultTtlMs: number;
-  /** Empty for none. */
+  /**
+   * Empty for none. At most {@link NewTask.concurrencyLimit} tasks of the same queue with this
+   * key run at once; the key is scoped to its queue (a queue's keys share one hash tag), so the
+   * same key in two queues names two independent groups. Every RUNNING task with a key counts
+   * towards it, also one without a limit of its own.
+   */
   concurrencyKey: string;
-  /** 0 for unlimited. */
+  /**
+   * 0 for unlimited. Checked against the running count of {@link NewTask.concurrencyKey} when
+   * this task is claimed: each task's own limit applies (tasks sharing a key should share it).
+   */
   concurrencyLimit: number;
 }
 
@@ -82,8 +93,6 @@ export interface TaskSpec {
   backoff: BackoffPolicy;
   timeoutMs: number;
   idempotencyKey: string;
-  concurrencyKey: string;
-  concurrencyLimit: number;
 }
 
 /** Spec JSON as stored: short keys, defaults omitted; `b` is read by complete.lua. */
@@ -93,8 +102,6 @@ interface SpecJson {
   b: [initialMs: number, maxMs: number, multiplier: number, jitter: number];
   to?: number;
   ik?: string;
-  ck?: string;
-  cl?: number;
 }
 
 /** Serialises the immutable part of a task that does not get its own hash field. */
@@ -104,8 +111,6 @@ export function encodeSpec(t: NewTask): string {
   if (Object.keys(t.labels).length > 0) s.l = t.labels;
   if (t.timeoutMs > 0) s.to = t.timeoutMs;
   if (t.idempotencyKey !== "") s.ik = t.idempotencyKey;
-  if (t.concurrencyKey !== "") s.ck = t.concurrencyKey;
-  if (t.concurrencyLimit > 0) s.cl = t.concurrencyLimit;
   return JSON.stringify(s);
 }
 
@@ -119,8 +124,6 @@ export function decodeSpec(json: string | null | undefined): TaskSpec {
     backoff: { initialMs: b[0], maxMs: b[1], multiplier: b[2], jitter: b[3] },
     timeoutMs: s.to ?? 0,
     idempotencyKey: s.ik ?? "",
-    concurrencyKey: s.ck ?? "",
-    concurrencyLimit: s.cl ?? 0,
   };
 }
 
@@ -153,6 +156,8 @@ export function storedFromNew(t: NewTask, now: number): StoredTask {
   if (delayed) hash["rat"] = String(t.runAtMs);
   else hash["enq"] = String(now);
   if (t.affinityKey !== "") hash["aff"] = t.affinityKey;
+  if (t.concurrencyKey !== "") hash["ck"] = t.concurrencyKey;
+  if (t.concurrencyLimit > 0) hash["cl"] = String(t.concurrencyLimit);
   return { id: t.id, queue: t.queue, hash, spec: encodeSpec(t), result: null };
 }
 
@@ -216,8 +221,8 @@ export function taskFromStored(s: StoredTask): Task {
     progress: num(h["prog"]),
     progressMessage: h["pmsg"] ?? "",
     workerId: h["wk"] ?? "",
-    concurrencyKey: spec.concurrencyKey,
-    concurrencyLimit: spec.concurrencyLimit,
+    concurrencyKey: h["ck"] ?? "",
+    concurrencyLimit: num(h["cl"]),
   });
   if (spec.timeoutMs > 0) task.timeout = durationFromMs(spec.timeoutMs);
   if (s.result !== null && s.result !== "") task.result = JSON.parse(s.result) as JsonObject;

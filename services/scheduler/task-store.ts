@@ -34,11 +34,20 @@ export type { NewTask, BackoffPolicy } from "./task-codec.js";
  * - `P:{q}:delayed` ZSET of DELAYED and RETRY_WAIT ids by due time; `P:{q}:rw` counts the
  *   RETRY_WAIT ones (so stats need no scan).
  * - `P:{q}:running` ZSET of RUNNING ids by lease deadline.
+ * - `P:{q}:cc` HASH concurrency key → how many of the queue's RUNNING tasks have that key; a
+ *   field exists only while its count is above 0. Kept exact by every script that moves a task
+ *   into RUNNING (claim) or out of it (complete, requeue, expire, which also covers cancel
+ *   requests, since a running task ends only through those). Concurrency keys are therefore
+ *   scoped to their queue.
+ * - `P:{q}:paused` STRING "1" while the queue is paused ({@link TaskStore.setPaused}).
  * - `P:{q}:done` ZSET of finished ids by expiry time; `P:{q}:dead` ZSET of FAILED and CANCELLED
  *   ids (the dead-letter set) by finish time.
- * - `P:queues` SET of queue names; `P:ix` HASH id → queue; `P:tn:<tenant>` ZSET (all scores 0) of
- *   the tenant's ids, listed newest first by ZREVRANGEBYLEX (ULIDs sort by time);
- *   `P:idem:<tenant>:<key>` STRING id, 24 h.
+ * - `P:queues` SET of queue names (every queue that had a task or was paused); `P:ix` HASH
+ *   id → queue; `P:tn:<tenant>` ZSET (all scores 0) of the tenant's ids, listed newest first by
+ *   ZREVRANGEBYLEX (ULIDs sort by time); `P:idem:<tenant>:<key>` STRING id, 24 h. These
+ *   assume a tenant name never contains `:` (else tenant `a:b` with key `c` and tenant `a`
+ *   with key `b:c` would share a key): the scheduler's RPC layer admits only
+ *   `/^[A-Za-z0-9_.-]{1,100}$/`, and callers of the store must keep to that.
  * - Channel `P:ev:<id>`: the sequence number of each new event of the task.
  *
  * The global keys (ix, tn, idem, queues) are outside the queues' hash tags: fine on one Redis,
@@ -57,6 +66,22 @@ export interface TaskStoreOptions {
   agingMsPerLevel?: number | undefined;
   /** Events kept per task; older ones are trimmed. @default 1000 */
   maxEvents?: number | undefined;
+  /**
+   * How many times a task may go back to the ready set because its attempt was lost (worker
+   * gone, lease expired) before the next loss ends it FAILED with error TOO_MANY_REQUEUES
+   * (dead-lettered): a task that kills its worker every time must not go round forever.
+   * 0 fails it at the first loss. {@link TaskStore.retry} gives it a fresh count.
+   * @default 10
+   */
+  maxRequeues?: number | undefined;
+  /**
+   * How many ready tasks blocked by their concurrency key {@link TaskStore.peekReady} steps over
+   * in one call before it returns what it found: bounds the work of a call when a long run of
+   * blocked tasks sits at the head of a queue (tasks behind more than this many blocked ones
+   * wait until some of those can start).
+   * @default 5000
+   */
+  maxPeekSkip?: number | undefined;
   logger: Logger;
 }
 
@@ -116,21 +141,21 @@ export function readyScore(enqMs: number, priority: number, agingMsPerLevel: num
 
 const SCRIPTS = {
   tmSubmit: { file: "submit", keys: 4 },
-  tmClaim: { file: "claim", keys: 2 },
+  tmClaim: { file: "claim", keys: 4 },
   tmRenew: { file: "renew", keys: 1 },
   tmReport: { file: "report", keys: 1 },
-  tmComplete: { file: "complete", keys: 5 },
-  tmRequeue: { file: "requeue", keys: 4 },
-  tmExpire: { file: "expire", keys: 4 },
+  tmComplete: { file: "complete", keys: 6 },
+  tmRequeue: { file: "requeue", keys: 5 },
+  tmExpire: { file: "expire", keys: 5 },
   tmPromote: { file: "promote", keys: 3 },
   tmCancel: { file: "cancel", keys: 5 },
   tmRetry: { file: "retry", keys: 3 },
   tmReap: { file: "reap", keys: 3 },
   tmGet: { file: "get", keys: 1, readOnly: true },
   tmList: { file: "list", keys: 2, readOnly: true },
-  tmPeek: { file: "peek", keys: 1, readOnly: true },
+  tmPeek: { file: "peek", keys: 3, readOnly: true },
   tmEvents: { file: "events", keys: 1, readOnly: true },
-  tmStats: { file: "stats", keys: 5, readOnly: true },
+  tmStats: { file: "stats", keys: 6, readOnly: true },
 } as const;
 
 type ScriptName = keyof typeof SCRIPTS;
@@ -246,6 +271,8 @@ export class TaskStore {
   private readonly prefix: string;
   private readonly aging: number;
   private readonly maxEvents: number;
+  private readonly maxRequeues: number;
+  private readonly maxPeekSkip: number;
   private readonly logger: Logger;
   private readonly queueOf = new Map<string, string>();
   private readonly folded = new Map<string, { seq: number; task: Task }>();
@@ -258,6 +285,8 @@ export class TaskStore {
     this.prefix = opts.prefix ?? "tm";
     this.aging = opts.agingMsPerLevel ?? 5000;
     this.maxEvents = opts.maxEvents ?? 1000;
+    this.maxRequeues = Math.max(0, Math.floor(opts.maxRequeues ?? 10));
+    this.maxPeekSkip = Math.max(0, Math.floor(opts.maxPeekSkip ?? 5000));
     this.logger = opts.logger.child({ component: "task-store" });
     const keyPrefix = this.redis.options.keyPrefix;
     if (keyPrefix !== undefined && keyPrefix !== "") {
@@ -284,6 +313,8 @@ export class TaskStore {
       done: `${q}done`,
       dead: `${q}dead`,
       rw: `${q}rw`,
+      cc: `${q}cc`,
+      paused: `${q}paused`,
     };
   }
 
@@ -383,6 +414,8 @@ export class TaskStore {
             t.maxAttempts,
             Math.floor(t.resultTtlMs),
             encodeSpec(t),
+            t.concurrencyKey,
+            Math.max(0, Math.floor(t.concurrencyLimit)),
           );
         }
         calls.push(
@@ -466,16 +499,41 @@ export class TaskStore {
     };
   }
 
-  /** Names of the queues that ever had a task, sorted. */
+  /** Names of the queues that ever had a task or were paused, sorted. */
   async queues(): Promise<string[]> {
     const names = await this.redis.smembers(`${this.prefix}:queues`);
     return names.sort();
   }
 
-  /** Up to `limit` ready tasks of a queue in dispatch order, without claiming them. */
+  /**
+   * Pauses or resumes a queue. A paused queue still takes submissions, its delayed tasks still
+   * become ready and its running tasks go on to the end, but {@link peekReady} returns nothing
+   * and {@link claim} claims nothing for it; resumed, its ready tasks come out in the same
+   * order as before. A paused queue is listed by {@link queues} and {@link stats} (with
+   * `paused: true`) even when it has no task. Idempotent.
+   */
+  async setPaused(queue: string, paused: boolean): Promise<void> {
+    checkQueue(queue);
+    const k = this.keys(queue);
+    const m = this.redis.multi().sadd(`${this.prefix}:queues`, queue);
+    if (paused) m.set(k.paused, "1");
+    else m.del(k.paused);
+    await m.exec();
+  }
+
+  /**
+   * Up to `limit` ready tasks of a queue in dispatch order, without claiming them: the ones
+   * {@link claim} would take right now. Empty while the queue is paused. Tasks whose concurrency
+   * key is at their limit are filtered out in Redis (counting the tasks of that key earlier in
+   * the same answer), so a blocked task never hides the ones behind it; the scan steps over at
+   * most `maxPeekSkip` blocked tasks per call.
+   */
   async peekReady(queue: string, limit: number): Promise<{ id: string; type: string; affinityKey: string }[]> {
     if (limit < 1) return [];
-    const reply = arr(await this.redis.tmPeek(this.keys(queue).ready, ...this.header(queue, 0), Math.floor(limit)));
+    const k = this.keys(queue);
+    const reply = arr(
+      await this.redis.tmPeek(k.ready, k.cc, k.paused, ...this.header(queue, 0), Math.floor(limit), this.maxPeekSkip),
+    );
     const out: { id: string; type: string; affinityKey: string }[] = [];
     for (let i = 0; i + 2 < reply.length; i += 3) {
       out.push({ id: str(reply[i]), type: str(reply[i + 1]), affinityKey: str(reply[i + 2]) });
@@ -486,7 +544,11 @@ export class TaskStore {
   /**
    * Claims tasks for workers, atomically per call: only tasks still QUEUED and in the ready set
    * are claimed (status RUNNING, attempt + 1, worker, start time, lease = now + leaseMs, moved to
-   * running, event appended). Returns the claimed ones; the rest are skipped.
+   * running, event appended). A task with a concurrency key and limit is claimed only while
+   * fewer than its limit of the queue's tasks with that key are RUNNING (claims are applied in
+   * the order given, each counting for the next); a blocked one stays in the ready set at its
+   * place. Nothing is claimed while the queue is paused. Returns the claimed ones; the rest are
+   * skipped.
    */
   async claim(
     queue: string,
@@ -500,6 +562,8 @@ export class TaskStore {
         this.redis.tmClaim(
           k.ready,
           k.running,
+          k.cc,
+          k.paused,
           ...this.header(queue, now),
           Math.floor(leaseMs),
           ...part.flatMap((c) => [c.id, c.workerId]),
@@ -592,7 +656,7 @@ export class TaskStore {
     const out: ("applied" | "stale")[] = results.map(() => "stale");
     await this.perQueue(results, async (queue, part) => {
       const k = this.keys(queue);
-      const args: RedisValue[] = [k.running, k.delayed, k.done, k.dead, k.rw, ...this.header(queue, now)];
+      const args: RedisValue[] = [k.running, k.delayed, k.done, k.dead, k.rw, k.cc, ...this.header(queue, now)];
       for (const { item } of part) {
         const o = item.outcome;
         switch (o.kind) {
@@ -621,7 +685,8 @@ export class TaskStore {
    * Worker lost or stream broken: each attempt still RUNNING at that attempt goes back to QUEUED
    * at its old enqueue time (the front of its priority), with error REQUEUED (reason) recorded.
    * The attempt stays; the next claim increments it. A task with a pending cancel request ends
-   * CANCELLED instead. Returns how many were re-queued.
+   * CANCELLED instead, and one already re-queued `maxRequeues` times ends FAILED with error
+   * TOO_MANY_REQUEUES (both dead-lettered). Returns how many were re-queued.
    */
   async requeue(refs: readonly TaskRef[], reason: string, now: number): Promise<number> {
     let n = 0;
@@ -632,9 +697,11 @@ export class TaskStore {
         k.running,
         k.done,
         k.dead,
+        k.cc,
         ...this.header(queue, now),
         "REQUEUED",
         reason,
+        this.maxRequeues,
         ...part.flatMap(({ item }) => [item.id, item.attempt]),
       );
       n += int(reply);
@@ -654,13 +721,22 @@ export class TaskStore {
 
   /**
    * Running tasks whose lease deadline passed go back to the ready set like {@link requeue}
-   * (error LEASE_EXPIRED). Returns the refs re-queued.
+   * (error LEASE_EXPIRED), or end as it describes. Returns the refs re-queued (not the ended ones).
    */
   async expireLeases(queue: string, now: number, limit: number): Promise<TaskRef[]> {
     if (limit < 1) return [];
     const k = this.keys(queue);
     return pairs(
-      await this.redis.tmExpire(k.ready, k.running, k.done, k.dead, ...this.header(queue, now), Math.floor(limit)),
+      await this.redis.tmExpire(
+        k.ready,
+        k.running,
+        k.done,
+        k.dead,
+        k.cc,
+        ...this.header(queue, now),
+        Math.floor(limit),
+        this.maxRequeues,
+      ),
     );
   }
 
@@ -692,7 +768,7 @@ export class TaskStore {
   /**
    * Re-queues a FAILED or CANCELLED task of `tenant` now (out of the dead-letter set). Its attempt
    * count is kept, so the next claim makes attempt + 1 and a retryable failure then retries only
-   * while attempt < maxAttempts.
+   * while attempt < maxAttempts; its re-queue count (see `maxRequeues`) starts again from 0.
    */
   async retry(tenant: string, id: string, now: number): Promise<{ task: Task } | { error: "not_found" | "not_dead" }> {
     const [queue] = await this.queuesOf([id]);
@@ -774,16 +850,19 @@ export class TaskStore {
     };
   }
 
-  /** Depths of every queue: queued, running, delayed, retry wait, dead, oldest queued age. */
+  /**
+   * Depths of every queue (see {@link queues}): queued, running, delayed, retry wait, dead,
+   * oldest queued age, and whether it is paused.
+   */
   async stats(now: number): Promise<QueueStats[]> {
     const names = await this.queues();
     return Promise.all(
       names.map(async (name) => {
         const k = this.keys(name);
         const r = arr(
-          await this.redis.tmStats(k.ready, k.running, k.delayed, k.dead, k.rw, ...this.header(name, now), STATS_WINDOW),
+          await this.redis.tmStats(k.ready, k.running, k.delayed, k.dead, k.rw, k.paused, ...this.header(name, now), STATS_WINDOW),
         ).map(int);
-        const [queued = 0, running = 0, waiting = 0, retryWait = 0, dead = 0, oldest = -1] = r;
+        const [queued = 0, running = 0, waiting = 0, retryWait = 0, dead = 0, oldest = -1, paused = 0] = r;
         const s = create(QueueStatsSchema, {
           name,
           queued: BigInt(queued),
@@ -791,6 +870,7 @@ export class TaskStore {
           delayed: BigInt(Math.max(0, waiting - retryWait)),
           retryWait: BigInt(retryWait),
           dead: BigInt(dead),
+          paused: paused === 1,
         });
         if (oldest >= 0) s.oldestQueuedAge = durationFromMs(Math.max(0, Math.floor(now) - oldest));
         return s;

@@ -780,3 +780,201 @@ describe("stats", () => {
     expect(byName.get("empty")?.oldestQueuedAge).toBeUndefined();
   });
 });
+
+describe("concurrency limits", () => {
+  const running = async (key: string, queue = "default"): Promise<number | null> => {
+    const v = await redis.hget(k(queue, "cc"), key);
+    return v === null ? null : Number(v);
+  };
+
+  it("claims at most the limit per key, skipping blocked tasks in place, and one more per finished task", async () => {
+    const keyed = Array.from({ length: 5 }, () => task({ concurrencyKey: "acct-1", concurrencyLimit: 2 }));
+    const free = Array.from({ length: 5 }, () => task());
+    await store.submit([...keyed, ...free], T0);
+    const all = [...keyed, ...free].map((t) => ({ id: t.id, workerId: "w" }));
+
+    const first = await store.claim("default", all, T0 + 1, LEASE);
+    expect(first.map((c) => c.id)).toEqual([keyed[0]!.id, keyed[1]!.id, ...free.map((t) => t.id)]);
+    expect(await running("acct-1")).toBe(2);
+    // The blocked ones stay ready, in order, and are not offered by peek.
+    expect(await redis.zrange(k("default", "ready"), "0", "-1")).toEqual(keyed.slice(2).map((t) => t.id));
+    expect(await store.peekReady("default", 10)).toEqual([]);
+    expect((await mustGet(keyed[2]!.id)).status).toBe(TaskStatus.QUEUED);
+    expect(await store.claim("default", all, T0 + 2, LEASE)).toEqual([]);
+
+    await store.complete([{ id: keyed[0]!.id, attempt: 1, outcome: { kind: "succeeded", result: {} } }], T0 + 3);
+    expect(await running("acct-1")).toBe(1);
+    expect((await store.peekReady("default", 10)).map((p) => p.id)).toEqual([keyed[2]!.id]);
+    const next = await store.claim("default", all, T0 + 4, LEASE);
+    expect(next.map((c) => c.id)).toEqual([keyed[2]!.id]);
+    expect(await running("acct-1")).toBe(2);
+  });
+
+  it("peeks past blocked tasks, counting the ones it already picked, within a bounded scan", async () => {
+    const keyed = Array.from({ length: 7 }, () => task({ concurrencyKey: "k", concurrencyLimit: 2 }));
+    const behind = task();
+    await store.submit([...keyed, behind], T0);
+    // Nothing runs yet: the first two of the key fit, the rest of the key do not.
+    expect((await store.peekReady("default", 10)).map((p) => p.id)).toEqual([keyed[0]!.id, keyed[1]!.id, behind.id]);
+    expect((await store.peekReady("default", 2)).map((p) => p.id)).toEqual([keyed[0]!.id, keyed[1]!.id]);
+    await store.claim("default", [{ id: keyed[0]!.id, workerId: "w" }], T0, LEASE);
+    expect((await store.peekReady("default", 10)).map((p) => p.id)).toEqual([keyed[1]!.id, behind.id]);
+    await store.claim("default", [{ id: keyed[1]!.id, workerId: "w" }], T0, LEASE);
+    // Five blocked tasks at the head: the default scan steps over them, a scan of 2 gives up.
+    expect((await store.peekReady("default", 1)).map((p) => p.id)).toEqual([behind.id]);
+    expect(await makeStore({ maxPeekSkip: 2 }).peekReady("default", 10)).toEqual([]);
+    expect((await makeStore({ maxPeekSkip: 5 }).peekReady("default", 10)).map((p) => p.id)).toEqual([behind.id]);
+  });
+
+  it("counts every running task of the key, applies each task's own limit, and scopes keys to their queue", async () => {
+    const unlimited = task({ concurrencyKey: "k" });
+    const limited = task({ concurrencyKey: "k", concurrencyLimit: 1 });
+    const roomy = task({ concurrencyKey: "k", concurrencyLimit: 2 });
+    const otherQueue = task({ queue: "other", concurrencyKey: "k", concurrencyLimit: 1 });
+    await store.submit([unlimited, limited, roomy, otherQueue], T0);
+    const claims = [unlimited, limited, roomy].map((t) => ({ id: t.id, workerId: "w" }));
+    const got = await store.claim("default", claims, T0, LEASE);
+    expect(got.map((c) => c.id)).toEqual([unlimited.id, roomy.id]);
+    expect(await running("k")).toBe(2);
+    const [o] = await store.claim("other", [{ id: otherQueue.id, workerId: "w" }], T0, LEASE);
+    expect(o?.id).toBe(otherQueue.id);
+    expect(await running("k", "other")).toBe(1);
+    expect(await running("k")).toBe(2);
+  });
+
+  it("gives the place back on every way out of RUNNING, down to no counter at all", async () => {
+    const ts = Array.from({ length: 6 }, () => task({ concurrencyKey: "k", concurrencyLimit: 10, maxAttempts: 3 }));
+    await store.submit(ts, T0);
+    const [ok, fails, lost, cancelled, lostCancelled, expired] = ts.map((t) => t.id) as [string, string, string, string, string, string];
+    const claims = ts.map((t) => ({ id: t.id, workerId: "w" }));
+    // All but one with a long lease; `expired` with a short one.
+    await store.claim("default", claims.slice(0, 5), T0, LEASE);
+    await store.claim("default", claims.slice(5), T0, 1000);
+    expect(await running("k")).toBe(6);
+
+    await store.complete([{ id: ok, attempt: 1, outcome: { kind: "succeeded", result: {} } }], T0 + 1);
+    expect(await running("k")).toBe(5);
+    // A repeated (stale) report changes nothing.
+    expect(await store.complete([{ id: ok, attempt: 1, outcome: { kind: "succeeded", result: {} } }], T0 + 1)).toEqual(["stale"]);
+    expect(await running("k")).toBe(5);
+
+    await store.complete([{ id: fails, attempt: 1, outcome: { kind: "failed", code: "E", message: "m", retryable: true } }], T0 + 2);
+    expect((await mustGet(fails)).status).toBe(TaskStatus.RETRY_WAIT);
+    expect(await running("k")).toBe(4);
+
+    expect(await store.requeue([{ id: lost, attempt: 1 }], "worker gone", T0 + 3)).toBe(1);
+    expect(await running("k")).toBe(3);
+
+    await store.cancel("acme", cancelled, "stop", T0 + 4);
+    expect(await running("k")).toBe(3);
+    await store.complete([{ id: cancelled, attempt: 1, outcome: { kind: "cancelled", reason: "stop" } }], T0 + 5);
+    expect((await mustGet(cancelled)).status).toBe(TaskStatus.CANCELLED);
+    expect(await running("k")).toBe(2);
+
+    await store.cancel("acme", lostCancelled, "stop", T0 + 6);
+    expect(await store.requeue([{ id: lostCancelled, attempt: 1 }], "worker gone", T0 + 7)).toBe(0);
+    expect((await mustGet(lostCancelled)).status).toBe(TaskStatus.CANCELLED);
+    expect(await running("k")).toBe(1);
+
+    expect(await store.expireLeases("default", T0 + 1000, 10)).toEqual([{ id: expired, attempt: 1 }]);
+    expect(await running("k")).toBeNull();
+    expect(await redis.exists(k("default", "cc"))).toBe(0);
+
+    // The re-queued ones run again and finish: still exact.
+    await store.promoteDue("default", T0 + 60_000, 10);
+    const again = await store.claim("default", claims, T0 + 60_000, LEASE);
+    expect(again.map((c) => c.id).sort()).toEqual([fails, lost, expired].sort());
+    expect(await running("k")).toBe(3);
+    await store.complete(
+      again.map((c) => ({ id: c.id, attempt: c.attempt, outcome: { kind: "succeeded", result: {} } as const })),
+      T0 + 60_001,
+    );
+    expect(await redis.exists(k("default", "cc"))).toBe(0);
+  });
+});
+
+describe("pause and resume", () => {
+  it("hides a paused queue's tasks from peek and claim, lets running ones finish, and resumes in order", async () => {
+    const low = task({ priority: 1 });
+    const normal = task();
+    const high = task({ priority: 3 });
+    const busy = task();
+    const elsewhere = task({ queue: "other" });
+    await store.submit([low, normal, high, busy, elsewhere], T0);
+    await store.claim("default", [{ id: busy.id, workerId: "w" }], T0, LEASE);
+    const before = (await store.peekReady("default", 10)).map((p) => p.id);
+    expect(before).toEqual([high.id, normal.id, low.id]);
+
+    await store.setPaused("default", true);
+    await store.setPaused("default", true);
+    expect(await store.peekReady("default", 10)).toEqual([]);
+    expect(await store.claim("default", before.map((id) => ({ id, workerId: "w" })), T0 + 1, LEASE)).toEqual([]);
+    // Submissions are still taken; the running task still finishes; other queues are unaffected.
+    const late = await submitOne({ priority: 1 }, T0 + 2);
+    expect(late.status).toBe(TaskStatus.QUEUED);
+    expect(await store.complete([{ id: busy.id, attempt: 1, outcome: { kind: "succeeded", result: {} } }], T0 + 3)).toEqual(["applied"]);
+    expect((await store.peekReady("other", 10)).map((p) => p.id)).toEqual([elsewhere.id]);
+    let byName = new Map((await store.stats(T0 + 4)).map((s) => [s.name, s]));
+    expect(byName.get("default")).toMatchObject({ paused: true, queued: 4n, running: 0n });
+    expect(byName.get("other")?.paused).toBe(false);
+
+    await store.setPaused("default", false);
+    expect((await store.peekReady("default", 10)).map((p) => p.id)).toEqual([...before, late.id]);
+    const claimed = await store.claim("default", [{ id: high.id, workerId: "w" }], T0 + 5, LEASE);
+    expect(claimed.map((c) => c.id)).toEqual([high.id]);
+    byName = new Map((await store.stats(T0 + 5)).map((s) => [s.name, s]));
+    expect(byName.get("default")?.paused).toBe(false);
+  });
+
+  it("lists a paused queue that has no tasks, and rejects bad queue names", async () => {
+    await store.setPaused("idle", true);
+    expect(await store.queues()).toEqual(["idle"]);
+    expect(await store.stats(T0)).toEqual([expect.objectContaining({ name: "idle", paused: true, queued: 0n, running: 0n })]);
+    await store.setPaused("idle", false);
+    expect(await store.stats(T0)).toEqual([expect.objectContaining({ name: "idle", paused: false })]);
+    expect(await redis.exists(k("idle", "paused"))).toBe(0);
+    await expect(store.setPaused("a{b", true)).rejects.toThrow(/queue/);
+  });
+});
+
+describe("re-queue limit", () => {
+  it("fails a task that keeps losing its worker after maxRequeues re-queues, and a retry starts the count again", async () => {
+    const t = await submitOne({ concurrencyKey: "k", concurrencyLimit: 1, maxAttempts: 100 });
+    let now = T0;
+    // Ten losses, alternating a lost worker and an expired lease: each goes back to the queue.
+    for (let i = 1; i <= 10; i++) {
+      const [c] = await store.claim("default", [{ id: t.id, workerId: "w" }], now, 1000);
+      expect(c?.attempt).toBe(i);
+      if (i % 2 === 0) expect(await store.requeue([{ id: t.id, attempt: i }], "worker gone", now + 1)).toBe(1);
+      else expect(await store.expireLeases("default", now + 1000, 10)).toEqual([{ id: t.id, attempt: i }]);
+      expect((await mustGet(t.id)).status).toBe(TaskStatus.QUEUED);
+      now += 2000;
+    }
+    await store.claim("default", [{ id: t.id, workerId: "w" }], now, 1000);
+    expect(await store.requeue([{ id: t.id, attempt: 11 }], "worker gone", now + 1)).toBe(0);
+    const failed = await mustGet(t.id);
+    expect(failed.status).toBe(TaskStatus.FAILED);
+    expect(failed.error).toMatchObject({ code: "TOO_MANY_REQUEUES", message: "re-queued 10 times; last: worker gone", retryable: false });
+    expect(await redis.zscore(k("default", "dead"), t.id)).not.toBeNull();
+    expect(await redis.zcard(k("default", "running"))).toBe(0);
+    expect(await redis.exists(k("default", "cc"))).toBe(0);
+    const evs = await store.events(t.id, 0);
+    expect(evs[evs.length - 1]?.task).toEqual(failed);
+
+    const r = await store.retry("acme", t.id, now + 10);
+    expect("task" in r).toBe(true);
+    await store.claim("default", [{ id: t.id, workerId: "w" }], now + 20, 1000);
+    expect(await store.requeue([{ id: t.id, attempt: 12 }], "worker gone", now + 21)).toBe(1);
+  });
+
+  it("honours maxRequeues on the lease-expiry path, 0 failing at the first loss", async () => {
+    const strict = makeStore({ maxRequeues: 0 });
+    const t = await submitOne();
+    await strict.claim("default", [{ id: t.id, workerId: "w" }], T0, 1000);
+    expect(await strict.expireLeases("default", T0 + 1000, 10)).toEqual([]);
+    const got = await mustGet(t.id);
+    expect(got.status).toBe(TaskStatus.FAILED);
+    expect(got.error).toMatchObject({ code: "TOO_MANY_REQUEUES", message: "re-queued 0 times; last: lease expired" });
+    expect(await redis.zcard(k("default", "running"))).toBe(0);
+  });
+});

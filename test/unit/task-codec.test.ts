@@ -60,9 +60,21 @@ describe("spec encoding", () => {
       backoff: t.backoff,
       timeoutMs: 5000,
       idempotencyKey: "k",
-      concurrencyKey: "c",
-      concurrencyLimit: 3,
     });
+  });
+
+  it("keeps the concurrency key and limit in the hash, where the scripts read them, not in the spec", () => {
+    const t = newTask({ concurrencyKey: "tenant-7", concurrencyLimit: 3 });
+    expect(encodeSpec(t)).toBe(encodeSpec(newTask()));
+    const s = storedFromNew(t, T0);
+    expect(s.hash).toMatchObject({ ck: "tenant-7", cl: "3" });
+    expect(taskFromStored(s)).toMatchObject({ concurrencyKey: "tenant-7", concurrencyLimit: 3 });
+    // A key without a limit is stored too: such a task counts towards its key while it runs.
+    expect(storedFromNew(newTask({ concurrencyKey: "k" }), T0).hash).not.toHaveProperty("cl");
+    const plain = storedFromNew(newTask(), T0);
+    expect(plain.hash).not.toHaveProperty("ck");
+    expect(plain.hash).not.toHaveProperty("cl");
+    expect(taskFromStored(plain)).toMatchObject({ concurrencyKey: "", concurrencyLimit: 0 });
   });
 
   it("reads a missing spec as defaults", () => {

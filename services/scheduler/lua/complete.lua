@@ -1,23 +1,25 @@
 -- complete: applies the results of attempts, fenced by attempt.
--- KEYS: 1 running, 2 delayed, 3 done, 4 dead, 5 retry-wait counter
+-- KEYS: 1 running, 2 delayed, 3 done, 4 dead, 5 retry-wait counter, 6 concurrency counts
 -- ARGV[6..]: per item 7 values: id, attempt, kind, a, b, c, rand where kind is
 --   's' succeeded (a = result JSON), 'f' failed (a = code, b = message, c = '1' if retryable),
 --   'c' cancelled (a = reason); rand in [0, 1) spreads the backoff (Lua's PRNG is seeded
 --   identically on every call, so the caller supplies the randomness).
 -- A cancelled attempt ends the task only if a cancel was requested (field cxl). Without one, the
 -- worker gave up on its own (shutting down, say): that counts as a retryable failure ABORTED,
--- so the task is not lost.
+-- so the task is not lost. Whatever the outcome, the attempt stops RUNNING: its concurrency key
+-- gets its place back.
 -- Returns per item 1 (applied) or 0 (stale).
 local out = {}
 for i = 6, #ARGV, 7 do
   local id, att, kind = ARGV[i], ARGV[i + 1], ARGV[i + 2]
   local tk = tkey(id)
-  local f = redis.call('HMGET', tk, 'st', 'att', 'max', 'ttl', 'cxl')
+  local f = redis.call('HMGET', tk, 'st', 'att', 'max', 'ttl', 'cxl', 'ck')
   if tonumber(f[1]) ~= RUNNING or f[2] ~= att then
     out[#out + 1] = 0
   else
     out[#out + 1] = 1
     redis.call('ZREM', KEYS[1], id)
+    cc_release(KEYS[6], f[6])
     if kind == 's' then
       if ARGV[i + 3] ~= '' then redis.call('SET', rkey(id), ARGV[i + 3]) end
       finish(id, tk, RUNNING, SUCCEEDED, att, f[4], false, KEYS[3], KEYS[4])

@@ -77,20 +77,50 @@ local function finish(id, tk, from, to, att, ttl, err, done_key, dead_key)
   status_event(id, tk, from, to, att, extra)
 end
 
--- Puts a RUNNING task back in the ready set at its old enqueue time (the front of its priority),
--- or ends it as CANCELLED if a cancel was requested meanwhile. Returns true when re-queued.
--- The caller has checked that the task is RUNNING at attempt f_att.
-local function requeue_running(id, tk, f_att, f_pri, f_enq, f_cxl, f_ttl, code, message, k_ready, k_running, k_done, k_dead)
-  redis.call('ZREM', k_running, id)
-  if f_cxl then
-    finish(id, tk, RUNNING, CANCELLED, f_att, f_ttl, err_json('CANCELLED', f_cxl, false), k_done, k_dead)
+-- Per-key concurrency. The queue's hash `cc` (a KEYS entry of the scripts that need it) maps a
+-- concurrency key to the number of RUNNING tasks of this queue with that key (hash field `ck`);
+-- a field is deleted when its count reaches 0. Every transition into RUNNING (claim) calls
+-- cc_take and every transition out of it (complete, requeue_running) calls cc_release, so the
+-- count stays exact; it never goes below 0 even if it somehow drifted.
+local function cc_take(k_cc, ck)
+  if ck then redis.call('HINCRBY', k_cc, ck, 1) end
+end
+local function cc_release(k_cc, ck)
+  if ck and redis.call('HINCRBY', k_cc, ck, -1) <= 0 then redis.call('HDEL', k_cc, ck) end
+end
+-- Whether a task with key ck and limit cl (hash fields, false when absent) may not start now:
+-- `extra` more tasks of that key are about to start (peek's look-ahead), on top of the count.
+local function cc_blocked(k_cc, ck, cl, extra)
+  local limit = tonumber(cl)
+  if not ck or not limit or limit <= 0 then return false end
+  return (tonumber(redis.call('HGET', k_cc, ck)) or 0) + extra >= limit
+end
+
+-- Puts a RUNNING task back in the ready set at its old enqueue time (the front of its priority).
+-- Instead it ends CANCELLED if a cancel was requested meanwhile, or FAILED with
+-- TOO_MANY_REQUEUES (dead-lettered) when it was already re-queued max_rq times: a task that
+-- keeps killing its worker must not go round forever. Field `rq` counts the re-queues.
+-- k: {ready, running, done, dead, cc} keys. Returns true when re-queued.
+-- The caller has checked that the task is RUNNING at attempt att.
+local function requeue_running(id, tk, att, code, message, max_rq, k)
+  local f = redis.call('HMGET', tk, 'pri', 'enq', 'cxl', 'ttl', 'ck', 'rq')
+  redis.call('ZREM', k.running, id)
+  cc_release(k.cc, f[5])
+  if f[3] then
+    finish(id, tk, RUNNING, CANCELLED, att, f[4], err_json('CANCELLED', f[3], false), k.done, k.dead)
+    return false
+  end
+  local rq = tonumber(f[6]) or 0
+  if rq >= max_rq then
+    local msg = 're-queued ' .. rq .. ' times; last: ' .. message
+    finish(id, tk, RUNNING, FAILED, att, f[4], err_json('TOO_MANY_REQUEUES', msg, false), k.done, k.dead)
     return false
   end
   local err = err_json(code, message, true)
-  redis.call('HSET', tk, 'st', QUEUED, 'err', err)
+  redis.call('HSET', tk, 'st', QUEUED, 'err', err, 'rq', rq + 1)
   redis.call('HDEL', tk, 'lease')
-  redis.call('ZADD', k_ready, ready_score(f_enq or NOW_S, f_pri or 2), id)
-  status_event(id, tk, RUNNING, QUEUED, f_att, ',"e":' .. err)
+  redis.call('ZADD', k.ready, ready_score(f[2] or NOW_S, f[1] or 2), id)
+  status_event(id, tk, RUNNING, QUEUED, att, ',"e":' .. err)
   return true
 end
 

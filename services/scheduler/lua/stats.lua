@@ -1,7 +1,8 @@
 -- stats: depths of queue Q (read-only).
--- KEYS: 1 ready, 2 running, 3 delayed, 4 dead, 5 retry-wait counter
+-- KEYS: 1 ready, 2 running, 3 delayed, 4 dead, 5 retry-wait counter, 6 paused flag
 -- ARGV[6] how many ready tasks to inspect for the oldest.
--- Returns {queued, running, delayed + retry wait, retry wait, dead, oldest enqueue ms or -1}.
+-- Returns {queued, running, delayed + retry wait, retry wait, dead, oldest enqueue ms or -1,
+-- 1 if paused else 0}.
 -- The oldest queued task has the smallest `enq`, and every ready score is within
 -- [enq - 3 * AGING, enq], so it is among the tasks scored up to the head's score + 3 * AGING.
 local oldest = -1
@@ -16,4 +17,5 @@ end
 return {
   redis.call('ZCARD', KEYS[1]), redis.call('ZCARD', KEYS[2]), redis.call('ZCARD', KEYS[3]),
   tonumber(redis.call('GET', KEYS[5]) or '0'), redis.call('ZCARD', KEYS[4]), oldest,
+  redis.call('EXISTS', KEYS[6]),
 }

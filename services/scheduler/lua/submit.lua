@@ -1,7 +1,8 @@
 -- submit: stores new tasks of queue Q, honouring idempotency keys.
 -- KEYS: 1 ready, 2 delayed, 3 P:queues, 4 P:ix
--- ARGV[6..]: per task 10 values: id, tenant, idempotency key, run-at ms (0 = now), priority,
---   type, affinity key, max attempts, result TTL ms, spec JSON.
+-- ARGV[6..]: per task 12 values: id, tenant, idempotency key, run-at ms (0 = now), priority,
+--   type, affinity key, max attempts, result TTL ms, spec JSON, concurrency key ('' = none),
+--   concurrency limit (0 = unlimited).
 -- Returns per task: {'n'} when created, {'e', task} when an earlier task with the same
 -- (tenant, idempotency key) still exists (see load_task).
 -- The first event (seq 1, status QUEUED or DELAYED) is not written to the event list: it follows
@@ -9,12 +10,14 @@
 -- That saves the list (about 260 bytes) for every task that has not started yet.
 local out = {}
 redis.call('SADD', KEYS[3], Q)
-for i = 6, #ARGV, 10 do
+for i = 6, #ARGV, 12 do
   local id, tenant, ikey = ARGV[i], ARGV[i + 1], ARGV[i + 2]
   local run_at, pri = tonumber(ARGV[i + 3]), ARGV[i + 4]
   local existing = false
   local idem_key = false
   if ikey ~= '' then
+    -- Unambiguous because tenant names never contain ':' (the scheduler's RPC layer admits
+    -- only /^[A-Za-z0-9_.-]{1,100}$/); a tenant with ':' could collide with another's keys.
     idem_key = P .. ':idem:' .. tenant .. ':' .. ikey
     local prev = redis.call('GET', idem_key)
     if prev then
@@ -38,6 +41,8 @@ for i = 6, #ARGV, 10 do
       redis.call('ZADD', KEYS[1], ready_score(NOW, pri), id)
     end
     if ARGV[i + 6] ~= '' then f[#f + 1] = 'aff'; f[#f + 1] = ARGV[i + 6] end
+    if ARGV[i + 10] ~= '' then f[#f + 1] = 'ck'; f[#f + 1] = ARGV[i + 10] end
+    if tonumber(ARGV[i + 11]) > 0 then f[#f + 1] = 'cl'; f[#f + 1] = ARGV[i + 11] end
     redis.call('HSET', tk, unpack(f))
     redis.call('SET', dkey(id), ARGV[i + 9])
     redis.call('HSET', KEYS[4], id, Q)
