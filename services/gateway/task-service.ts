@@ -35,12 +35,15 @@ export function gatewayRoutes(up: GatewayUpstreams): (router: ConnectRouter) => 
   };
   const s = () => up.schedulers.pick();
   const c = () => up.config.pick();
+  /** A read: retried on another replica when one is unavailable. */
+  const read = <T>(fn: (client: ReturnType<typeof s>) => Promise<T>): Promise<T> =>
+    call(() => up.schedulers.call(fn, true));
 
   const tasks: ServiceImpl<typeof TaskService> = {
     submitTask: (req, ctx) => call(() => s().submitTask(req, opts(ctx))),
     submitTasks: (req, ctx) => call(() => s().submitTasks(req, opts(ctx))),
-    getTask: (req, ctx) => call(() => s().getTask(req, opts(ctx))),
-    listTasks: (req, ctx) => call(() => s().listTasks(req, opts(ctx))),
+    getTask: (req, ctx) => read((x) => x.getTask(req, opts(ctx))),
+    listTasks: (req, ctx) => read((x) => x.listTasks(req, opts(ctx))),
     cancelTask: (req, ctx) => call(() => s().cancelTask(req, opts(ctx))),
     retryTask: (req, ctx) => call(() => s().retryTask(req, opts(ctx))),
     async *watchTask(req, ctx) {
@@ -52,8 +55,8 @@ export function gatewayRoutes(up: GatewayUpstreams): (router: ConnectRouter) => 
     },
   };
   const cluster: ServiceImpl<typeof ClusterService> = {
-    listWorkers: (req, ctx) => call(() => s().listWorkers(req, opts(ctx))),
-    getClusterStatus: (req, ctx) => call(() => s().getClusterStatus(req, opts(ctx))),
+    listWorkers: (req, ctx) => read((x) => x.listWorkers(req, opts(ctx))),
+    getClusterStatus: (req, ctx) => read((x) => x.getClusterStatus(req, opts(ctx))),
     pauseQueue: (req, ctx) => call(() => s().pauseQueue(req, opts(ctx))),
     resumeQueue: (req, ctx) => call(() => s().resumeQueue(req, opts(ctx))),
     async *watchWorkers(req, ctx) {

@@ -23,6 +23,26 @@ export class Upstreams<S extends DescService> {
     members.on("delete", (_id: string, r: ServiceRecord) => this.clients.delete(r.address));
   }
 
+  /** How many instances are known. */
+  get size(): number {
+    return this.members.snapshot().size;
+  }
+
+  /**
+   * Runs `fn` on the next instance; for calls without side effects, an UNAVAILABLE answer (the
+   * instance is gone or unreachable) moves on to the next instance, once per known instance.
+   */
+  async call<T>(fn: (client: Client<S>) => Promise<T>, idempotent: boolean): Promise<T> {
+    const tries = idempotent ? Math.max(1, this.size) : 1;
+    for (let i = 1; ; i++) {
+      try {
+        return await fn(this.pick());
+      } catch (err) {
+        if (i >= tries || !(err instanceof ConnectError) || err.code !== Code.Unavailable) throw err;
+      }
+    }
+  }
+
   /** A client for the next live instance. */
   pick(): Client<S> {
     const all = [...this.members.snapshot().values()];
