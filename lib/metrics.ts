@@ -27,6 +27,12 @@ export const METRIC_NAMES = {
   tasksRequeued: "taskmesh_tasks_requeued_total",
   /** Gauge: 1 while the replica leads. */
   schedulerLeader: "taskmesh_scheduler_leader",
+  /** Gauge `{queue, status}`: tasks per queue and status (queued, running, delayed, retry_wait, dead). */
+  queueTasks: "taskmesh_queue_tasks",
+  /** Gauge `{queue}`: age of the oldest queued task in seconds (0 when none): the autoscaling signal. */
+  queueOldestAge: "taskmesh_queue_oldest_queued_age_seconds",
+  /** Gauge `{queue}`: 1 while the queue is paused. */
+  queuePaused: "taskmesh_queue_paused",
   /** Gauge: workers with a ready stream to the leader. */
   schedulerWorkers: "taskmesh_scheduler_workers",
 } as const;
@@ -281,4 +287,69 @@ export function schedulerMetrics(registry: Registry): SchedulerMetrics {
       registers: [registry],
     }),
   };
+}
+
+/** One queue's depths as the scheduler reports them (a subset of QueueStats). */
+export interface QueueDepth {
+  name: string;
+  queued: bigint;
+  running: bigint;
+  delayed: bigint;
+  retryWait: bigint;
+  dead: bigint;
+  oldestQueuedAgeMs: number;
+  paused: boolean;
+}
+
+/**
+ * Registers the per-queue gauges (autoscaling signals), read from Redis at scrape time through
+ * `read`. Every scheduler replica exports the same values: aggregate with `max by (queue)`.
+ */
+export function queueMetrics(registry: Registry, read: () => Promise<QueueDepth[]>): void {
+  let last: Promise<QueueDepth[]> | undefined;
+  // One Redis read per scrape, shared by the three gauges.
+  const snapshot = (): Promise<QueueDepth[]> => {
+    last ??= read().finally(() => {
+      setTimeout(() => {
+        last = undefined;
+      }, 100).unref();
+    });
+    return last;
+  };
+  new Gauge({
+    name: METRIC_NAMES.queueTasks,
+    help: "Tasks per queue and status.",
+    labelNames: ["queue", "status"] as const,
+    registers: [registry],
+    async collect() {
+      this.reset();
+      for (const q of await snapshot()) {
+        this.set({ queue: q.name, status: "queued" }, Number(q.queued));
+        this.set({ queue: q.name, status: "running" }, Number(q.running));
+        this.set({ queue: q.name, status: "delayed" }, Number(q.delayed));
+        this.set({ queue: q.name, status: "retry_wait" }, Number(q.retryWait));
+        this.set({ queue: q.name, status: "dead" }, Number(q.dead));
+      }
+    },
+  });
+  new Gauge({
+    name: METRIC_NAMES.queueOldestAge,
+    help: "Age of the oldest queued task per queue, in seconds (0 when none is queued).",
+    labelNames: ["queue"] as const,
+    registers: [registry],
+    async collect() {
+      this.reset();
+      for (const q of await snapshot()) this.set({ queue: q.name }, q.oldestQueuedAgeMs / 1000);
+    },
+  });
+  new Gauge({
+    name: METRIC_NAMES.queuePaused,
+    help: "1 while the queue is paused.",
+    labelNames: ["queue"] as const,
+    registers: [registry],
+    async collect() {
+      this.reset();
+      for (const q of await snapshot()) this.set({ queue: q.name }, q.paused ? 1 : 0);
+    },
+  });
 }

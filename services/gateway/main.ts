@@ -3,6 +3,7 @@ import { hostname } from "node:os";
 import { Etcd3 } from "etcd3";
 import { file_taskmesh_v1_cluster_service } from "../../gen/taskmesh/v1/cluster_service_pb.js";
 import { ConfigService, file_taskmesh_v1_config_service } from "../../gen/taskmesh/v1/config_service_pb.js";
+import { ScheduleService, file_taskmesh_v1_schedule_service } from "../../gen/taskmesh/v1/schedule_service_pb.js";
 import { SchedulerService } from "../../gen/taskmesh/v1/scheduler_service_pb.js";
 import { file_taskmesh_v1_task_service } from "../../gen/taskmesh/v1/task_service_pb.js";
 import { etcdKeys, parseServiceRecord, type ServiceRecord } from "../../lib/keys.js";
@@ -50,10 +51,11 @@ try {
     port: settings.port,
     routes: gatewayRoutes({
       schedulers: new Upstreams(SchedulerService, "scheduler", schedulers),
+      schedules: new Upstreams(ScheduleService, "scheduler", schedulers),
       config: new Upstreams(ConfigService, "config", configs),
       logger,
     }),
-    files: [file_taskmesh_v1_task_service, file_taskmesh_v1_cluster_service, file_taskmesh_v1_config_service],
+    files: [file_taskmesh_v1_task_service, file_taskmesh_v1_cluster_service, file_taskmesh_v1_config_service, file_taskmesh_v1_schedule_service],
     registry: createRegistry("gateway"),
     logger,
     interceptors: [bootstrapAuth(key)],

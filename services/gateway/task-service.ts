@@ -2,6 +2,7 @@ import type { ConnectRouter, HandlerContext, ServiceImpl } from "@connectrpc/con
 import type { Logger } from "pino";
 import { ClusterService } from "../../gen/taskmesh/v1/cluster_service_pb.js";
 import { ConfigService } from "../../gen/taskmesh/v1/config_service_pb.js";
+import { ScheduleService } from "../../gen/taskmesh/v1/schedule_service_pb.js";
 import { SchedulerService } from "../../gen/taskmesh/v1/scheduler_service_pb.js";
 import { TaskService } from "../../gen/taskmesh/v1/task_service_pb.js";
 import { toConnectError } from "../../lib/errors.js";
@@ -11,6 +12,8 @@ import type { Upstreams } from "./upstreams.js";
 /** What the gateway's public services forward to. */
 export interface GatewayUpstreams {
   schedulers: Upstreams<typeof SchedulerService>;
+  /** The same scheduler replicas, for ScheduleService. */
+  schedules: Upstreams<typeof ScheduleService>;
   config: Upstreams<typeof ConfigService>;
   logger: Logger;
 }
@@ -82,8 +85,19 @@ export function gatewayRoutes(up: GatewayUpstreams): (router: ConnectRouter) => 
       }
     },
   };
+  const sched = <T>(fn: (client: ReturnType<typeof up.schedules.pick>) => Promise<T>, idempotent: boolean): Promise<T> =>
+    call(() => up.schedules.call(fn, idempotent));
+  const schedules: ServiceImpl<typeof ScheduleService> = {
+    createSchedule: (req, ctx) => sched((x) => x.createSchedule(req, opts(ctx)), false),
+    getSchedule: (req, ctx) => sched((x) => x.getSchedule(req, opts(ctx)), true),
+    listSchedules: (req, ctx) => sched((x) => x.listSchedules(req, opts(ctx)), true),
+    deleteSchedule: (req, ctx) => sched((x) => x.deleteSchedule(req, opts(ctx)), false),
+    pauseSchedule: (req, ctx) => sched((x) => x.pauseSchedule(req, opts(ctx)), false),
+    resumeSchedule: (req, ctx) => sched((x) => x.resumeSchedule(req, opts(ctx)), false),
+  };
   return (router) => {
     router.service(TaskService, tasks);
+    router.service(ScheduleService, schedules);
     router.service(ClusterService, cluster);
     router.service(ConfigService, config);
   };

@@ -5,6 +5,7 @@ import { Etcd3 } from "etcd3";
 import { Redis } from "ioredis";
 import type { Logger } from "pino";
 import { SchedulerInfoSchema } from "../../gen/taskmesh/v1/cluster_service_pb.js";
+import { file_taskmesh_v1_schedule_service } from "../../gen/taskmesh/v1/schedule_service_pb.js";
 import { file_taskmesh_v1_scheduler_service } from "../../gen/taskmesh/v1/scheduler_service_pb.js";
 import {
   etcdKeys,
@@ -15,7 +16,7 @@ import {
 } from "../../lib/keys.js";
 import { Shutdown, type ComponentState } from "../../lib/lifecycle.js";
 import { Membership } from "../../lib/membership.js";
-import { createRegistry, schedulerMetrics } from "../../lib/metrics.js";
+import { createRegistry, queueMetrics, schedulerMetrics } from "../../lib/metrics.js";
 import { Registration } from "../../lib/registration.js";
 import { startServer } from "../../lib/server.js";
 import { BUILTIN_TASK_TYPES } from "../../lib/task-types.js";
@@ -23,6 +24,8 @@ import { Dispatcher } from "./dispatcher.js";
 import { Leadership } from "./leadership.js";
 import { Ring } from "./ring.js";
 
+import { scheduleRoutes } from "./schedule-service.js";
+import { ScheduleStore, ScheduleTicker } from "./schedules.js";
 import { schedulerRoutes } from "./scheduler-service.js";
 import { DEFAULT_SUBMIT } from "./submit.js";
 import { TaskStore } from "./task-store.js";
@@ -75,7 +78,21 @@ export async function startScheduler(opts: SchedulerOptions): Promise<Scheduler>
   const redis = new Redis(opts.redisUrl, { maxRetriesPerRequest: 3, enableAutoPipelining: true });
   const sub = redis.duplicate();
   const store = new TaskStore({ redis, prefix, agingMsPerLevel: opts.agingMsPerLevel, logger: log });
+  const schedules = new ScheduleStore({ redis, prefix, logger: log });
+  const scheduleTicker = new ScheduleTicker({ schedules, tasks: store, defaults: () => DEFAULT_SUBMIT, logger: log });
   const etcd = new Etcd3({ hosts: opts.etcdEndpoints });
+  queueMetrics(registry, async () =>
+    (await store.stats(Date.now())).map((q) => ({
+      name: q.name,
+      queued: q.queued,
+      running: q.running,
+      delayed: q.delayed,
+      retryWait: q.retryWait,
+      dead: q.dead,
+      oldestQueuedAgeMs: q.oldestQueuedAge === undefined ? 0 : Number(q.oldestQueuedAge.seconds) * 1000 + q.oldestQueuedAge.nanos / 1e6,
+      paused: q.paused,
+    })),
+  );
 
   const workers = new Membership<WorkerRecord>({
     client: etcd,
@@ -133,9 +150,9 @@ export async function startScheduler(opts: SchedulerOptions): Promise<Scheduler>
     const s = new WorkerSession({
       record,
       epoch,
-      store,
+    store,
       leaseMs: opts.taskLeaseMs,
-      logger: log,
+    logger: log,
       onCapacity: () => dispatcher.kick(),
       onStateChange: syncRing,
     });
@@ -178,6 +195,15 @@ export async function startScheduler(opts: SchedulerOptions): Promise<Scheduler>
           promoted += expired.length;
         }
         if (tick % 10 === 0) await store.reapExpired(q, now, 1000);
+      }
+      try {
+        const fired = await scheduleTicker.tick(now);
+        if (fired.created > 0) {
+          metrics.submitted.inc(fired.created);
+          promoted += fired.created;
+        }
+      } catch (err) {
+        log.error({ err }, "schedule tick failed");
       }
       if (promoted > 0) dispatcher.kick();
       if (tick % 5 === 0) {
@@ -243,31 +269,35 @@ export async function startScheduler(opts: SchedulerOptions): Promise<Scheduler>
     else await redis.publish(ctlChannel, JSON.stringify(c));
   };
 
-  const server = await startServer({
-    name: "scheduler",
-    host: opts.host,
-    port: opts.port,
-    routes: schedulerRoutes({
-      store,
-      workers,
-      knownTypes: () => knownTypes,
-      defaults: () => DEFAULT_SUBMIT,
-      onSubmitted: () => void control({ t: "wake" }).catch((err: unknown) => log.warn({ err }, "wake failed")),
-      requestCancel: (w, taskId, attempt, reason) => control({ t: "cancel", w, id: taskId, a: attempt, r: reason }),
-      schedulers: async () => {
+  const serviceRoutes = schedulerRoutes({
+    store,
+    workers,
+    knownTypes: () => knownTypes,
+    defaults: () => DEFAULT_SUBMIT,
+    onSubmitted: () => void control({ t: "wake" }).catch((err: unknown) => log.warn({ err }, "wake failed")),
+    requestCancel: (w, taskId, attempt, reason) => control({ t: "cancel", w, id: taskId, a: attempt, r: reason }),
+    schedulers: async () => {
         const leader = await leadership.leader().catch(() => undefined);
         return [...schedulers.snapshot().values()].map((s) =>
           create(SchedulerInfoSchema, { id: s.id, address: s.address, leader: s.address === leader }),
         );
       },
-      slotsUsed: async () => {
+    slotsUsed: async () => {
         const h = await redis.hgetall(`${prefix}:wstat`);
         return new Map(Object.entries(h).map(([k, v]) => [k, Number(v)]));
       },
-      metrics,
-      logger: log,
-    }),
-    files: [file_taskmesh_v1_scheduler_service],
+    metrics,
+    logger: log,
+  });
+  const server = await startServer({
+    name: "scheduler",
+    host: opts.host,
+    port: opts.port,
+    routes: (router) => {
+      serviceRoutes(router);
+      scheduleRoutes({ schedules, knownTypes: () => knownTypes, defaults: () => DEFAULT_SUBMIT, logger: log })(router);
+    },
+    files: [file_taskmesh_v1_scheduler_service, file_taskmesh_v1_schedule_service],
     registry,
     logger: log,
   });

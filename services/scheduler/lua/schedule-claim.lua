@@ -11,8 +11,9 @@ for i = 4, #ARGV, 3 do
   local ref, tick, following = ARGV[i], ARGV[i + 1], ARGV[i + 2]
   local h = skey(ref)
   local v = redis.call('HMGET', h, 'next', 'paused', 'ten', 'task')
-  if not v[3] or v[2] == '1' then
-    -- Deleted or paused: a stale due entry (these scripts never leave one, but be safe).
+  if not v[3] or v[2] == '1' or not v[1] then
+    -- Deleted, paused or never firing again: a stale due entry (the scripts never leave one,
+    -- but a stale entry would otherwise be read on every tick).
     redis.call('ZREM', KEYS[1], ref)
   elseif v[1] and v[1] == tick and tonumber(tick) <= NOW then
     if following ~= '' then
