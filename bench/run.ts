@@ -3,7 +3,9 @@
  * and service processes. Scenarios:
  *   latency — a steady 200 noop tasks/s for 20 s: submit→start and submit→done p50/p95/p99/max
  *   drain   — 20,000 noop tasks queued, then one worker (50 slots) drains them: tasks/s
- * Usage: npm run bench [-- latency|drain] [--rate 200] [--seconds 20] [--tasks 20000]
+ *   crash   — 1,000 tasks sleeping 20 ms on 2 workers; kill -9 one worker after ~300 finished:
+ *             lost, re-run (duplicated) and recovery seconds
+ * Usage: npm run bench [-- latency|drain|crash] [--rate 200] [--seconds 20] [--tasks 20000]
  * Writes bench/out/results.json.
  */
 import { mkdirSync, writeFileSync } from "node:fs";
@@ -24,7 +26,7 @@ const { values, positionals } = parseArgs({
     slots: { type: "string", default: "50" },
   },
 });
-const scenarios = positionals.length > 0 ? positionals : ["latency", "drain"];
+const scenarios = positionals.length > 0 ? positionals : ["latency", "drain", "crash"];
 const out = (s: string): void => void process.stdout.write(`${s}\n`);
 
 function ms(t: { seconds: bigint; nanos: number } | undefined): number {
@@ -149,6 +151,69 @@ try {
       out(`drain: ${n} noop tasks, 1 worker at ${values.slots} slots`);
       out(`  batched submit through the gateway: ${r.submitPerSecond.toFixed(0)} tasks/s`);
       out(`  drain (from worker healthy to queue empty): ${r.drainPerSecond.toFixed(0)} tasks/s`);
+    } finally {
+      await mesh.close();
+    }
+  }
+  if (scenarios.includes("crash")) {
+    const mesh = await startMesh({
+      etcdEndpoint: etcd.address,
+      redisUrl: redis.address,
+      prefix: "bench-crash",
+      workers: 2,
+      slots: 10,
+    });
+    try {
+      const c = gatewayClients(mesh.gateway.address);
+      const ids: string[] = [];
+      for (let i = 0; i < 1000; i += 500) {
+        const r = await c.tasks.submitTasks({
+          tasks: Array.from({ length: 500 }, (_, j) => ({ type: "sleep", payload: { ms: 20 }, affinityKey: `c${i + j}` })),
+        });
+        ids.push(...r.tasks.map((t) => t.id));
+      }
+      const depth = async (): Promise<{ done: number; running: number }> => {
+        const s = await c.cluster.getClusterStatus({});
+        const q = s.queues.find((x) => x.name === "default");
+        const waiting = Number((q?.queued ?? 0n) + (q?.delayed ?? 0n) + (q?.retryWait ?? 0n));
+        const running = Number(q?.running ?? 0n);
+        return { done: ids.length - waiting - running, running };
+      };
+      await waitFor(async () => (await depth()).done >= 300, { timeoutMs: 60_000, intervalMs: 5 });
+      const victim = mesh.workers[0];
+      if (victim === undefined) throw new Error("no worker");
+      const running: string[] = [];
+      for (let p = ""; ; ) {
+        const page = await c.tasks.listTasks({ status: TaskStatus.RUNNING, pageSize: 1000, pageToken: p });
+        for (const t of page.tasks) if (t.workerId === victim.name) running.push(t.id);
+        p = page.nextPageToken;
+        if (p === "") break;
+      }
+      const tKill = performance.now();
+      await victim.kill();
+      await waitFor(
+        async () => {
+          const ts = await Promise.all(running.map((id) => c.tasks.getTask({ taskId: id })));
+          return ts.every((t) => t.workerId !== victim.name || t.status !== TaskStatus.RUNNING);
+        },
+        { timeoutMs: 30_000, intervalMs: 5 },
+      );
+      const recoveryS = (performance.now() - tKill) / 1000;
+      await waitFor(async () => (await depth()).done >= ids.length, { timeoutMs: 120_000, intervalMs: 50 });
+      const final: { status: TaskStatus; attempt: number }[] = [];
+      for (let i = 0; i < ids.length; i += 100) {
+        final.push(...(await Promise.all(ids.slice(i, i + 100).map((id) => c.tasks.getTask({ taskId: id })))));
+      }
+      const r = {
+        tasks: ids.length,
+        inFlightOnVictim: running.length,
+        lost: final.filter((t) => t.status !== TaskStatus.SUCCEEDED).length,
+        duplicated: final.filter((t) => t.attempt > 1).length,
+        recoveryS,
+      };
+      results.crash = r;
+      out(`crash: ${r.tasks} tasks, kill -9 of one of 2 workers with ${r.inFlightOnVictim} in flight`);
+      out(`  lost ${r.lost}, re-run ${r.duplicated}, its tasks re-queued ${(r.recoveryS * 1000).toFixed(0)} ms after the kill`);
     } finally {
       await mesh.close();
     }
