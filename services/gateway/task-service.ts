@@ -77,6 +77,8 @@ export function gatewayRoutes(up: GatewayUpstreams): (router: ConnectRouter) => 
     listConfigs: (req, ctx) => call(() => c().listConfigs(req, opts(ctx))),
     getConfigHistory: (req, ctx) => call(() => c().getConfigHistory(req, opts(ctx))),
     rollbackConfig: (req, ctx) => call(() => c().rollbackConfig(req, opts(ctx))),
+    promoteGrayConfig: (req, ctx) => call(() => c().promoteGrayConfig(req, opts(ctx))),
+    abandonGrayConfig: (req, ctx) => call(() => c().abandonGrayConfig(req, opts(ctx))),
     async *watchConfig(req, ctx) {
       try {
         yield* c().watchConfig(req, opts(ctx));

@@ -13,7 +13,7 @@ import type { JsonObject, Message } from "@bufbuild/protobuf";
  * Describes the file taskmesh/v1/config_service.proto.
  */
 export const file_taskmesh_v1_config_service: GenFile = /*@__PURE__*/
-  fileDesc("CiB0YXNrbWVzaC92MS9jb25maWdfc2VydmljZS5wcm90bxILdGFza21lc2gudjEimgEKC0NvbmZpZ0VudHJ5EhEKCW5hbWVzcGFjZRgBIAEoCRImCgV2YWx1ZRgCIAEoCzIXLmdvb2dsZS5wcm90b2J1Zi5TdHJ1Y3QSEAoIcmV2aXNpb24YAyABKAMSLgoKdXBkYXRlZF9hdBgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASDgoGYXV0aG9yGAUgASgJIqABCgtDb25maWdFdmVudBIrCgR0eXBlGAEgASgOMh0udGFza21lc2gudjEuQ29uZmlnRXZlbnQuVHlwZRInCgVlbnRyeRgCIAEoCzIYLnRhc2ttZXNoLnYxLkNvbmZpZ0VudHJ5IjsKBFR5cGUSFAoQVFlQRV9VTlNQRUNJRklFRBAAEgwKCFRZUEVfUFVUEAESDwoLVFlQRV9ERUxFVEUQAiIlChBHZXRDb25maWdSZXF1ZXN0EhEKCW5hbWVzcGFjZRgBIAEoCSKDAQoQUHV0Q29uZmlnUmVxdWVzdBIRCgluYW1lc3BhY2UYASABKAkSJgoFdmFsdWUYAiABKAsyFy5nb29nbGUucHJvdG9idWYuU3RydWN0Eh4KEWV4cGVjdGVkX3JldmlzaW9uGAMgASgDSACIAQFCFAoSX2V4cGVjdGVkX3JldmlzaW9uIl4KE0RlbGV0ZUNvbmZpZ1JlcXVlc3QSEQoJbmFtZXNwYWNlGAEgASgJEh4KEWV4cGVjdGVkX3JldmlzaW9uGAIgASgDSACIAQFCFAoSX2V4cGVjdGVkX3JldmlzaW9uIhYKFERlbGV0ZUNvbmZpZ1Jlc3BvbnNlIiQKEkxpc3RDb25maWdzUmVxdWVzdBIOCgZwcmVmaXgYASABKAkiQAoTTGlzdENvbmZpZ3NSZXNwb25zZRIpCgdlbnRyaWVzGAEgAygLMhgudGFza21lc2gudjEuQ29uZmlnRW50cnkiPwoSV2F0Y2hDb25maWdSZXF1ZXN0EhIKCm5hbWVzcGFjZXMYASADKAkSFQoNZnJvbV9yZXZpc2lvbhgCIAEoAyIsChdHZXRDb25maWdIaXN0b3J5UmVxdWVzdBIRCgluYW1lc3BhY2UYASABKAkiRQoYR2V0Q29uZmlnSGlzdG9yeVJlc3BvbnNlEikKB2VudHJpZXMYASADKAsyGC50YXNrbWVzaC52MS5Db25maWdFbnRyeSI/ChVSb2xsYmFja0NvbmZpZ1JlcXVlc3QSEQoJbmFtZXNwYWNlGAEgASgJEhMKC3RvX3JldmlzaW9uGAIgASgDInkKDUdhdGV3YXlDb25maWcSHQoVcmF0ZV9saW1pdF9wZXJfc2Vjb25kGAEgASgBEhgKEHJhdGVfbGltaXRfYnVyc3QYAiABKAUSGQoRbWF4X3JlcXVlc3RfYnl0ZXMYAyABKAMSFAoMY29yc19vcmlnaW5zGAQgAygJIqQCCg9TY2hlZHVsZXJDb25maWcSHAoUZGVmYXVsdF9tYXhfYXR0ZW1wdHMYASABKAUSIgoaZGVmYXVsdF9iYWNrb2ZmX2luaXRpYWxfbXMYAiABKAMSHgoWZGVmYXVsdF9iYWNrb2ZmX21heF9tcxgDIAEoAxIiChpkZWZhdWx0X2JhY2tvZmZfbXVsdGlwbGllchgEIAEoARIeChZkZWZhdWx0X2JhY2tvZmZfaml0dGVyGAUgASgBEhUKDXRhc2tfbGVhc2VfbXMYBiABKAMSGgoSYWdpbmdfbXNfcGVyX2xldmVsGAcgASgDEh0KFWRlZmF1bHRfcmVzdWx0X3R0bF9tcxgIIAEoAxIZChFtYXhfcGF5bG9hZF9ieXRlcxgJIAEoAyJqCgxXb3JrZXJDb25maWcSDQoFc2xvdHMYASABKAUSGgoSaHR0cF9hbGxvd2VkX2hvc3RzGAIgAygJEhkKEXNodXRkb3duX2dyYWNlX21zGAMgASgDEhQKDGhlYXJ0YmVhdF9tcxgEIAEoAzLABgoNQ29uZmlnU2VydmljZRJqCglHZXRDb25maWcSHS50YXNrbWVzaC52MS5HZXRDb25maWdSZXF1ZXN0GhgudGFza21lc2gudjEuQ29uZmlnRW50cnkiJJACAYLT5JMCGxIZL3YxL2NvbmZpZy97bmFtZXNwYWNlPSoqfRJqCglQdXRDb25maWcSHS50YXNrbWVzaC52MS5QdXRDb25maWdSZXF1ZXN0GhgudGFza21lc2gudjEuQ29uZmlnRW50cnkiJILT5JMCHjoBKhoZL3YxL2NvbmZpZy97bmFtZXNwYWNlPSoqfRJ2CgxEZWxldGVDb25maWcSIC50YXNrbWVzaC52MS5EZWxldGVDb25maWdSZXF1ZXN0GiEudGFza21lc2gudjEuRGVsZXRlQ29uZmlnUmVzcG9uc2UiIYLT5JMCGyoZL3YxL2NvbmZpZy97bmFtZXNwYWNlPSoqfRJnCgtMaXN0Q29uZmlncxIfLnRhc2ttZXNoLnYxLkxpc3RDb25maWdzUmVxdWVzdBogLnRhc2ttZXNoLnYxLkxpc3RDb25maWdzUmVzcG9uc2UiFZACAYLT5JMCDBIKL3YxL2NvbmZpZxJnCgtXYXRjaENvbmZpZxIfLnRhc2ttZXNoLnYxLldhdGNoQ29uZmlnUmVxdWVzdBoYLnRhc2ttZXNoLnYxLkNvbmZpZ0V2ZW50IhuQAgGC0+STAhISEC92MS9jb25maWc6d2F0Y2gwARKNAQoQR2V0Q29uZmlnSGlzdG9yeRIkLnRhc2ttZXNoLnYxLkdldENvbmZpZ0hpc3RvcnlSZXF1ZXN0GiUudGFza21lc2gudjEuR2V0Q29uZmlnSGlzdG9yeVJlc3BvbnNlIiyQAgGC0+STAiMSIS92MS9jb25maWcve25hbWVzcGFjZT0qKn06aGlzdG9yeRJ9Cg5Sb2xsYmFja0NvbmZpZxIiLnRhc2ttZXNoLnYxLlJvbGxiYWNrQ29uZmlnUmVxdWVzdBoYLnRhc2ttZXNoLnYxLkNvbmZpZ0VudHJ5Ii2C0+STAic6ASoiIi92MS9jb25maWcve25hbWVzcGFjZT0qKn06cm9sbGJhY2tiBnByb3RvMw", [file_google_api_annotations, file_google_protobuf_struct, file_google_protobuf_timestamp]);
+  fileDesc("CiB0YXNrbWVzaC92MS9jb25maWdfc2VydmljZS5wcm90bxILdGFza21lc2gudjEijAIKC0NvbmZpZ0VudHJ5EhEKCW5hbWVzcGFjZRgBIAEoCRImCgV2YWx1ZRgCIAEoCzIXLmdvb2dsZS5wcm90b2J1Zi5TdHJ1Y3QSEAoIcmV2aXNpb24YAyABKAMSLgoKdXBkYXRlZF9hdBgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASDgoGYXV0aG9yGAUgASgJEj0KC2dyYXlfbGFiZWxzGAYgAygLMigudGFza21lc2gudjEuQ29uZmlnRW50cnkuR3JheUxhYmVsc0VudHJ5GjEKD0dyYXlMYWJlbHNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIqABCgtDb25maWdFdmVudBIrCgR0eXBlGAEgASgOMh0udGFza21lc2gudjEuQ29uZmlnRXZlbnQuVHlwZRInCgVlbnRyeRgCIAEoCzIYLnRhc2ttZXNoLnYxLkNvbmZpZ0VudHJ5IjsKBFR5cGUSFAoQVFlQRV9VTlNQRUNJRklFRBAAEgwKCFRZUEVfUFVUEAESDwoLVFlQRV9ERUxFVEUQAiIlChBHZXRDb25maWdSZXF1ZXN0EhEKCW5hbWVzcGFjZRgBIAEoCSL6AQoQUHV0Q29uZmlnUmVxdWVzdBIRCgluYW1lc3BhY2UYASABKAkSJgoFdmFsdWUYAiABKAsyFy5nb29nbGUucHJvdG9idWYuU3RydWN0Eh4KEWV4cGVjdGVkX3JldmlzaW9uGAMgASgDSACIAQESQgoLZ3JheV9sYWJlbHMYBCADKAsyLS50YXNrbWVzaC52MS5QdXRDb25maWdSZXF1ZXN0LkdyYXlMYWJlbHNFbnRyeRoxCg9HcmF5TGFiZWxzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4AUIUChJfZXhwZWN0ZWRfcmV2aXNpb24iXgoTRGVsZXRlQ29uZmlnUmVxdWVzdBIRCgluYW1lc3BhY2UYASABKAkSHgoRZXhwZWN0ZWRfcmV2aXNpb24YAiABKANIAIgBAUIUChJfZXhwZWN0ZWRfcmV2aXNpb24iFgoURGVsZXRlQ29uZmlnUmVzcG9uc2UiJAoSTGlzdENvbmZpZ3NSZXF1ZXN0Eg4KBnByZWZpeBgBIAEoCSJAChNMaXN0Q29uZmlnc1Jlc3BvbnNlEikKB2VudHJpZXMYASADKAsyGC50YXNrbWVzaC52MS5Db25maWdFbnRyeSI/ChJXYXRjaENvbmZpZ1JlcXVlc3QSEgoKbmFtZXNwYWNlcxgBIAMoCRIVCg1mcm9tX3JldmlzaW9uGAIgASgDIiwKF0dldENvbmZpZ0hpc3RvcnlSZXF1ZXN0EhEKCW5hbWVzcGFjZRgBIAEoCSJFChhHZXRDb25maWdIaXN0b3J5UmVzcG9uc2USKQoHZW50cmllcxgBIAMoCzIYLnRhc2ttZXNoLnYxLkNvbmZpZ0VudHJ5Ij8KFVJvbGxiYWNrQ29uZmlnUmVxdWVzdBIRCgluYW1lc3BhY2UYASABKAkSEwoLdG9fcmV2aXNpb24YAiABKAMiLQoYUHJvbW90ZUdyYXlDb25maWdSZXF1ZXN0EhEKCW5hbWVzcGFjZRgBIAEoCSItChhBYmFuZG9uR3JheUNvbmZpZ1JlcXVlc3QSEQoJbmFtZXNwYWNlGAEgASgJIhsKGUFiYW5kb25HcmF5Q29uZmlnUmVzcG9uc2UieQoNR2F0ZXdheUNvbmZpZxIdChVyYXRlX2xpbWl0X3Blcl9zZWNvbmQYASABKAESGAoQcmF0ZV9saW1pdF9idXJzdBgCIAEoBRIZChFtYXhfcmVxdWVzdF9ieXRlcxgDIAEoAxIUCgxjb3JzX29yaWdpbnMYBCADKAkipAIKD1NjaGVkdWxlckNvbmZpZxIcChRkZWZhdWx0X21heF9hdHRlbXB0cxgBIAEoBRIiChpkZWZhdWx0X2JhY2tvZmZfaW5pdGlhbF9tcxgCIAEoAxIeChZkZWZhdWx0X2JhY2tvZmZfbWF4X21zGAMgASgDEiIKGmRlZmF1bHRfYmFja29mZl9tdWx0aXBsaWVyGAQgASgBEh4KFmRlZmF1bHRfYmFja29mZl9qaXR0ZXIYBSABKAESFQoNdGFza19sZWFzZV9tcxgGIAEoAxIaChJhZ2luZ19tc19wZXJfbGV2ZWwYByABKAMSHQoVZGVmYXVsdF9yZXN1bHRfdHRsX21zGAggASgDEhkKEW1heF9wYXlsb2FkX2J5dGVzGAkgASgDImoKDFdvcmtlckNvbmZpZxINCgVzbG90cxgBIAEoBRIaChJodHRwX2FsbG93ZWRfaG9zdHMYAiADKAkSGQoRc2h1dGRvd25fZ3JhY2VfbXMYAyABKAMSFAoMaGVhcnRiZWF0X21zGAQgASgDMtgICg1Db25maWdTZXJ2aWNlEmoKCUdldENvbmZpZxIdLnRhc2ttZXNoLnYxLkdldENvbmZpZ1JlcXVlc3QaGC50YXNrbWVzaC52MS5Db25maWdFbnRyeSIkkAIBgtPkkwIbEhkvdjEvY29uZmlnL3tuYW1lc3BhY2U9Kip9EmoKCVB1dENvbmZpZxIdLnRhc2ttZXNoLnYxLlB1dENvbmZpZ1JlcXVlc3QaGC50YXNrbWVzaC52MS5Db25maWdFbnRyeSIkgtPkkwIeOgEqGhkvdjEvY29uZmlnL3tuYW1lc3BhY2U9Kip9EnYKDERlbGV0ZUNvbmZpZxIgLnRhc2ttZXNoLnYxLkRlbGV0ZUNvbmZpZ1JlcXVlc3QaIS50YXNrbWVzaC52MS5EZWxldGVDb25maWdSZXNwb25zZSIhgtPkkwIbKhkvdjEvY29uZmlnL3tuYW1lc3BhY2U9Kip9EmcKC0xpc3RDb25maWdzEh8udGFza21lc2gudjEuTGlzdENvbmZpZ3NSZXF1ZXN0GiAudGFza21lc2gudjEuTGlzdENvbmZpZ3NSZXNwb25zZSIVkAIBgtPkkwIMEgovdjEvY29uZmlnEmcKC1dhdGNoQ29uZmlnEh8udGFza21lc2gudjEuV2F0Y2hDb25maWdSZXF1ZXN0GhgudGFza21lc2gudjEuQ29uZmlnRXZlbnQiG5ACAYLT5JMCEhIQL3YxL2NvbmZpZzp3YXRjaDABEo0BChBHZXRDb25maWdIaXN0b3J5EiQudGFza21lc2gudjEuR2V0Q29uZmlnSGlzdG9yeVJlcXVlc3QaJS50YXNrbWVzaC52MS5HZXRDb25maWdIaXN0b3J5UmVzcG9uc2UiLJACAYLT5JMCIxIhL3YxL2NvbmZpZy97bmFtZXNwYWNlPSoqfTpoaXN0b3J5En0KDlJvbGxiYWNrQ29uZmlnEiIudGFza21lc2gudjEuUm9sbGJhY2tDb25maWdSZXF1ZXN0GhgudGFza21lc2gudjEuQ29uZmlnRW50cnkiLYLT5JMCJzoBKiIiL3YxL2NvbmZpZy97bmFtZXNwYWNlPSoqfTpyb2xsYmFjaxKCAQoRUHJvbW90ZUdyYXlDb25maWcSJS50YXNrbWVzaC52MS5Qcm9tb3RlR3JheUNvbmZpZ1JlcXVlc3QaGC50YXNrbWVzaC52MS5Db25maWdFbnRyeSIsgtPkkwImOgEqIiEvdjEvY29uZmlnL3tuYW1lc3BhY2U9Kip9OnByb21vdGUSkAEKEUFiYW5kb25HcmF5Q29uZmlnEiUudGFza21lc2gudjEuQWJhbmRvbkdyYXlDb25maWdSZXF1ZXN0GiYudGFza21lc2gudjEuQWJhbmRvbkdyYXlDb25maWdSZXNwb25zZSIsgtPkkwImOgEqIiEvdjEvY29uZmlnL3tuYW1lc3BhY2U9Kip9OmFiYW5kb25iBnByb3RvMw", [file_google_api_annotations, file_google_protobuf_struct, file_google_protobuf_timestamp]);
 
 /**
  * ConfigEntry is one stored version of a namespace's document.
@@ -49,6 +49,13 @@ export type ConfigEntry = Message<"taskmesh.v1.ConfigEntry"> & {
    * @generated from field: string author = 5;
    */
   author: string;
+
+  /**
+   * Non-empty for a gray release: only instances carrying all these labels apply it.
+   *
+   * @generated from field: map<string, string> gray_labels = 6;
+   */
+  grayLabels: { [key: string]: string };
 };
 
 /**
@@ -147,11 +154,19 @@ export type PutConfigRequest = Message<"taskmesh.v1.PutConfigRequest"> & {
 
   /**
    * When set, the put succeeds only if the namespace's current revision equals it
-   * (0 with has_expected_revision semantics is expressed by -1: "must not exist").
+   * (0: only if the namespace has no document yet).
    *
    * @generated from field: optional int64 expected_revision = 3;
    */
   expectedRevision?: bigint | undefined;
+
+  /**
+   * When set, the value is stored as a gray release for the instances carrying all these labels
+   * (e.g. {"canary": "true"}) instead of replacing the main document; promote or abandon it later.
+   *
+   * @generated from field: map<string, string> gray_labels = 4;
+   */
+  grayLabels: { [key: string]: string };
 };
 
 /**
@@ -327,6 +342,59 @@ export const RollbackConfigRequestSchema: GenMessage<RollbackConfigRequest> = /*
   messageDesc(file_taskmesh_v1_config_service, 11);
 
 /**
+ * PromoteGrayConfigRequest names a namespace with a gray release.
+ *
+ * @generated from message taskmesh.v1.PromoteGrayConfigRequest
+ */
+export type PromoteGrayConfigRequest = Message<"taskmesh.v1.PromoteGrayConfigRequest"> & {
+  /**
+   * @generated from field: string namespace = 1;
+   */
+  namespace: string;
+};
+
+/**
+ * Describes the message taskmesh.v1.PromoteGrayConfigRequest.
+ * Use `create(PromoteGrayConfigRequestSchema)` to create a new message.
+ */
+export const PromoteGrayConfigRequestSchema: GenMessage<PromoteGrayConfigRequest> = /*@__PURE__*/
+  messageDesc(file_taskmesh_v1_config_service, 12);
+
+/**
+ * AbandonGrayConfigRequest names a namespace with a gray release.
+ *
+ * @generated from message taskmesh.v1.AbandonGrayConfigRequest
+ */
+export type AbandonGrayConfigRequest = Message<"taskmesh.v1.AbandonGrayConfigRequest"> & {
+  /**
+   * @generated from field: string namespace = 1;
+   */
+  namespace: string;
+};
+
+/**
+ * Describes the message taskmesh.v1.AbandonGrayConfigRequest.
+ * Use `create(AbandonGrayConfigRequestSchema)` to create a new message.
+ */
+export const AbandonGrayConfigRequestSchema: GenMessage<AbandonGrayConfigRequest> = /*@__PURE__*/
+  messageDesc(file_taskmesh_v1_config_service, 13);
+
+/**
+ * AbandonGrayConfigResponse is empty.
+ *
+ * @generated from message taskmesh.v1.AbandonGrayConfigResponse
+ */
+export type AbandonGrayConfigResponse = Message<"taskmesh.v1.AbandonGrayConfigResponse"> & {
+};
+
+/**
+ * Describes the message taskmesh.v1.AbandonGrayConfigResponse.
+ * Use `create(AbandonGrayConfigResponseSchema)` to create a new message.
+ */
+export const AbandonGrayConfigResponseSchema: GenMessage<AbandonGrayConfigResponse> = /*@__PURE__*/
+  messageDesc(file_taskmesh_v1_config_service, 14);
+
+/**
  * GatewayConfig is the schema of the "gateway" namespace.
  *
  * @generated from message taskmesh.v1.GatewayConfig
@@ -364,7 +432,7 @@ export type GatewayConfig = Message<"taskmesh.v1.GatewayConfig"> & {
  * Use `create(GatewayConfigSchema)` to create a new message.
  */
 export const GatewayConfigSchema: GenMessage<GatewayConfig> = /*@__PURE__*/
-  messageDesc(file_taskmesh_v1_config_service, 12);
+  messageDesc(file_taskmesh_v1_config_service, 15);
 
 /**
  * SchedulerConfig is the schema of the "scheduler" namespace.
@@ -427,7 +495,7 @@ export type SchedulerConfig = Message<"taskmesh.v1.SchedulerConfig"> & {
  * Use `create(SchedulerConfigSchema)` to create a new message.
  */
 export const SchedulerConfigSchema: GenMessage<SchedulerConfig> = /*@__PURE__*/
-  messageDesc(file_taskmesh_v1_config_service, 13);
+  messageDesc(file_taskmesh_v1_config_service, 16);
 
 /**
  * WorkerConfig is the schema of the "worker" and "worker/<id>" namespaces.
@@ -463,7 +531,7 @@ export type WorkerConfig = Message<"taskmesh.v1.WorkerConfig"> & {
  * Use `create(WorkerConfigSchema)` to create a new message.
  */
 export const WorkerConfigSchema: GenMessage<WorkerConfig> = /*@__PURE__*/
-  messageDesc(file_taskmesh_v1_config_service, 14);
+  messageDesc(file_taskmesh_v1_config_service, 17);
 
 /**
  * ConfigService keeps namespaced, validated, versioned configuration and pushes changes live.
@@ -540,6 +608,26 @@ export const ConfigService: GenService<{
     methodKind: "unary";
     input: typeof RollbackConfigRequestSchema;
     output: typeof ConfigEntrySchema;
+  },
+  /**
+   * PromoteGrayConfig makes a namespace's gray release the document every instance applies.
+   *
+   * @generated from rpc taskmesh.v1.ConfigService.PromoteGrayConfig
+   */
+  promoteGrayConfig: {
+    methodKind: "unary";
+    input: typeof PromoteGrayConfigRequestSchema;
+    output: typeof ConfigEntrySchema;
+  },
+  /**
+   * AbandonGrayConfig drops a namespace's gray release; the gray instances go back to the main document.
+   *
+   * @generated from rpc taskmesh.v1.ConfigService.AbandonGrayConfig
+   */
+  abandonGrayConfig: {
+    methodKind: "unary";
+    input: typeof AbandonGrayConfigRequestSchema;
+    output: typeof AbandonGrayConfigResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_taskmesh_v1_config_service, 0);
