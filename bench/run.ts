@@ -54,7 +54,7 @@ try {
       slots: Number(values.slots),
     });
     try {
-      const c = gatewayClients(mesh.gateway.address);
+      const c = gatewayClients(mesh.gateway.address, mesh.apiKey);
       // Warm up connections and code paths.
       for (let i = 0; i < 50; i++) await c.tasks.submitTask({ type: "noop" });
       const submits: { id: string; at: number }[] = [];
@@ -114,7 +114,7 @@ try {
       slots: Number(values.slots),
     });
     try {
-      const c = gatewayClients(mesh.gateway.address);
+      const c = gatewayClients(mesh.gateway.address, mesh.apiKey);
       const tSubmit = performance.now();
       const batches: Promise<unknown>[] = [];
       for (let i = 0; i < n; i += 1000) {
@@ -164,7 +164,7 @@ try {
       slots: 10,
     });
     try {
-      const c = gatewayClients(mesh.gateway.address);
+      const c = gatewayClients(mesh.gateway.address, mesh.apiKey);
       const ids: string[] = [];
       for (let i = 0; i < 1000; i += 500) {
         const r = await c.tasks.submitTasks({

@@ -24,3 +24,6 @@ export const LIMITS = {
 
 /** The header that carries the caller's tenant from the gateway to the scheduler. */
 export const TENANT_HEADER = "x-taskmesh-tenant";
+
+/** The header that names who makes a configuration change (the caller's API key id). */
+export const AUTHOR_HEADER = "x-taskmesh-author";

@@ -1,15 +1,36 @@
-import { createHash, timingSafeEqual } from "node:crypto";
-import { Code, ConnectError, type Interceptor } from "@connectrpc/connect";
+import { create } from "@bufbuild/protobuf";
+import { durationFromMs } from "@bufbuild/protobuf/wkt";
+import { Code, ConnectError, createContextKey, type Interceptor } from "@connectrpc/connect";
+import { RetryInfoSchema } from "../../gen/google/rpc/error_details_pb.js";
+import type { ApiKeyStore, Caller, Scope } from "./api-keys.js";
+import type { RateLimiter } from "./rate-limit.js";
 
-/** The caller as established by authentication. */
-export interface Caller {
-  tenant: string;
-  keyId: string;
-  scopes: ReadonlySet<string>;
+/** The authenticated caller, set by the auth interceptor for the handlers. */
+export const CALLER = createContextKey<Caller | undefined>(undefined, { description: "taskmesh caller" });
+
+const WRITES = new Set([
+  "SubmitTask",
+  "SubmitTasks",
+  "CancelTask",
+  "RetryTask",
+  "CreateSchedule",
+  "DeleteSchedule",
+  "PauseSchedule",
+  "ResumeSchedule",
+]);
+
+/** The scope a method needs; undefined for methods open to all (health, reflection). */
+export function requiredScope(service: string, method: string): Scope | undefined {
+  if (service.startsWith("grpc.")) return undefined;
+  if (service === "taskmesh.v1.TaskService" || service === "taskmesh.v1.ScheduleService") {
+    return WRITES.has(method) ? "tasks:write" : "tasks:read";
+  }
+  return "admin";
 }
 
-function digest(s: string): Buffer {
-  return createHash("sha256").update(s).digest();
+/** True if a caller with `scopes` may use a method needing `need` (admin implies everything). */
+export function allowed(scopes: ReadonlySet<Scope>, need: Scope): boolean {
+  return scopes.has(need) || scopes.has("admin");
 }
 
 /** Reads the API key from `Authorization: Bearer <key>` or `x-api-key`. */
@@ -22,21 +43,45 @@ export function presentedKey(headers: Headers): string | undefined {
   return headers.get("x-api-key") ?? undefined;
 }
 
+/** Options for {@link authInterceptor}. */
+export interface AuthOptions {
+  keys: ApiKeyStore;
+  limiter: RateLimiter;
+  /** Largest request accepted, in bytes (checked against Content-Length when the client sends one). */
+  maxRequestBytes: () => number;
+}
+
 /**
- * Until API keys land in etcd (ApiKeyService), the gateway knows one key: the bootstrap admin key.
- * With no bootstrap key configured the gateway is open (it binds to loopback only then). Keys are
- * compared as SHA-256 digests with a constant-time comparison.
+ * Authentication, scopes, request size and per-key rate limits, in that order, for every call
+ * (Connect, gRPC, gRPC-Web and REST, which runs through the same router). No key or an unknown
+ * key: UNAUTHENTICATED; a key without the method's scope: PERMISSION_DENIED; over the key's rate:
+ * RESOURCE_EXHAUSTED with a RetryInfo detail and a `retry-after` header.
  */
-export function bootstrapAuth(bootstrapKey: string): Interceptor {
-  const expected = bootstrapKey === "" ? undefined : digest(bootstrapKey);
+export function authInterceptor(opts: AuthOptions): Interceptor {
   return (next) => async (req) => {
-    // Health and reflection stay open, as for any gRPC server.
-    if (req.service.typeName.startsWith("grpc.")) return next(req);
-    if (expected !== undefined) {
-      const key = presentedKey(req.header);
-      if (key === undefined) throw new ConnectError("an API key is required", Code.Unauthenticated);
-      if (!timingSafeEqual(digest(key), expected)) throw new ConnectError("invalid API key", Code.Unauthenticated);
+    const need = requiredScope(req.service.typeName, req.method.name);
+    if (need === undefined) return next(req);
+    const key = presentedKey(req.header);
+    if (key === undefined) throw new ConnectError("an API key is required (Authorization: Bearer <key>)", Code.Unauthenticated);
+    const caller = await opts.keys.authenticate(key);
+    if (caller === undefined) throw new ConnectError("invalid or revoked API key", Code.Unauthenticated);
+    if (!allowed(caller.scopes, need)) {
+      throw new ConnectError(`this API key lacks the scope ${need}`, Code.PermissionDenied);
     }
+    const length = Number(req.header.get("content-length") ?? "0");
+    const max = opts.maxRequestBytes();
+    if (length > max) throw new ConnectError(`request: ${length} bytes is more than the limit of ${max}`, Code.InvalidArgument);
+    const decision = await opts.limiter.take(caller.keyId);
+    if (!decision.allowed) {
+      const seconds = Math.max(1, Math.ceil(decision.retryAfterMs / 1000));
+      throw new ConnectError(
+        "rate limit exceeded for this API key",
+        Code.ResourceExhausted,
+        { "retry-after": String(seconds) },
+        [{ desc: RetryInfoSchema, value: create(RetryInfoSchema, { retryDelay: durationFromMs(decision.retryAfterMs) }) }],
+      );
+    }
+    req.contextValues.set(CALLER, caller);
     return next(req);
   };
 }

@@ -1,26 +1,73 @@
 import type { DescService } from "@bufbuild/protobuf";
 import { Code, ConnectError, createClient, type Client, type Transport } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
+import {
+  BrokenCircuitError,
+  CircuitState,
+  ConsecutiveBreaker,
+  ExponentialBackoff,
+  TimeoutStrategy,
+  circuitBreaker,
+  handleWhen,
+  retry,
+  timeout,
+  wrap,
+  type CircuitBreakerPolicy,
+} from "cockatiel";
 import type { ServiceRecord } from "../../lib/keys.js";
 import type { Membership } from "../../lib/membership.js";
 
+/** How calls to the replicas of one internal service behave. */
+export interface UpstreamPolicy {
+  /** Consecutive UNAVAILABLE/DEADLINE_EXCEEDED failures that open a replica's breaker. @default 3 */
+  breakerFailures?: number;
+  /** How long an open breaker waits before letting one trial call through. @default 2000 */
+  halfOpenAfterMs?: number;
+  /** Deadline of a unary call. @default 10000 */
+  timeoutMs?: number;
+  /** Extra attempts for calls without side effects. @default 2 */
+  retries?: number;
+}
+
+interface Replica<S extends DescService> {
+  address: string;
+  client: Client<S>;
+  breaker: CircuitBreakerPolicy;
+}
+
+/** Failures that say "this replica is not reachable or not answering". */
+function replicaFailure(err: Error): boolean {
+  return err instanceof ConnectError && (err.code === Code.Unavailable || err.code === Code.DeadlineExceeded);
+}
+
 /**
- * Clients for the replicas of one internal service, discovered through a Membership of
- * `/taskmesh/services/<name>/`: round-robin over the live instances, one HTTP/2 transport per
- * address, reused. No instance → UNAVAILABLE at once rather than a hang.
+ * The replicas of one internal service, discovered through a Membership of
+ * `/taskmesh/services/<name>/`: round-robin over the live ones, one HTTP/2 transport each, and a
+ * cockatiel circuit breaker per replica. Unary calls get a deadline; calls without side effects
+ * are retried on another replica (exponential backoff with jitter) when one is unreachable; a
+ * replica with an open breaker is skipped at once. With no replica usable the call fails with
+ * UNAVAILABLE and a `retry-after` hint immediately, never hanging.
  */
 export class Upstreams<S extends DescService> {
-  private readonly clients = new Map<string, Client<S>>();
+  private readonly replicas = new Map<string, Replica<S>>();
   private cursor = 0;
+  private readonly policy: Required<UpstreamPolicy>;
 
   constructor(
     private readonly service: S,
     private readonly name: string,
     private readonly members: Membership<ServiceRecord>,
+    policy: UpstreamPolicy = {},
     private readonly transport: (address: string) => Transport = (address) =>
-      createGrpcTransport({ baseUrl: `http://${address}` }),
+      createGrpcTransport({ baseUrl: `http://${address}`, pingIntervalMs: 5000, pingTimeoutMs: 5000 }),
   ) {
-    members.on("delete", (_id: string, r: ServiceRecord) => this.clients.delete(r.address));
+    this.policy = {
+      breakerFailures: policy.breakerFailures ?? 3,
+      halfOpenAfterMs: policy.halfOpenAfterMs ?? 2000,
+      timeoutMs: policy.timeoutMs ?? 10_000,
+      retries: policy.retries ?? 2,
+    };
+    members.on("delete", (_id: string, r: ServiceRecord) => this.replicas.delete(r.address));
   }
 
   /** How many instances are known. */
@@ -28,31 +75,71 @@ export class Upstreams<S extends DescService> {
     return this.members.snapshot().size;
   }
 
+  /** Breaker states by replica address (for metrics and tests). */
+  breakerStates(): Map<string, CircuitState> {
+    return new Map([...this.replicas].map(([a, r]) => [a, r.breaker.state]));
+  }
+
+  private replica(address: string): Replica<S> {
+    let r = this.replicas.get(address);
+    if (r === undefined) {
+      r = {
+        address,
+        client: createClient(this.service, this.transport(address)),
+        breaker: circuitBreaker(handleWhen(replicaFailure), {
+          halfOpenAfter: this.policy.halfOpenAfterMs,
+          breaker: new ConsecutiveBreaker(this.policy.breakerFailures),
+        }),
+      };
+      this.replicas.set(address, r);
+    }
+    return r;
+  }
+
+  /** The next replica whose breaker is not open, or UNAVAILABLE. */
+  private next(): Replica<S> {
+    const all = [...this.members.snapshot().values()];
+    if (all.length === 0) throw this.unavailable(`no ${this.name} instance is registered`);
+    for (let i = 0; i < all.length; i++) {
+      const r = this.replica((all[this.cursor++ % all.length] as ServiceRecord).address);
+      if (r.breaker.state !== CircuitState.Open) return r;
+    }
+    throw this.unavailable(`every ${this.name} instance is failing`);
+  }
+
+  private unavailable(message: string): ConnectError {
+    return new ConnectError(message, Code.Unavailable, {
+      "retry-after": String(Math.ceil(this.policy.halfOpenAfterMs / 1000)),
+    });
+  }
+
   /**
-   * Runs `fn` on the next instance; for calls without side effects, an UNAVAILABLE answer (the
-   * instance is gone or unreachable) moves on to the next instance, once per known instance.
+   * Runs a unary call `fn` on a replica. `idempotent` calls (no side effects) are retried on
+   * other replicas when one fails as unreachable; other calls only move on when the replica's
+   * breaker refused them before anything was sent.
    */
-  async call<T>(fn: (client: Client<S>) => Promise<T>, idempotent: boolean): Promise<T> {
-    const tries = idempotent ? Math.max(1, this.size) : 1;
-    for (let i = 1; ; i++) {
-      try {
-        return await fn(this.pick());
-      } catch (err) {
-        if (i >= tries || !(err instanceof ConnectError) || err.code !== Code.Unavailable) throw err;
+  async call<T>(fn: (client: Client<S>, signal: AbortSignal) => Promise<T>, idempotent: boolean): Promise<T> {
+    const attempt = retry(
+      handleWhen((err) => err instanceof BrokenCircuitError || (idempotent && replicaFailure(err))),
+      { maxAttempts: this.policy.retries, backoff: new ExponentialBackoff({ initialDelay: 20, maxDelay: 200 }) },
+    );
+    const deadline = timeout(this.policy.timeoutMs, TimeoutStrategy.Aggressive);
+    try {
+      return await wrap(attempt, deadline).execute(({ signal }) => {
+        const r = this.next();
+        return r.breaker.execute(() => fn(r.client, signal));
+      });
+    } catch (err) {
+      if (err instanceof BrokenCircuitError) throw this.unavailable(`every ${this.name} instance is failing`);
+      if (err instanceof Error && err.name === "TaskCancelledError") {
+        throw new ConnectError(`${this.name} did not answer in ${this.policy.timeoutMs} ms`, Code.DeadlineExceeded);
       }
+      throw err;
     }
   }
 
-  /** A client for the next live instance. */
-  pick(): Client<S> {
-    const all = [...this.members.snapshot().values()];
-    if (all.length === 0) throw new ConnectError(`no ${this.name} instance is available`, Code.Unavailable);
-    const r = all[this.cursor++ % all.length] as ServiceRecord;
-    let c = this.clients.get(r.address);
-    if (c === undefined) {
-      c = createClient(this.service, this.transport(r.address));
-      this.clients.set(r.address, c);
-    }
-    return c;
+  /** A client for a server stream on the next usable replica (streams are not retried). */
+  stream(): Client<S> {
+    return this.next().client;
   }
 }

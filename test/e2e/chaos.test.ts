@@ -35,7 +35,7 @@ describe("chaos: kill -9 of a worker, then of the leader scheduler", () => {
       slots: 5,
       schedulerArgs: ["--task-lease-ms", String(LEASE_MS), "--election-ttl", String(ELECTION_TTL_S)],
     });
-    const c = gatewayClients(mesh.gateway.address);
+    const c = gatewayClients(mesh.gateway.address, mesh.apiKey);
     const ids: string[] = [];
     for (let i = 0; i < 2000; i += 500) {
       const r = await c.tasks.submitTasks({

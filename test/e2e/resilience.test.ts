@@ -31,7 +31,7 @@ describe("resilience", () => {
       slots: 4,
       schedulerArgs: ["--task-lease-ms", "3000"],
     });
-    const c = gatewayClients(mesh.gateway.address);
+    const c = gatewayClients(mesh.gateway.address, mesh.apiKey);
     const frozen = mesh.workers[0];
     if (frozen === undefined) throw new Error("no worker");
     const submitted = await c.tasks.submitTasks({
@@ -88,7 +88,7 @@ describe("resilience", () => {
       workers: 1,
       schedulers: 2,
     });
-    const c = gatewayClients(mesh.gateway.address);
+    const c = gatewayClients(mesh.gateway.address, mesh.apiKey);
     const status = await waitFor(async () => {
       const s = await c.cluster.getClusterStatus({});
       return s.schedulers.length === 2 && s.schedulers.some((x) => x.leader) ? s : undefined;
@@ -122,7 +122,7 @@ describe("resilience", () => {
       slots: 5,
       schedulerArgs: ["--task-lease-ms", "3000"],
     });
-    const c = gatewayClients(mesh.gateway.address);
+    const c = gatewayClients(mesh.gateway.address, mesh.apiKey);
     const accepted: string[] = [];
     let refused = 0;
     let restarted = false;

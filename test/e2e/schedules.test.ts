@@ -20,14 +20,22 @@ describe("recurring schedules through the gateway, with two scheduler replicas",
       workers: 1,
       schedulers: 2,
     });
-    c = gatewayClients(mesh.gateway.address);
+    c = gatewayClients(mesh.gateway.address, mesh.apiKey);
   });
   afterAll(async () => {
     await mesh?.close();
   });
 
   it("enqueues exactly one task per tick, stops when paused and shows the next run", async () => {
-    const schedules = createClient(ScheduleService, createGrpcTransport({ baseUrl: `http://${mesh.gateway.address}` }));
+    const schedules = createClient(ScheduleService, createGrpcTransport({
+        baseUrl: `http://${mesh.gateway.address}`,
+        interceptors: [
+          (next) => (req) => {
+            req.header.set("authorization", `Bearer ${mesh.apiKey}`);
+            return next(req);
+          },
+        ],
+      }));
     const s = await schedules.createSchedule({
       spec: { case: "interval", value: durationFromMs(1000) },
       task: { type: "noop", labels: { origin: "e2e" } },

@@ -26,7 +26,7 @@ describe("workers joining, leaving and dying", () => {
   it("gives a worker started after the scheduler tasks within 1 s of registering", async () => {
     const prefix = uniquePrefix("join");
     mesh = await startMesh({ etcdEndpoint: inject("etcdEndpoint"), redisUrl: inject("redisUrl"), prefix, workers: 1, slots: 1 });
-    const c = gatewayClients(mesh.gateway.address);
+    const c = gatewayClients(mesh.gateway.address, mesh.apiKey);
     // Keep the only worker busy, then queue work that only a new worker can take.
     const blocker = await c.tasks.submitTask({ type: "sleep", payload: { ms: 8000 } });
     await waitFor(async () => (await c.tasks.getTask({ taskId: blocker.id })).status === TaskStatus.RUNNING);
@@ -59,7 +59,7 @@ describe("workers joining, leaving and dying", () => {
       workers: 2,
       slots: 4,
     });
-    const c = gatewayClients(mesh.gateway.address);
+    const c = gatewayClients(mesh.gateway.address, mesh.apiKey);
     const victim = mesh.workers[1];
     if (victim === undefined) throw new Error("no second worker");
     const submitted = await c.tasks.submitTasks({
@@ -100,7 +100,7 @@ describe("workers joining, leaving and dying", () => {
       workers: 2,
       slots: 4,
     });
-    const c = gatewayClients(mesh.gateway.address);
+    const c = gatewayClients(mesh.gateway.address, mesh.apiKey);
     const leaving = mesh.workers[0];
     if (leaving === undefined) throw new Error("no worker");
     const first = await c.tasks.submitTasks({
@@ -141,7 +141,7 @@ describe("workers joining, leaving and dying", () => {
       workers: 1,
       workerArgs: ["--handlers", fixtures],
     });
-    const c = gatewayClients(mesh.gateway.address);
+    const c = gatewayClients(mesh.gateway.address, mesh.apiKey);
     const greet = await c.tasks.submitTask({ type: "greet", payload: { name: "Ada" } });
     const slow = await c.tasks.submitTask({ type: "slow_echo", payload: { value: 1, steps: 100, step_ms: 100 } });
     await waitFor(async () => (await c.tasks.getTask({ taskId: slow.id })).status === TaskStatus.RUNNING);

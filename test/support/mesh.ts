@@ -102,6 +102,8 @@ export interface MeshOptions {
   workerArgs?: string[];
   /** Extra flags for every scheduler. */
   schedulerArgs?: string[];
+  /** Extra flags for the gateway. */
+  gatewayArgs?: string[];
 }
 
 /** A whole mesh of real processes against the test run's etcd and Redis. */
@@ -113,6 +115,8 @@ export interface Mesh {
   readonly schedulers: ServiceProcess[];
   readonly workers: ServiceProcess[];
   readonly config: ServiceProcess | undefined;
+  /** The gateway's bootstrap admin key (tenant "default"). */
+  readonly apiKey: string;
   /** Starts one more worker with this id. */
   addWorker(id: string, extraArgs?: string[]): Promise<ServiceProcess>;
   /** Stops everything (SIGTERM, then SIGKILL) and removes temp files. */
@@ -159,10 +163,14 @@ export async function startMesh(o: MeshOptions): Promise<Mesh> {
     }
     const workers: ServiceProcess[] = [];
     for (let i = 0; i < (o.workers ?? 2); i++) workers.push(await addWorker(`${o.prefix}-w${i + 1}`));
+    const apiKey = o.apiKey ?? `tm_test_admin_${o.prefix}`;
     const gateway = track(
-      await startService("gateway", "gateway", common, {
-        env: o.apiKey !== undefined ? { TASKMESH_BOOTSTRAP_API_KEY: o.apiKey } : {},
-      }),
+      await startService(
+        "gateway",
+        "gateway",
+        [...common, "--redis", o.redisUrl, "--redis-prefix", redisPrefix, ...(o.gatewayArgs ?? [])],
+        { env: { TASKMESH_BOOTSTRAP_API_KEY: apiKey } },
+      ),
     );
     return {
       etcdRoot,
@@ -172,6 +180,7 @@ export async function startMesh(o: MeshOptions): Promise<Mesh> {
       schedulers,
       workers,
       config,
+      apiKey,
       addWorker,
       async close() {
         await Promise.all([...all].reverse().map((p) => p.stop()));

@@ -1,0 +1,121 @@
+import { randomBytes } from "node:crypto";
+import { hostname } from "node:os";
+import { Etcd3 } from "etcd3";
+import { Redis } from "ioredis";
+import type { Logger } from "pino";
+import { file_taskmesh_v1_api_key_service } from "../../gen/taskmesh/v1/api_key_service_pb.js";
+import { file_taskmesh_v1_cluster_service } from "../../gen/taskmesh/v1/cluster_service_pb.js";
+import { ConfigService, file_taskmesh_v1_config_service } from "../../gen/taskmesh/v1/config_service_pb.js";
+import { ScheduleService, file_taskmesh_v1_schedule_service } from "../../gen/taskmesh/v1/schedule_service_pb.js";
+import { SchedulerService } from "../../gen/taskmesh/v1/scheduler_service_pb.js";
+import { file_taskmesh_v1_task_service } from "../../gen/taskmesh/v1/task_service_pb.js";
+import { etcdKeys, parseServiceRecord, type ServiceRecord } from "../../lib/keys.js";
+import { Shutdown, type ComponentState } from "../../lib/lifecycle.js";
+import { Membership } from "../../lib/membership.js";
+import { createRegistry } from "../../lib/metrics.js";
+import { Registration } from "../../lib/registration.js";
+import { startServer } from "../../lib/server.js";
+import { ApiKeyStore } from "./api-keys.js";
+import { authInterceptor } from "./auth.js";
+import { gatewayRoutes } from "./public-services.js";
+import { RateLimiter, type RateLimits } from "./rate-limit.js";
+import { Upstreams } from "./upstreams.js";
+
+/** Everything a gateway needs, already parsed (main.ts reads env and flags). */
+export interface GatewayOptions {
+  host: string;
+  port: number;
+  etcdEndpoints: string[];
+  etcdRoot: string;
+  redisUrl: string;
+  redisPrefix: string;
+  /** Admin key of tenant "default", or "" for none. */
+  bootstrapApiKey: string;
+  rateLimits: RateLimits;
+  maxRequestBytes: number;
+  version: string;
+  logger: Logger;
+}
+
+/** A running gateway. */
+export interface Gateway {
+  readonly address: string;
+  readonly state: ComponentState;
+  close(): Promise<void>;
+}
+
+/** Builds and starts the gateway: the public API behind API keys, forwarding to the mesh. */
+export async function startGateway(opts: GatewayOptions): Promise<Gateway> {
+  const log = opts.logger;
+  let state: ComponentState = "starting";
+  const id = `${hostname()}-${process.pid}-${randomBytes(3).toString("hex")}`;
+  const keys = etcdKeys(opts.etcdRoot);
+  const etcd = new Etcd3({ hosts: opts.etcdEndpoints });
+  const redis = new Redis(opts.redisUrl, { maxRetriesPerRequest: 2, enableAutoPipelining: true });
+  const members = (service: string) =>
+    new Membership<ServiceRecord>({ client: etcd, prefix: keys.services(service), parse: parseServiceRecord, logger: log });
+  const schedulers = members("scheduler");
+  const configs = members("config");
+  const apiKeys = new ApiKeyStore({ etcd, prefix: keys.apiKeys, bootstrapKey: opts.bootstrapApiKey, logger: log });
+  await Promise.all([schedulers.start(), configs.start(), apiKeys.start()]);
+  const limits = { ...opts.rateLimits };
+  const maxRequestBytes = opts.maxRequestBytes;
+  const limiter = new RateLimiter(redis, opts.redisPrefix, () => limits);
+
+  const server = await startServer({
+    name: "gateway",
+    host: opts.host,
+    port: opts.port,
+    routes: gatewayRoutes({
+      schedulers: new Upstreams(SchedulerService, "scheduler", schedulers),
+      schedules: new Upstreams(ScheduleService, "scheduler", schedulers),
+      config: new Upstreams(ConfigService, "config", configs),
+      keys: apiKeys,
+      logger: log,
+    }),
+    files: [
+      file_taskmesh_v1_task_service,
+      file_taskmesh_v1_cluster_service,
+      file_taskmesh_v1_config_service,
+      file_taskmesh_v1_schedule_service,
+      file_taskmesh_v1_api_key_service,
+    ],
+    registry: createRegistry("gateway"),
+    logger: log,
+    interceptors: [authInterceptor({ keys: apiKeys, limiter, maxRequestBytes: () => maxRequestBytes })],
+  });
+  const registration = await Registration.create({
+    client: etcd,
+    key: keys.service("gateway", id),
+    value: () => ({ id, address: server.address, host: hostname(), pid: process.pid, version: opts.version, started: new Date().toISOString() }),
+    ttlSeconds: 5,
+    logger: log,
+  });
+  state = "running";
+  log.info({ address: server.address }, "gateway started");
+
+  const shutdown = new Shutdown(log)
+    .add("stop serving", () => {
+      state = "draining";
+      server.setServing(false);
+    })
+    .add("close server", () => server.close())
+    .add("release registration", () => registration.close())
+    .add("close watches", async () => {
+      await schedulers.close();
+      await configs.close();
+      await apiKeys.close();
+    })
+    .add("close clients", () => {
+      redis.disconnect();
+      etcd.close();
+      state = "stopped";
+    });
+  return {
+    address: server.address,
+    get state() {
+      return state;
+    },
+    close: () => shutdown.shutdown(),
+  };
+}
