@@ -40,8 +40,19 @@ export class Dispatcher {
     this.log = opts.logger.child({ component: "dispatcher" });
   }
 
-  /** Asks for a dispatch round soon (coalesced). */
-  kick(): void {
+  /**
+   * Asks for a dispatch round soon (coalesced). Naming the queues that got work lets a queue the
+   * dispatcher has not seen yet be picked up at once instead of at the next queue-list refresh.
+   */
+  kick(queues?: Iterable<string>): void {
+    if (queues !== undefined) {
+      for (const q of queues) {
+        if (!this.queues.includes(q)) {
+          this.queuesReadAt = 0;
+          break;
+        }
+      }
+    }
     this.kicked = true;
     const w = this.wake;
     this.wake = undefined;

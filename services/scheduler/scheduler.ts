@@ -62,7 +62,7 @@ export interface Scheduler {
 }
 
 type Control =
-  | { t: "wake" }
+  | { t: "wake"; q: string[] }
   | { t: "cancel"; w: string; id: string; a: number; r: string };
 
 /** Builds and starts a scheduler replica: serves reads and writes, campaigns to lead dispatch. */
@@ -248,7 +248,7 @@ export async function startScheduler(opts: SchedulerOptions): Promise<Scheduler>
     if (!leadership.isLeader) return;
     switch (c.t) {
       case "wake":
-        dispatcher.kick();
+        dispatcher.kick(c.q);
         break;
       case "cancel":
         sessions.get(c.w)?.cancel(c.id, c.a, c.r);
@@ -274,7 +274,8 @@ export async function startScheduler(opts: SchedulerOptions): Promise<Scheduler>
     workers,
     knownTypes: () => knownTypes,
     defaults: () => DEFAULT_SUBMIT,
-    onSubmitted: () => void control({ t: "wake" }).catch((err: unknown) => log.warn({ err }, "wake failed")),
+    onSubmitted: (queues) =>
+      void control({ t: "wake", q: [...queues] }).catch((err: unknown) => log.warn({ err }, "wake failed")),
     requestCancel: (w, taskId, attempt, reason) => control({ t: "cancel", w, id: taskId, a: attempt, r: reason }),
     schedulers: async () => {
         const leader = await leadership.leader().catch(() => undefined);

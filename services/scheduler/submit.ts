@@ -104,11 +104,11 @@ export function toNewTask(
     const max = checkDuration(f("backoff.max"), b.max, 7 * DAY_MS);
     if (initial > 0) backoff.initialMs = initial;
     if (max > 0) backoff.maxMs = max;
-    if (b.multiplier !== 0) {
+    if (b.multiplier !== undefined) {
       if (!(b.multiplier >= 1 && b.multiplier <= 100)) throw invalidArgument(f("backoff.multiplier"), "must be between 1 and 100");
       backoff.multiplier = b.multiplier;
     }
-    if (b.jitter !== 0) {
+    if (b.jitter !== undefined) {
       if (!(b.jitter >= 0 && b.jitter <= 1)) throw invalidArgument(f("backoff.jitter"), "must be between 0 and 1");
       backoff.jitter = b.jitter;
     }

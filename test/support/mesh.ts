@@ -72,14 +72,21 @@ export async function startService(
     },
   };
   try {
-    await waitFor(
-      async () => {
-        if (gone) throw new Error(`${name} exited:\n${out.slice(-4000)}`);
-        const r = await fetch(`http://127.0.0.1:${port}/healthz`).catch(() => undefined);
-        return r?.status === 200;
-      },
-      { timeoutMs: opts.healthTimeoutMs ?? 30_000, what: `${name} healthy`, intervalMs: 50 },
-    );
+    // A process that exits while starting fails the start at once, with its output.
+    const died = exited.then((how) => {
+      throw new Error(`${name} exited (${String(how)}) while starting:\n${out.slice(-4000)}`);
+    });
+    await Promise.race([
+      died,
+      waitFor(
+        async () => {
+          const r = await fetch(`http://127.0.0.1:${port}/healthz`).catch(() => undefined);
+          return r?.status === 200;
+        },
+        { timeoutMs: opts.healthTimeoutMs ?? 30_000, what: `${name} healthy`, intervalMs: 50 },
+      ),
+    ]);
+    died.catch(() => undefined);
   } catch (err) {
     await proc.kill();
     throw err;
