@@ -155,16 +155,19 @@ describe("gateway: resilience towards schedulers", () => {
     }
     const again = await startService("scheduler", "scheduler-again", args, { port: only.port });
     mesh.schedulers.push(again);
+    // Calls succeed again, and the task finishes under the new scheduler (its worker re-sends
+    // the result the dead scheduler never acknowledged, or it is re-run after its lease).
     const got = await waitFor(
       async () => {
         try {
-          return await c.tasks.getTask({ taskId: t.id });
+          const x = await c.tasks.getTask({ taskId: t.id });
+          return x.status === TaskStatus.SUCCEEDED ? x : undefined;
         } catch {
           return undefined;
         }
       },
-      { timeoutMs: 15_000, intervalMs: 100 },
+      { timeoutMs: 20_000, intervalMs: 100 },
     );
-    expect(got.status).toBe(TaskStatus.SUCCEEDED);
+    expect(got.attempt).toBeGreaterThanOrEqual(1);
   });
 });
