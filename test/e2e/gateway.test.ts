@@ -149,7 +149,7 @@ describe("gateway: resilience towards schedulers", () => {
       } catch (e) {
         err = ConnectError.from(e);
       }
-      expect(err?.code).toBe(Code.Unavailable);
+      expect(err?.code, `call ${i}: ${String(err)}`).toBe(Code.Unavailable);
       expect(Date.now() - t0).toBeLessThan(1000);
       if (i === 5) expect(Number(err?.metadata.get("retry-after"))).toBeGreaterThanOrEqual(1);
     }
