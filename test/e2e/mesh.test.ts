@@ -210,6 +210,23 @@ describe("the mesh end to end", () => {
     }
   });
 
+  it("exposes Prometheus metrics and health on every service, with per-queue depth gauges on the scheduler", async () => {
+    await waitTerminal(c.tasks, [(await c.tasks.submitTask({ type: "noop" })).id]);
+    for (const p of [mesh.gateway, ...mesh.schedulers, ...mesh.workers]) {
+      const health = await fetch(`http://${p.address}/healthz`);
+      expect(health.status).toBe(200);
+      const text = await (await fetch(`http://${p.address}/metrics`)).text();
+      expect(text).toContain("taskmesh_rpc_requests_total");
+      expect(text).toContain("process_cpu_seconds_total");
+    }
+    const sched = await (await fetch(`http://${mesh.schedulers[0]?.address}/metrics`)).text();
+    expect(sched).toMatch(/taskmesh_queue_tasks\{[^}]*queue="default"[^}]*status="queued"[^}]*\} \d+/);
+    expect(sched).toMatch(/taskmesh_queue_oldest_queued_age_seconds\{[^}]*queue="default"[^}]*\} [\d.]+/);
+    expect(sched).toMatch(/taskmesh_scheduler_leader\{[^}]*\} 1/);
+    const worker = await (await fetch(`http://${mesh.workers[0]?.address}/metrics`)).text();
+    expect(worker).toMatch(/taskmesh_worker_slots\{[^}]*\} 16/);
+  });
+
   it("answers NOT_FOUND for unknown tasks and UNAUTHENTICATED without the key", async () => {
     await expect(c.tasks.getTask({ taskId: "01JZZZZZZZZZZZZZZZZZZZZZZZ" })).rejects.toMatchObject({ code: Code.NotFound });
     const anonymous = gatewayClients(mesh.gateway.address);
