@@ -41,6 +41,11 @@ export interface ServerOptions {
    * gateway mounts REST here). Return true when handled; otherwise the server answers 404.
    */
   httpFallback?: (req: HttpRequest, res: HttpResponse) => boolean;
+  /**
+   * Runs first for every HTTP request, RPCs included (the gateway answers CORS preflights and adds
+   * CORS headers here). Return true when it answered the request itself.
+   */
+  httpPrelude?: (req: HttpRequest, res: HttpResponse) => boolean;
   /** connect-node interceptors, run inside the server's own RPC metrics interceptor. */
   interceptors?: Interceptor[];
   /**
@@ -137,6 +142,7 @@ export async function startServer(opts: ServerOptions): Promise<RpcServer> {
 
   const onRequest = (req: HttpRequest, res: HttpResponse): void => {
     if (req instanceof http.IncomingMessage && res instanceof http.ServerResponse) trackH1(req, res);
+    if (opts.httpPrelude?.(req, res) === true) return;
     const path = (req.url ?? "/").split("?", 1)[0];
     if ((req.method === "GET" || req.method === "HEAD") && (path === "/healthz" || path === "/metrics")) {
       const head = req.method === "HEAD";

@@ -1,24 +1,26 @@
 import { randomBytes } from "node:crypto";
 import { hostname } from "node:os";
+import { createRouterTransport } from "@connectrpc/connect";
 import { Etcd3 } from "etcd3";
 import { Redis } from "ioredis";
 import type { Logger } from "pino";
-import { file_taskmesh_v1_api_key_service } from "../../gen/taskmesh/v1/api_key_service_pb.js";
-import { file_taskmesh_v1_cluster_service } from "../../gen/taskmesh/v1/cluster_service_pb.js";
+import { ApiKeyService, file_taskmesh_v1_api_key_service } from "../../gen/taskmesh/v1/api_key_service_pb.js";
+import { ClusterService, file_taskmesh_v1_cluster_service } from "../../gen/taskmesh/v1/cluster_service_pb.js";
 import { ConfigService, file_taskmesh_v1_config_service } from "../../gen/taskmesh/v1/config_service_pb.js";
 import { ScheduleService, file_taskmesh_v1_schedule_service } from "../../gen/taskmesh/v1/schedule_service_pb.js";
 import { SchedulerService } from "../../gen/taskmesh/v1/scheduler_service_pb.js";
-import { file_taskmesh_v1_task_service } from "../../gen/taskmesh/v1/task_service_pb.js";
+import { TaskService, file_taskmesh_v1_task_service } from "../../gen/taskmesh/v1/task_service_pb.js";
 import { etcdKeys, parseServiceRecord, type ServiceRecord } from "../../lib/keys.js";
 import { Shutdown, type ComponentState } from "../../lib/lifecycle.js";
 import { Membership } from "../../lib/membership.js";
-import { createRegistry } from "../../lib/metrics.js";
+import { createRegistry, rpcMetricsInterceptor } from "../../lib/metrics.js";
 import { Registration } from "../../lib/registration.js";
 import { startServer } from "../../lib/server.js";
 import { ApiKeyStore } from "./api-keys.js";
 import { authInterceptor } from "./auth.js";
 import { gatewayRoutes } from "./public-services.js";
 import { RateLimiter, type RateLimits } from "./rate-limit.js";
+import { createCorsHandler, createRestHandler } from "./rest/transcoder.js";
 import { Upstreams } from "./upstreams.js";
 
 /** Everything a gateway needs, already parsed (main.ts reads env and flags). */
@@ -33,6 +35,8 @@ export interface GatewayOptions {
   bootstrapApiKey: string;
   rateLimits: RateLimits;
   maxRequestBytes: number;
+  /** Origins allowed to call from browsers ("*" for any); empty: no CORS headers. */
+  corsOrigins: string[];
   version: string;
   logger: Logger;
 }
@@ -62,17 +66,29 @@ export async function startGateway(opts: GatewayOptions): Promise<Gateway> {
   const maxRequestBytes = opts.maxRequestBytes;
   const limiter = new RateLimiter(redis, opts.redisPrefix, () => limits);
 
+  const registry = createRegistry("gateway");
+  const routes = gatewayRoutes({
+    schedulers: new Upstreams(SchedulerService, "scheduler", schedulers),
+    schedules: new Upstreams(ScheduleService, "scheduler", schedulers),
+    config: new Upstreams(ConfigService, "config", configs),
+    keys: apiKeys,
+    logger: log,
+  });
+  const interceptors = [authInterceptor({ keys: apiKeys, limiter, maxRequestBytes: () => maxRequestBytes })];
+  // REST runs through the same implementations and interceptors, in process.
+  const rest = createRestHandler({
+    services: [TaskService, ScheduleService, ClusterService, ConfigService, ApiKeyService],
+    transport: createRouterTransport(routes, {
+      router: { interceptors: [rpcMetricsInterceptor(registry, "gateway"), ...interceptors] },
+    }),
+    maxBodyBytes: maxRequestBytes,
+    logger: log,
+  });
   const server = await startServer({
     name: "gateway",
     host: opts.host,
     port: opts.port,
-    routes: gatewayRoutes({
-      schedulers: new Upstreams(SchedulerService, "scheduler", schedulers),
-      schedules: new Upstreams(ScheduleService, "scheduler", schedulers),
-      config: new Upstreams(ConfigService, "config", configs),
-      keys: apiKeys,
-      logger: log,
-    }),
+    routes,
     files: [
       file_taskmesh_v1_task_service,
       file_taskmesh_v1_cluster_service,
@@ -80,9 +96,11 @@ export async function startGateway(opts: GatewayOptions): Promise<Gateway> {
       file_taskmesh_v1_schedule_service,
       file_taskmesh_v1_api_key_service,
     ],
-    registry: createRegistry("gateway"),
+    registry,
     logger: log,
-    interceptors: [authInterceptor({ keys: apiKeys, limiter, maxRequestBytes: () => maxRequestBytes })],
+    interceptors,
+    httpFallback: rest,
+    ...(opts.corsOrigins.length > 0 ? { httpPrelude: createCorsHandler({ allowedOrigins: opts.corsOrigins }) } : {}),
   });
   const registration = await Registration.create({
     client: etcd,

@@ -24,6 +24,12 @@ const settings = readSettings("taskmesh-gateway", {
     parse: as.int,
     help: "largest request body accepted",
   },
+  "cors-origins": {
+    env: "TASKMESH_CORS_ORIGINS",
+    default: [] as string[],
+    parse: as.list,
+    help: "origins allowed to call from browsers, comma-separated (* for any)",
+  },
 });
 
 const logger = createLogger("gateway", { level: settings["log-level"] });
@@ -38,6 +44,7 @@ try {
     bootstrapApiKey: settings["bootstrap-api-key"],
     rateLimits: { ratePerSecond: settings["rate-limit"], burst: settings["rate-burst"] },
     maxRequestBytes: settings["max-request-bytes"],
+    corsOrigins: settings["cors-origins"],
     version: VERSION,
     logger,
   });

@@ -36,6 +36,21 @@ function forwardHeaders(ctx: HandlerContext): Record<string, string> {
 }
 
 /**
+ * An upstream error as the gateway's own: same code, message and details, but none of the
+ * upstream response's headers and trailers (content-type, grpc-status…), which would corrupt the
+ * gateway's response in another protocol — only `retry-after` goes along.
+ */
+function relay(err: unknown, log: Logger): ConnectError {
+  const e = toConnectError(err, log);
+  const metadata = new Headers();
+  const retryAfter = e.metadata.get("retry-after");
+  if (retryAfter !== null) metadata.set("retry-after", retryAfter);
+  const out = new ConnectError(e.rawMessage, e.code, metadata, undefined, e.cause);
+  out.details.push(...e.details);
+  return out;
+}
+
+/**
  * The public services: thin forwarders to the scheduler replicas (tasks, cluster, schedules) and
  * the config service, with the caller's tenant in a header, plus ApiKeyService served here.
  * Errors keep their codes; anything else becomes INTERNAL without details.
@@ -49,7 +64,7 @@ export function gatewayRoutes(up: GatewayUpstreams): (router: ConnectRouter) => 
         const headers = forwardHeaders(ctx);
         return await u.call((client, signal) => fn(client, { signal: AbortSignal.any([ctx.signal, signal]), headers }), idempotent);
       } catch (err) {
-        throw toConnectError(err, log);
+        throw relay(err, log);
       }
     };
   const stream = async function* <S extends typeof SchedulerService | typeof ConfigService, T>(
@@ -60,7 +75,7 @@ export function gatewayRoutes(up: GatewayUpstreams): (router: ConnectRouter) => 
     try {
       yield* fn(u.stream(), { signal: ctx.signal, headers: forwardHeaders(ctx) });
     } catch (err) {
-      throw toConnectError(err, log);
+      throw relay(err, log);
     }
   };
   const write = unary(up.schedulers, false);

@@ -4,26 +4,16 @@
  * The code → status table is grpc-gateway's (`runtime.HTTPStatusFromCode`), so REST clients of
  * taskmesh see what they see in front of any other gRPC service.
  */
+import { create, createRegistry, toJson, type JsonObject, type JsonValue, type Registry } from "@bufbuild/protobuf";
+import { AnySchema } from "@bufbuild/protobuf/wkt";
 import {
-  create,
-  createFileRegistry,
-  createRegistry,
-  toJson,
-  type DescMessage,
-  type JsonObject,
-  type JsonValue,
-  type Registry,
-} from "@bufbuild/protobuf";
-import {
-  AnySchema,
-  FieldDescriptorProto_Label,
-  FieldDescriptorProto_Type,
-  FileDescriptorProtoSchema,
-  file_google_protobuf_duration,
-  type DescriptorProto,
-  type FieldDescriptorProto,
-  type MessageOptions,
-} from "@bufbuild/protobuf/wkt";
+  BadRequestSchema,
+  ErrorInfoSchema,
+  PreconditionFailureSchema,
+  QuotaFailureSchema,
+  RetryInfoSchema,
+  file_google_rpc_error_details,
+} from "../../../gen/google/rpc/error_details_pb.js";
 import { Code, ConnectError } from "@connectrpc/connect";
 
 const STATUS_BY_CODE: Readonly<Record<Code, number>> = {
@@ -107,110 +97,16 @@ export interface StatusJson {
   details: JsonObject[];
 }
 
-// --- google.rpc error detail types -----------------------------------------------------------
-//
-// gen/ has no google/rpc types (buf.gen.yaml does not vendor google/rpc/*.proto), so the standard
-// error details (google/rpc/error_details.proto) are described here from their field numbers, to
-// decode the details a ConnectError carries. Once the lead vendors and generates them, pass the
-// generated file in `registry` to {@link statusFromError}; the types here stay a fallback.
+/** The standard `google.rpc` error detail types (generated from google/rpc/error_details.proto). */
+export const errorDetailsRegistry: Registry = createRegistry(file_google_rpc_error_details);
 
-type FieldSpec = [name: string, number: number, type: FieldDescriptorProto_Type | string, repeated?: boolean];
-
-function camel(name: string): string {
-  return name.replace(/_([a-z0-9])/g, (_m, c: string) => c.toUpperCase());
-}
-
-function fieldProto([name, number, type, repeated]: FieldSpec): Partial<FieldDescriptorProto> {
-  const isRef = typeof type === "string";
-  return {
-    name,
-    number,
-    jsonName: camel(name),
-    label: repeated === true ? FieldDescriptorProto_Label.REPEATED : FieldDescriptorProto_Label.OPTIONAL,
-    type: isRef ? FieldDescriptorProto_Type.MESSAGE : type,
-    ...(isRef ? { typeName: type } : {}),
-  };
-}
-
-function messageProto(name: string, fields: FieldSpec[], nested: Partial<DescriptorProto>[] = [], options?: Partial<MessageOptions>): Partial<DescriptorProto> {
-  return { name, field: fields.map(fieldProto) as FieldDescriptorProto[], nestedType: nested as DescriptorProto[], ...(options ? { options: options as MessageOptions } : {}) };
-}
-
-function stringMapEntry(entry: string): Partial<DescriptorProto> {
-  const T = FieldDescriptorProto_Type;
-  return messageProto(entry, [["key", 1, T.STRING], ["value", 2, T.STRING]], [], { mapEntry: true });
-}
-
-function errorDetailsFile() {
-  const T = FieldDescriptorProto_Type;
-  return create(FileDescriptorProtoSchema, {
-    name: "google/rpc/error_details.proto",
-    package: "google.rpc",
-    syntax: "proto3",
-    dependency: ["google/protobuf/duration.proto"],
-    messageType: [
-      messageProto("ErrorInfo", [["reason", 1, T.STRING], ["domain", 2, T.STRING], ["metadata", 3, ".google.rpc.ErrorInfo.MetadataEntry", true]], [
-        stringMapEntry("MetadataEntry"),
-      ]),
-      messageProto("RetryInfo", [["retry_delay", 1, ".google.protobuf.Duration"]]),
-      messageProto("DebugInfo", [["stack_entries", 1, T.STRING, true], ["detail", 2, T.STRING]]),
-      messageProto("QuotaFailure", [["violations", 1, ".google.rpc.QuotaFailure.Violation", true]], [
-        messageProto(
-          "Violation",
-          [
-            ["subject", 1, T.STRING],
-            ["description", 2, T.STRING],
-            ["api_service", 3, T.STRING],
-            ["quota_metric", 4, T.STRING],
-            ["quota_id", 5, T.STRING],
-            ["quota_dimensions", 6, ".google.rpc.QuotaFailure.Violation.QuotaDimensionsEntry", true],
-            ["quota_value", 7, T.INT64],
-          ],
-          [stringMapEntry("QuotaDimensionsEntry")],
-        ),
-      ]),
-      messageProto("PreconditionFailure", [["violations", 1, ".google.rpc.PreconditionFailure.Violation", true]], [
-        messageProto("Violation", [["type", 1, T.STRING], ["subject", 2, T.STRING], ["description", 3, T.STRING]]),
-      ]),
-      messageProto("BadRequest", [["field_violations", 1, ".google.rpc.BadRequest.FieldViolation", true]], [
-        messageProto("FieldViolation", [
-          ["field", 1, T.STRING],
-          ["description", 2, T.STRING],
-          ["reason", 3, T.STRING],
-          ["localized_message", 4, ".google.rpc.LocalizedMessage"],
-        ]),
-      ]),
-      messageProto("RequestInfo", [["request_id", 1, T.STRING], ["serving_data", 2, T.STRING]]),
-      messageProto("ResourceInfo", [["resource_type", 1, T.STRING], ["resource_name", 2, T.STRING], ["owner", 3, T.STRING], ["description", 4, T.STRING]]),
-      messageProto("Help", [["links", 1, ".google.rpc.Help.Link", true]], [messageProto("Link", [["description", 1, T.STRING], ["url", 2, T.STRING]])]),
-      messageProto("LocalizedMessage", [["locale", 1, T.STRING], ["message", 2, T.STRING]]),
-    ] as DescriptorProto[],
-  });
-}
-
-/**
- * The standard `google.rpc` error detail types (ErrorInfo, RetryInfo, DebugInfo, QuotaFailure,
- * PreconditionFailure, BadRequest, RequestInfo, ResourceInfo, Help, LocalizedMessage) described at
- * run time, so REST error bodies render them as JSON. Also usable to throw such details:
- * `new ConnectError(msg, Code.InvalidArgument, undefined, [{ desc: errorDetailTypes.badRequest, value: {...} }])`.
- */
-export const errorDetailsRegistry: Registry = createFileRegistry(errorDetailsFile(), (name) =>
-  name === "google/protobuf/duration.proto" ? file_google_protobuf_duration : undefined,
-);
-
-function detailType(typeName: string): DescMessage {
-  const desc = errorDetailsRegistry.getMessage(typeName);
-  if (desc === undefined) throw new Error(`missing ${typeName}`);
-  return desc;
-}
-
-/** Descriptors of the most used `google.rpc` error details, from {@link errorDetailsRegistry}. */
+/** Descriptors of the most used `google.rpc` error details. */
 export const errorDetailTypes = {
-  badRequest: detailType("google.rpc.BadRequest"),
-  retryInfo: detailType("google.rpc.RetryInfo"),
-  errorInfo: detailType("google.rpc.ErrorInfo"),
-  preconditionFailure: detailType("google.rpc.PreconditionFailure"),
-  quotaFailure: detailType("google.rpc.QuotaFailure"),
+  badRequest: BadRequestSchema,
+  retryInfo: RetryInfoSchema,
+  errorInfo: ErrorInfoSchema,
+  preconditionFailure: PreconditionFailureSchema,
+  quotaFailure: QuotaFailureSchema,
 } as const;
 
 const TYPE_URL_PREFIX = "type.googleapis.com/";
