@@ -2,6 +2,7 @@ import { setMaxListeners } from "node:events";
 import * as http from "node:http";
 import * as http2 from "node:http2";
 import * as net from "node:net";
+import * as tls from "node:tls";
 import type { GenFile } from "@bufbuild/protobuf/codegenv2";
 import { Code, ConnectError, type ConnectRouter, type Interceptor } from "@connectrpc/connect";
 import { connectNodeAdapter } from "@connectrpc/connect-node";
@@ -48,6 +49,11 @@ export interface ServerOptions {
   httpPrelude?: (req: HttpRequest, res: HttpResponse) => boolean;
   /** connect-node interceptors, run inside the server's own RPC metrics interceptor. */
   interceptors?: Interceptor[];
+  /**
+   * Serve TLS instead of plaintext: HTTP/2 and HTTP/1.1 chosen by ALPN on the same port. With
+   * `ca` and `requireClientCert`, clients must present a certificate signed by it (mTLS).
+   */
+  tls?: { cert: string | Buffer; key: string | Buffer; ca?: string | Buffer; requireClientCert?: boolean };
   /**
    * How long close() lets open connections finish their calls before destroying them.
    * @default 2000
@@ -183,7 +189,7 @@ export async function startServer(opts: ServerOptions): Promise<RpcServer> {
   const sockets = new Set<net.Socket>();
   const h2Sockets = new Set<net.Socket>();
   let onDrained: (() => void) | undefined;
-  const listener = net.createServer((socket) => {
+  const onSocket = (socket: net.Socket, alpn?: string | false): void => {
     sockets.add(socket);
     socket.once("close", () => {
       sockets.delete(socket);
@@ -193,6 +199,17 @@ export async function startServer(opts: ServerOptions): Promise<RpcServer> {
     });
     if (state !== "running") {
       socket.destroy();
+      return;
+    }
+    if (alpn !== undefined) {
+      // TLS: the protocol was negotiated by ALPN (no ALPN at all means HTTP/1.1).
+      if (alpn === "h2") {
+        h2Sockets.add(socket);
+        h2.emit("connection", socket);
+      } else {
+        h1Sockets.set(socket, 0);
+        h1.emit("connection", socket);
+      }
       return;
     }
     dispatchConnection(socket, {
@@ -206,7 +223,25 @@ export async function startServer(opts: ServerOptions): Promise<RpcServer> {
       },
       error: (err) => log.debug({ err }, "connection failed before protocol detection"),
     });
-  });
+  };
+  const tlsOpts = opts.tls;
+  const listener: net.Server =
+    tlsOpts === undefined
+      ? net.createServer((socket) => onSocket(socket))
+      : tls.createServer(
+          {
+            cert: tlsOpts.cert,
+            key: tlsOpts.key,
+            ...(tlsOpts.ca !== undefined ? { ca: tlsOpts.ca } : {}),
+            requestCert: tlsOpts.requireClientCert === true,
+            rejectUnauthorized: tlsOpts.requireClientCert === true,
+            ALPNProtocols: ["h2", "http/1.1"],
+          },
+          (socket) => onSocket(socket, socket.alpnProtocol ?? false),
+        );
+  if (tlsOpts !== undefined) {
+    listener.on("tlsClientError", (err) => log.debug({ err }, "tls handshake failed"));
+  }
   listener.on("error", (err) => log.error({ err }, "listener error"));
 
   await new Promise<void>((resolve, reject) => {

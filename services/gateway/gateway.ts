@@ -37,6 +37,8 @@ export interface GatewayOptions {
   maxRequestBytes: number;
   /** Origins allowed to call from browsers ("*" for any); empty: no CORS headers. */
   corsOrigins: string[];
+  /** Certificate and key (PEM) to serve TLS; plaintext without. */
+  tls?: { cert: Buffer; key: Buffer };
   version: string;
   logger: Logger;
 }
@@ -100,6 +102,7 @@ export async function startGateway(opts: GatewayOptions): Promise<Gateway> {
     logger: log,
     interceptors,
     httpFallback: rest,
+    ...(opts.tls !== undefined ? { tls: opts.tls } : {}),
     ...(opts.corsOrigins.length > 0 ? { httpPrelude: createCorsHandler({ allowedOrigins: opts.corsOrigins }) } : {}),
   });
   const registration = await Registration.create({

@@ -1,3 +1,4 @@
+import { readFileSync } from "node:fs";
 import { createLogger } from "../../lib/logger.js";
 import { Shutdown } from "../../lib/lifecycle.js";
 import { as, commonSettings, readSettings } from "../../lib/settings.js";
@@ -24,6 +25,8 @@ const settings = readSettings("taskmesh-gateway", {
     parse: as.int,
     help: "largest request body accepted",
   },
+  "tls-cert": { env: "TASKMESH_TLS_CERT", default: "", parse: as.string, help: "PEM certificate file: serve TLS (h2 and http/1.1 by ALPN)" },
+  "tls-key": { env: "TASKMESH_TLS_KEY", default: "", parse: as.string, help: "PEM private key file of --tls-cert" },
   "cors-origins": {
     env: "TASKMESH_CORS_ORIGINS",
     default: [] as string[],
@@ -34,6 +37,11 @@ const settings = readSettings("taskmesh-gateway", {
 
 const logger = createLogger("gateway", { level: settings["log-level"] });
 try {
+  if ((settings["tls-cert"] === "") !== (settings["tls-key"] === "")) throw new Error("--tls-cert and --tls-key go together");
+  const tls =
+    settings["tls-cert"] === ""
+      ? undefined
+      : { cert: readFileSync(settings["tls-cert"]), key: readFileSync(settings["tls-key"]) };
   const gateway = await startGateway({
     host: settings.host,
     port: settings.port,
@@ -45,6 +53,7 @@ try {
     rateLimits: { ratePerSecond: settings["rate-limit"], burst: settings["rate-burst"] },
     maxRequestBytes: settings["max-request-bytes"],
     corsOrigins: settings["cors-origins"],
+    ...(tls !== undefined ? { tls } : {}),
     version: VERSION,
     logger,
   });

@@ -359,3 +359,48 @@ describe("startServer", () => {
     }
   });
 });
+
+describe("startServer with TLS", () => {
+  it("negotiates HTTP/2 and HTTP/1.1 by ALPN on one port", async () => {
+    const { mkdtemp, readFile, rm } = await import("node:fs/promises");
+    const { tmpdir } = await import("node:os");
+    const { join } = await import("node:path");
+    const dir = await mkdtemp(join(tmpdir(), "taskmesh-tls-"));
+    try {
+      await run("openssl", [
+        "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
+        "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost",
+        "-keyout", join(dir, "key.pem"), "-out", join(dir, "cert.pem"),
+      ], { timeout: 30_000 });
+      const cert = await readFile(join(dir, "cert.pem"));
+      const server = await startServer({
+        name: "tls-test",
+        port: 0,
+        routes: () => undefined,
+        files: [],
+        registry: createRegistry("tls-test"),
+        logger: silentLogger(),
+        tls: { cert, key: await readFile(join(dir, "key.pem")) },
+      });
+      try {
+        for (const proto of ["--http1.1", "--http2"]) {
+          const { stdout } = await run(
+            "curl",
+            ["-sS", proto, "--cacert", join(dir, "cert.pem"), "-w", " %{http_version}", `https://${server.address}/healthz`],
+            { timeout: 10_000 },
+          );
+          expect(stdout).toBe(`{"status":"SERVING"} ${proto === "--http2" ? "2" : "1.1"}`);
+        }
+        const health = createClient(
+          Health,
+          createGrpcTransport({ baseUrl: `https://${server.address}`, nodeOptions: { ca: cert } }),
+        );
+        expect((await health.check({ service: "" })).status).toBe(ServingStatus.SERVING);
+      } finally {
+        await server.close();
+      }
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+});
