@@ -22,3 +22,4 @@ export { startServer, type RpcServer, type ServerOptions } from "./server.js";
 export { as, commonSettings, readSettings } from "./settings.js";
 export { BUILTIN_TASK_TYPES, LIMITS, TENANT_HEADER } from "./task-types.js";
 export { VERSION } from "./version.js";
+export { rpcLogInterceptor } from "./rpc-log.js";

@@ -35,6 +35,10 @@ export const METRIC_NAMES = {
   queuePaused: "taskmesh_queue_paused",
   /** Gauge: workers with a ready stream to the leader. */
   schedulerWorkers: "taskmesh_scheduler_workers",
+  /** Gauge `{namespace}`: revision of the configuration a service applies (lib/config-client.ts). */
+  configAppliedRevision: "taskmesh_config_applied_revision",
+  /** Gauge: 1 while a service's config client follows a config service live, 0 on its last-known config. */
+  configClientConnected: "taskmesh_config_client_connected",
 } as const;
 
 /** Buckets for RPC latency, from 1 ms to 10 s. Streams that outlive 10 s land in `+Inf`. */
@@ -352,4 +356,42 @@ export function queueMetrics(registry: Registry, read: () => Promise<QueueDepth[
       for (const q of await snapshot()) this.set({ queue: q.name }, q.paused ? 1 : 0);
     },
   });
+}
+
+/** The config client's metrics (lib/config-client.ts). */
+export interface ConfigClientMetrics {
+  /** {@link METRIC_NAMES.configAppliedRevision} */
+  appliedRevision: Gauge<"namespace">;
+  /** {@link METRIC_NAMES.configClientConnected} */
+  connected: Gauge;
+}
+
+/**
+ * Registers (or returns, when already registered) the config client's metrics on `registry`. Two
+ * clients sharing a registry share the series: one client per process is the intended use.
+ */
+export function configClientMetrics(registry: Registry): ConfigClientMetrics {
+  return {
+    appliedRevision: getOrCreate(
+      registry,
+      METRIC_NAMES.configAppliedRevision,
+      () =>
+        new Gauge({
+          name: METRIC_NAMES.configAppliedRevision,
+          help: "Revision of the configuration this service applies, per namespace (0: none).",
+          labelNames: ["namespace"] as const,
+          registers: [registry],
+        }),
+    ),
+    connected: getOrCreate(
+      registry,
+      METRIC_NAMES.configClientConnected,
+      () =>
+        new Gauge({
+          name: METRIC_NAMES.configClientConnected,
+          help: "1 while the config client follows a config service live, 0 while it runs on its last-known config.",
+          registers: [registry],
+        }),
+    ),
+  };
 }

@@ -6,6 +6,7 @@ import * as tls from "node:tls";
 import type { GenFile } from "@bufbuild/protobuf/codegenv2";
 import { Code, ConnectError, type ConnectRouter, type Interceptor } from "@connectrpc/connect";
 import { connectNodeAdapter } from "@connectrpc/connect-node";
+import { rpcLogInterceptor } from "./rpc-log.js";
 import type { Registry } from "prom-client";
 import { file_grpc_health_v1_health, Health } from "../gen/grpc/health/v1/health_pb.js";
 import { HealthRegistry, registerHealthService, ServingStatus } from "./health.js";
@@ -121,7 +122,7 @@ export async function startServer(opts: ServerOptions): Promise<RpcServer> {
     // Compressing responses costs a lot of CPU on streams of batches for little gain on the
     // networks we run on (NOTES.md): never compress, never accept compressed requests.
     acceptCompression: [],
-    interceptors: [rpcMetricsInterceptor(opts.registry, opts.name), ...(opts.interceptors ?? [])],
+    interceptors: [rpcMetricsInterceptor(opts.registry, opts.name), rpcLogInterceptor(log), ...(opts.interceptors ?? [])],
     shutdownSignal: shutdown.signal,
     fallback(req, res) {
       // The fallback's response type is connect-node's patched union of both servers' responses.

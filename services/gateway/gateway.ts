@@ -15,6 +15,7 @@ import { Shutdown, type ComponentState } from "../../lib/lifecycle.js";
 import { Membership } from "../../lib/membership.js";
 import { createRegistry, rpcMetricsInterceptor } from "../../lib/metrics.js";
 import { Registration } from "../../lib/registration.js";
+import { rpcLogInterceptor } from "../../lib/rpc-log.js";
 import { startServer } from "../../lib/server.js";
 import { ApiKeyStore } from "./api-keys.js";
 import { authInterceptor } from "./auth.js";
@@ -81,7 +82,7 @@ export async function startGateway(opts: GatewayOptions): Promise<Gateway> {
   const rest = createRestHandler({
     services: [TaskService, ScheduleService, ClusterService, ConfigService, ApiKeyService],
     transport: createRouterTransport(routes, {
-      router: { interceptors: [rpcMetricsInterceptor(registry, "gateway"), ...interceptors] },
+      router: { interceptors: [rpcMetricsInterceptor(registry, "gateway"), rpcLogInterceptor(log), ...interceptors] },
     }),
     maxBodyBytes: maxRequestBytes,
     logger: log,
