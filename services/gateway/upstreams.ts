@@ -127,7 +127,16 @@ export class Upstreams<S extends DescService> {
     try {
       return await wrap(attempt, deadline).execute(({ signal }) => {
         const r = this.next();
-        return r.breaker.execute(() => fn(r.client, signal));
+        return r.breaker.execute(() =>
+          fn(r.client, signal).catch((err: unknown) => {
+            // A call cut off by the replica's connection dying (not by us) reads as CANCELED
+            // from the HTTP/2 stream: it is the replica being unavailable.
+            if (err instanceof ConnectError && err.code === Code.Canceled && !signal.aborted) {
+              throw new ConnectError(`connection to ${this.name} ${r.address} lost`, Code.Unavailable);
+            }
+            throw err;
+          }),
+        );
       });
     } catch (err) {
       if (err instanceof BrokenCircuitError) throw this.unavailable(`every ${this.name} instance is failing`);

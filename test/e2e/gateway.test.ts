@@ -84,6 +84,19 @@ describe("gateway: API keys, scopes, tenants and rate limits", () => {
     await admin.revokeApiKey({ id: readOnly.apiKey?.id ?? "" });
     expect(await code(ro.tasks.getTask({ taskId: task.id }))).toBe(Code.Unauthenticated);
     expect(await code(admin.revokeApiKey({ id: readOnly.apiKey?.id ?? "" }))).toBe(Code.NotFound);
+    // The same answers over REST, as HTTP statuses.
+    const rest = (path: string, key?: string, init: RequestInit = {}) =>
+      fetch(`http://${mesh.gateway.address}${path}`, {
+        ...init,
+        headers: { ...(key !== undefined ? { authorization: `Bearer ${key}` } : {}), "content-type": "application/json" },
+      }).then((r) => r.status);
+    expect(await rest(`/v1/tasks/${task.id}`)).toBe(401);
+    expect(await rest(`/v1/tasks/${task.id}`, "garbage")).toBe(401);
+    expect(await rest(`/v1/tasks/${task.id}`, readOnly.secret)).toBe(401);
+    expect(await rest(`/v1/tasks/${task.id}`, globex.secret)).toBe(404);
+    expect(await rest(`/v1/tasks/${task.id}`, acme.secret)).toBe(200);
+    expect(await rest("/v1/apikeys", acme.secret)).toBe(403);
+    expect(await rest("/v1/apikeys", mesh.apiKey)).toBe(200);
     // Bad key requests.
     expect(await code(admin.createApiKey({ tenant: "bad tenant", scopes: ["tasks:read"] }))).toBe(Code.InvalidArgument);
     expect(await code(admin.createApiKey({ tenant: "t", scopes: ["root"] }))).toBe(Code.InvalidArgument);
@@ -99,6 +112,12 @@ describe("gateway: API keys, scopes, tenants and rate limits", () => {
     expect(ok).toBeGreaterThanOrEqual(30);
     expect(ok).toBeLessThanOrEqual(35);
     expect(results.filter((r) => r === Code.ResourceExhausted).length).toBe(40 - ok);
+    // Over REST the refusal is a 429 with Retry-After.
+    let status = 0;
+    for (let i = 0; i < 50 && status !== 429; i++) {
+      status = (await fetch(`http://${mesh.gateway.address}/v1/tasks/none`, { headers: { authorization: `Bearer ${k.secret}` } })).status;
+    }
+    expect(status).toBe(429);
     // The refusal carries a retry hint (the bucket refills meanwhile, so drain it first).
     let refused: ConnectError | undefined;
     for (let i = 0; i < 50 && refused === undefined; i++) {
@@ -153,6 +172,11 @@ describe("gateway: resilience towards schedulers", () => {
       expect(Date.now() - t0).toBeLessThan(1000);
       if (i === 5) expect(Number(err?.metadata.get("retry-after"))).toBeGreaterThanOrEqual(1);
     }
+    const rest = await fetch(`http://${mesh.gateway.address}/v1/tasks/${t.id}`, {
+      headers: { authorization: `Bearer ${mesh.apiKey}` },
+    });
+    expect(rest.status).toBe(503);
+    expect(Number(rest.headers.get("retry-after"))).toBeGreaterThanOrEqual(1);
     const again = await startService("scheduler", "scheduler-again", args, { port: only.port });
     mesh.schedulers.push(again);
     // Calls succeed again, and the task finishes under the new scheduler (its worker re-sends

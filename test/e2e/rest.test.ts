@@ -1,7 +1,10 @@
 import { execFile } from "node:child_process";
 import { join } from "node:path";
 import { promisify } from "node:util";
+import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
+import * as grpc from "@grpc/grpc-js";
 import { afterAll, beforeAll, describe, expect, inject, it } from "vitest";
+import { type SubmitTaskRequest, SubmitTaskRequestSchema, type Task, TaskSchema } from "../../gen/taskmesh/v1/task_pb.js";
 import { uniquePrefix } from "../support/ids.js";
 import { startMesh, type Mesh } from "../support/mesh.js";
 
@@ -107,6 +110,51 @@ describe("the gateway over REST+JSON, curl and buf curl", () => {
     const doc = (await (await fetch(`${base}/openapi.json`)).json()) as { openapi: string; paths: Record<string, unknown> };
     expect(doc.openapi).toMatch(/^3\./);
     expect(Object.keys(doc.paths)).toEqual(expect.arrayContaining(["/v1/tasks", "/v1/tasks/{task_id}:cancel"]));
+  });
+
+  it("serves a plain @grpc/grpc-js client", async () => {
+    const Client = grpc.makeGenericClientConstructor(
+      {
+        submitTask: {
+          path: "/taskmesh.v1.TaskService/SubmitTask",
+          requestStream: false,
+          responseStream: false,
+          requestSerialize: (m: SubmitTaskRequest) => Buffer.from(toBinary(SubmitTaskRequestSchema, m)),
+          requestDeserialize: (b: Buffer) => fromBinary(SubmitTaskRequestSchema, b),
+          responseSerialize: (m: Task) => Buffer.from(toBinary(TaskSchema, m)),
+          responseDeserialize: (b: Buffer) => fromBinary(TaskSchema, b),
+        },
+      },
+      "TaskService",
+    );
+    const client = new Client(mesh.gateway.address, grpc.credentials.createInsecure());
+    try {
+      const md = new grpc.Metadata();
+      md.set("authorization", `Bearer ${mesh.apiKey}`);
+      const task = await new Promise<Task>((resolve, reject) => {
+        client.makeUnaryRequest(
+          "/taskmesh.v1.TaskService/SubmitTask",
+          (m: SubmitTaskRequest) => Buffer.from(toBinary(SubmitTaskRequestSchema, m)),
+          (b: Buffer) => fromBinary(TaskSchema, b),
+          create(SubmitTaskRequestSchema, { type: "noop" }),
+          md,
+          (err: grpc.ServiceError | null, res?: Task) => (err !== null || res === undefined ? reject(err) : resolve(res)),
+        );
+      });
+      expect(task.type).toBe("noop");
+      const denied = await new Promise<grpc.ServiceError | null>((resolve) => {
+        client.makeUnaryRequest(
+          "/taskmesh.v1.TaskService/SubmitTask",
+          (m: SubmitTaskRequest) => Buffer.from(toBinary(SubmitTaskRequestSchema, m)),
+          (b: Buffer) => fromBinary(TaskSchema, b),
+          create(SubmitTaskRequestSchema, { type: "noop" }),
+          (err: grpc.ServiceError | null) => resolve(err),
+        );
+      });
+      expect(denied?.code).toBe(grpc.status.UNAUTHENTICATED);
+    } finally {
+      client.close();
+    }
   });
 
   it("lists services and submits a task with buf curl through reflection", async () => {
