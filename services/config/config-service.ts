@@ -1,44 +1,118 @@
 import { create } from "@bufbuild/protobuf";
-import { Code, ConnectError, type ConnectRouter, type ServiceImpl } from "@connectrpc/connect";
-import type { Etcd3 } from "etcd3";
+import { Code, ConnectError, type ConnectRouter, type HandlerContext, type ServiceImpl } from "@connectrpc/connect";
+import {
+  ClientClosedError,
+  GRPCCancelledError,
+  GRPCDeadlineExceededError,
+  GRPCUnavailableError,
+  type Etcd3,
+  type IWatchResponse,
+  type Watcher,
+} from "etcd3";
+import { isBrokenCircuitError } from "cockatiel";
 import type { Logger } from "pino";
 import {
+  AbandonGrayConfigResponseSchema,
   ConfigEvent_Type,
   ConfigEventSchema,
   ConfigService,
   DeleteConfigResponseSchema,
+  GetConfigHistoryResponseSchema,
   ListConfigsResponseSchema,
   type ConfigEvent,
 } from "../../gen/taskmesh/v1/config_service_pb.js";
 import { AsyncQueue } from "../../lib/async-queue.js";
 import { invalidArgument, toConnectError } from "../../lib/errors.js";
-import { ConfigStore, checkNamespace, entryFromKv } from "./config-store.js";
+import { AUTHOR_HEADER } from "../../lib/task-types.js";
+import { ConfigStore } from "./config-store.js";
+import { checkNamespace } from "./config-validation.js";
 
-/** Header naming who makes a change (the gateway sets the caller's key id). */
-export const AUTHOR_HEADER = "x-taskmesh-author";
+/** Author recorded when a change carries no `x-taskmesh-author` header. */
+export const ANONYMOUS_AUTHOR = "anonymous";
+/** How long a finished watch waits for etcd to confirm its cancellation. */
+const CANCEL_TIMEOUT_MS = 2_000;
+/** Most namespaces one WatchConfig call may name. */
+const MAX_WATCH_NAMESPACES = 1000;
 
-/** Builds the ConfigService implementation over etcd. */
-export function configService(etcd: Etcd3, prefix: string, logger: Logger): Partial<ServiceImpl<typeof ConfigService>> {
-  const store = new ConfigStore(etcd, prefix);
+/**
+ * A WatchConfig "sync" event: `type` TYPE_UNSPECIFIED and an entry carrying only `revision`. It
+ * says: every change up to this revision has been sent. The service sends one right after the
+ * current documents (from_revision 0) or at once (from_revision > 0, with that revision), and
+ * again whenever etcd reports progress on an idle watch. Clients resume from it after a
+ * disconnect; clients that only know PUT and DELETE can ignore it.
+ */
+export function syncEvent(revision: bigint): ConfigEvent {
+  return create(ConfigEventSchema, { type: ConfigEvent_Type.UNSPECIFIED, entry: { revision } });
+}
+
+/**
+ * The error a caller gets: ConnectErrors as they are; etcd out of reach as UNAVAILABLE (worth
+ * retrying, maybe on another instance); anything else INTERNAL, logged, without details.
+ */
+function rpcError(err: unknown, log: Logger, method: string): ConnectError {
+  if (
+    err instanceof GRPCUnavailableError ||
+    err instanceof GRPCDeadlineExceededError ||
+    err instanceof GRPCCancelledError ||
+    err instanceof ClientClosedError ||
+    // etcd3 stops calling an etcd that keeps failing for a while (a cockatiel circuit breaker).
+    isBrokenCircuitError(err)
+  ) {
+    log.warn({ err, method }, "configuration store unavailable");
+    return new ConnectError("configuration store unavailable", Code.Unavailable, undefined, undefined, err);
+  }
+  return toConnectError(err, log, { method });
+}
+
+function authorOf(ctx: HandlerContext): string {
+  const a = ctx.requestHeader.get(AUTHOR_HEADER)?.trim();
+  return a === undefined || a === "" ? ANONYMOUS_AUTHOR : a.slice(0, 200);
+}
+
+/**
+ * The ConfigService implementation over etcd (see {@link ConfigStore} for the layout).
+ *
+ * - PutConfig validates the document against its namespace's schema and stores it as a new
+ *   version, or as the gray release when `gray_labels` is set; `expected_revision` makes it a
+ *   compare-and-set (0: must not exist yet) on the document, or on the gray release for a gray put.
+ * - DeleteConfig removes the document and its gray release; the history keeps a tombstone.
+ * - GetConfig returns the document (or, when there is none, the gray release); ListConfigs and
+ *   WatchConfig return documents and gray releases (entries with `gray_labels`).
+ * - WatchConfig: from_revision 0 sends the current documents and gray releases, then a sync event
+ *   (see {@link syncEvent}), then every change; from_revision N > 0 sends a sync event and every
+ *   change after N, or fails with OUT_OF_RANGE when N was compacted away (or is ahead of etcd:
+ *   another cluster) so the client re-reads from 0. A gray release's removal is a DELETE whose
+ *   entry has `gray_labels`. When etcd's watch breaks, the stream ends with UNAVAILABLE: the
+ *   client resumes from its last revision, here or on another instance.
+ */
+export function configService(etcd: Etcd3, root: string, logger: Logger): ServiceImpl<typeof ConfigService> {
+  const store = new ConfigStore(etcd, root);
   const log = logger.child({ component: "config-service" });
   const guard = async <T>(method: string, fn: () => Promise<T>): Promise<T> => {
     try {
       return await fn();
     } catch (err) {
-      throw toConnectError(err, log, { method });
+      throw rpcError(err, log, method);
     }
   };
   return {
     getConfig: (req) => guard("GetConfig", () => store.get(req.namespace)),
     putConfig: (req, ctx) =>
-      guard("PutConfig", () => {
+      guard("PutConfig", async () => {
         if (req.value === undefined) throw invalidArgument("value", "is required");
-        const author = ctx.requestHeader.get(AUTHOR_HEADER) ?? "anonymous";
-        return store.put(req.namespace, req.value, author.slice(0, 200), req.expectedRevision);
+        const opts = { author: authorOf(ctx), expectedRevision: req.expectedRevision };
+        const gray = Object.keys(req.grayLabels).length > 0;
+        const e = gray
+          ? await store.putGray(req.namespace, req.value, req.grayLabels, opts)
+          : await store.put(req.namespace, req.value, opts);
+        log.info({ namespace: req.namespace, revision: String(e.revision), author: opts.author, gray }, "config stored");
+        return e;
       }),
-    deleteConfig: (req) =>
+    deleteConfig: (req, ctx) =>
       guard("DeleteConfig", async () => {
-        await store.delete(req.namespace, req.expectedRevision);
+        const author = authorOf(ctx);
+        const revision = await store.delete(req.namespace, { author, expectedRevision: req.expectedRevision });
+        log.info({ namespace: req.namespace, revision: String(revision), author }, "config deleted");
         return create(DeleteConfigResponseSchema);
       }),
     listConfigs: (req) =>
@@ -46,65 +120,151 @@ export function configService(etcd: Etcd3, prefix: string, logger: Logger): Part
         const { entries } = await store.list(req.prefix);
         return create(ListConfigsResponseSchema, { entries });
       }),
-    async *watchConfig(req, ctx) {
-      for (const [i, ns] of req.namespaces.entries()) checkNamespace(ns, `namespaces[${i}]`);
-      if (req.fromRevision < 0n) throw invalidArgument("from_revision", "must not be negative");
-      const wanted = new Set(req.namespaces);
-      const match = (ns: string): boolean => wanted.size === 0 || wanted.has(ns);
-      const out = new AsyncQueue<ConfigEvent>();
-      let startRevision = req.fromRevision + 1n;
-      if (req.fromRevision === 0n) {
-        const snap = await guard("WatchConfig", () => store.list());
-        for (const e of snap.entries) {
-          if (match(e.namespace)) out.push(create(ConfigEventSchema, { type: ConfigEvent_Type.PUT, entry: e }));
-        }
-        startRevision = snap.revision + 1n;
-      }
-      const watcher = await etcd
-        .watch()
-        .prefix(prefix)
-        .withPreviousKV()
-        .startRevision(String(startRevision))
-        .create();
-      watcher.on("put", (kv) => {
-        const e = entryFromKv(prefix, kv);
-        if (e !== undefined && match(e.namespace)) {
-          out.push(create(ConfigEventSchema, { type: ConfigEvent_Type.PUT, entry: e }));
-        }
-      });
-      watcher.on("delete", (kv) => {
-        const ns = kv.key.toString().slice(prefix.length);
-        if (!match(ns)) return;
-        out.push(
-          create(ConfigEventSchema, {
-            type: ConfigEvent_Type.DELETE,
-            entry: { namespace: ns, revision: BigInt(kv.mod_revision) },
-          }),
+    getConfigHistory: (req) =>
+      guard("GetConfigHistory", async () =>
+        create(GetConfigHistoryResponseSchema, { entries: await store.history(req.namespace) }),
+      ),
+    rollbackConfig: (req, ctx) =>
+      guard("RollbackConfig", async () => {
+        const author = authorOf(ctx);
+        const e = await store.rollback(req.namespace, req.toRevision, author);
+        log.info(
+          { namespace: req.namespace, revision: String(e.revision), to: String(req.toRevision), author },
+          "config rolled back",
         );
-      });
-      watcher.on("error", (err: Error) => {
-        const compacted = /compact/i.test(err.message);
-        out.end(
-          new ConnectError(
-            compacted ? "from_revision was compacted; watch again from 0" : "config watch failed",
-            compacted ? Code.OutOfRange : Code.Unavailable,
-          ),
-        );
-      });
-      const onAbort = (): void => out.end();
-      ctx.signal.addEventListener("abort", onAbort);
-      try {
-        yield* out;
-      } finally {
-        ctx.signal.removeEventListener("abort", onAbort);
-        await watcher.cancel().catch(() => undefined);
-      }
-    },
+        return e;
+      }),
+    promoteGrayConfig: (req, ctx) =>
+      guard("PromoteGrayConfig", async () => {
+        const author = authorOf(ctx);
+        const e = await store.promote(req.namespace, author);
+        log.info({ namespace: req.namespace, revision: String(e.revision), author }, "gray config promoted");
+        return e;
+      }),
+    abandonGrayConfig: (req, ctx) =>
+      guard("AbandonGrayConfig", async () => {
+        const author = authorOf(ctx);
+        const revision = await store.abandon(req.namespace, author);
+        log.info({ namespace: req.namespace, revision: String(revision), author }, "gray config abandoned");
+        return create(AbandonGrayConfigResponseSchema);
+      }),
+    watchConfig: (req, ctx) => watchConfig(etcd, store, log, req.namespaces, req.fromRevision, ctx),
   };
 }
 
-/** Registers ConfigService on a router. */
-export function configRoutes(etcd: Etcd3, prefix: string, logger: Logger): (router: ConnectRouter) => void {
-  const impl = configService(etcd, prefix, logger);
+async function* watchConfig(
+  etcd: Etcd3,
+  store: ConfigStore,
+  log: Logger,
+  namespaces: readonly string[],
+  fromRevision: bigint,
+  ctx: HandlerContext,
+): AsyncGenerator<ConfigEvent> {
+  if (namespaces.length > MAX_WATCH_NAMESPACES) {
+    throw invalidArgument("namespaces", `at most ${MAX_WATCH_NAMESPACES}`);
+  }
+  for (const [i, ns] of namespaces.entries()) checkNamespace(ns, `namespaces[${i}]`);
+  if (fromRevision < 0n) throw invalidArgument("from_revision", "must not be negative");
+  const wanted = new Set(namespaces);
+  const match = (ns: string): boolean => wanted.size === 0 || wanted.has(ns);
+  const out = new AsyncQueue<ConfigEvent>();
+  let start: bigint;
+  try {
+    if (fromRevision === 0n) {
+      const snap = await store.snapshot(namespaces);
+      for (const e of snap.entries) out.push(create(ConfigEventSchema, { type: ConfigEvent_Type.PUT, entry: e }));
+      start = snap.revision;
+    } else {
+      const current = await store.currentRevision();
+      if (fromRevision > current) {
+        throw new ConnectError(
+          `from_revision ${fromRevision} is ahead of the store (at ${current}); watch again from 0`,
+          Code.OutOfRange,
+        );
+      }
+      start = fromRevision;
+    }
+  } catch (err) {
+    throw rpcError(err, log, "WatchConfig");
+  }
+  out.push(syncEvent(start));
+
+  // watcher() (not create()) so the listeners are in place before etcd replays anything.
+  const watcher: Watcher = etcd
+    .watch()
+    .inRange(store.keys.watchRange)
+    .withPreviousKV()
+    .startRevision(String(start + 1n))
+    .watcher();
+  let failed = false;
+  const fail = (err: ConnectError): void => {
+    if (failed) return;
+    failed = true;
+    out.end(err);
+  };
+  watcher.on("data", (res: IWatchResponse) => {
+    if (failed) return;
+    if (res.events.length === 0) {
+      // A progress notification: everything up to this revision has been delivered.
+      out.push(syncEvent(BigInt(res.header.revision)));
+      return;
+    }
+    for (const ev of res.events) {
+      const e = store.eventFromWatch(ev);
+      if (e !== undefined && match(e.entry?.namespace ?? "")) out.push(e);
+    }
+  });
+  // etcd3 would re-attach the watch by itself from the last revision it saw, which may skip
+  // events it had not delivered: end the stream instead, the client resumes from its own revision.
+  watcher.on("disconnected", (err: Error) => {
+    log.warn({ err }, "etcd watch disconnected, ending config watch");
+    fail(new ConnectError("config watch interrupted; resume from the last revision", Code.Unavailable));
+  });
+  // etcd cancelled the watch. etcd 3.4 gives no reason when the start revision was compacted
+  // (only compact_revision, which etcd3 does not pass on): ask etcd whether it was.
+  watcher.on("error", (err: Error) => {
+    void (async () => {
+      const compacted = /compact/i.test(err.message) || (await store.isCompacted(start));
+      if (!compacted) log.warn({ err }, "etcd watch failed");
+      fail(
+        compacted
+          ? new ConnectError("from_revision was compacted; watch again from 0", Code.OutOfRange)
+          : new ConnectError("config watch failed", Code.Unavailable),
+      );
+    })();
+  });
+  const onAbort = (): void => out.end();
+  ctx.signal.addEventListener("abort", onAbort, { once: true });
+  try {
+    yield* out;
+  } finally {
+    ctx.signal.removeEventListener("abort", onAbort);
+    await cancelWatcher(watcher, log);
+  }
+}
+
+async function cancelWatcher(w: Watcher, log: Logger): Promise<void> {
+  let timer: NodeJS.Timeout | undefined;
+  try {
+    await Promise.race([
+      w.cancel(),
+      new Promise<void>((resolve) => {
+        timer = setTimeout(resolve, CANCEL_TIMEOUT_MS);
+        timer.unref();
+      }),
+    ]);
+  } catch (err) {
+    log.debug({ err }, "watch cancel failed");
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+/**
+ * Registers ConfigService on a router: the one `routes` function shared by `main.ts` and tests.
+ * @param root the etcd root of taskmesh's keys, e.g. "/taskmesh/"
+ */
+export function configRoutes(etcd: Etcd3, root: string, logger: Logger): (router: ConnectRouter) => void {
+  const impl = configService(etcd, root, logger);
   return (router) => router.service(ConfigService, impl);
 }

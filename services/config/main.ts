@@ -27,7 +27,7 @@ try {
     name: "config",
     host: settings.host,
     port: settings.port,
-    routes: configRoutes(etcd, keys.config, logger),
+    routes: configRoutes(etcd, keys.root, logger),
     files: [file_taskmesh_v1_config_service],
     registry: createRegistry("config"),
     logger,
