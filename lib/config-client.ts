@@ -10,6 +10,10 @@ import { delay } from "./lifecycle.js";
 import type { Logger } from "./logger.js";
 import { configClientMetrics, type ConfigClientMetrics } from "./metrics.js";
 
+import type { Etcd3 } from "etcd3";
+import { etcdKeys, parseServiceRecord, type ServiceRecord } from "./keys.js";
+import { Membership } from "./membership.js";
+
 /** Options for {@link ConfigClient}. */
 export interface ConfigClientOptions {
   /**
@@ -603,4 +607,58 @@ function collect(snapshot: Map<string, Slot>, ev: ConfigEvent): void {
     slot.main = { value: e.value, revision: e.revision };
   }
   snapshot.set(e.namespace, slot);
+}
+
+/** Options for {@link connectConfig}. */
+export interface ConnectConfigOptions {
+  etcd: Etcd3;
+  /** etcd key root, e.g. "/taskmesh/": config service instances are found under `<root>services/config/`. */
+  root: string;
+  namespaces: readonly string[];
+  labels: Readonly<Record<string, string>>;
+  /** Last-known-good cache file; "" for none. */
+  cacheFile: string;
+  registry: Registry;
+  logger: Logger;
+}
+
+/** A service's live configuration: the client plus the discovery it uses. */
+export interface ServiceConfig {
+  readonly client: ConfigClient;
+  close(): Promise<void>;
+}
+
+/**
+ * Follows a service's configuration namespaces through the config service instances registered
+ * in etcd: what every service's assembly calls. Resolves once the first snapshot (or the disk
+ * cache, if the config service cannot be reached in time) is applied.
+ */
+export async function connectConfig(opts: ConnectConfigOptions): Promise<ServiceConfig> {
+  const members = new Membership<ServiceRecord>({
+    client: opts.etcd,
+    prefix: etcdKeys(opts.root).services("config"),
+    parse: parseServiceRecord,
+    logger: opts.logger,
+  });
+  await members.start().catch((err: unknown) => opts.logger.warn({ err }, "config service discovery unavailable"));
+  // With no config service registered there is nothing to wait for: start on the cache and
+  // defaults, and pick the configuration up as soon as an instance appears.
+  const registered = members.snapshot().size > 0;
+  const client = new ConfigClient({
+    addresses: configServiceAddresses(members),
+    ...(registered ? {} : { startTimeoutMs: 0 }),
+    namespaces: opts.namespaces,
+    labels: opts.labels,
+    ...(opts.cacheFile !== "" ? { cacheFile: opts.cacheFile } : {}),
+    registry: opts.registry,
+    logger: opts.logger,
+  });
+  await client.start();
+  return {
+    client,
+    async close() {
+      await client.close();
+      await members.close();
+    },
+  };
 }

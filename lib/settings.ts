@@ -28,6 +28,16 @@ export const as = {
     if (!Number.isInteger(n) || n < 0 || n > 65535) throw new Error(`expected a port, got ${JSON.stringify(raw)}`);
     return n;
   },
+  /** `k=v,k2=v2` → a record (instance labels). */
+  labels: (raw: string): Record<string, string> => {
+    const out: Record<string, string> = {};
+    for (const pair of raw.split(",").map((p) => p.trim()).filter((p) => p !== "")) {
+      const eq = pair.indexOf("=");
+      if (eq <= 0) throw new Error(`expected key=value, got ${JSON.stringify(pair)}`);
+      out[pair.slice(0, eq)] = pair.slice(eq + 1);
+    }
+    return out;
+  },
   list: (raw: string): string[] =>
     raw
       .split(",")
@@ -87,4 +97,16 @@ export const commonSettings = {
   etcd: { env: "TASKMESH_ETCD", default: ["127.0.0.1:2379"], parse: as.list, help: "etcd endpoints, comma-separated" },
   "etcd-root": { env: "TASKMESH_ETCD_ROOT", default: "/taskmesh/", parse: as.string, help: "root of taskmesh's etcd keys" },
   "log-level": { env: "TASKMESH_LOG_LEVEL", default: "info", parse: as.string, help: "pino log level" },
+  labels: {
+    env: "TASKMESH_LABELS",
+    default: {} as Record<string, string>,
+    parse: as.labels,
+    help: "instance labels k=v,… (gray releases of configuration target them)",
+  },
+  "config-cache": {
+    env: "TASKMESH_CONFIG_CACHE",
+    default: "",
+    parse: as.string,
+    help: "file for the last-known-good configuration (default .taskmesh/cache/<service>-<id>.json)",
+  },
 } satisfies Specs;

@@ -10,6 +10,8 @@ import { ConfigService, file_taskmesh_v1_config_service } from "../../gen/taskme
 import { ScheduleService, file_taskmesh_v1_schedule_service } from "../../gen/taskmesh/v1/schedule_service_pb.js";
 import { SchedulerService } from "../../gen/taskmesh/v1/scheduler_service_pb.js";
 import { TaskService, file_taskmesh_v1_task_service } from "../../gen/taskmesh/v1/task_service_pb.js";
+import { GatewayConfigSchema } from "../../gen/taskmesh/v1/config_service_pb.js";
+import { connectConfig, decodeConfig } from "../../lib/config-client.js";
 import { etcdKeys, parseServiceRecord, type ServiceRecord } from "../../lib/keys.js";
 import { Shutdown, type ComponentState } from "../../lib/lifecycle.js";
 import { Membership } from "../../lib/membership.js";
@@ -38,6 +40,10 @@ export interface GatewayOptions {
   maxRequestBytes: number;
   /** Origins allowed to call from browsers ("*" for any); empty: no CORS headers. */
   corsOrigins: string[];
+  /** Instance labels (gray releases of configuration target them). */
+  labels: Record<string, string>;
+  /** Last-known-good configuration file; "" for none. */
+  configCache: string;
   /** Certificate and key (PEM) to serve TLS; plaintext without. */
   tls?: { cert: Buffer; key: Buffer };
   version: string;
@@ -65,11 +71,33 @@ export async function startGateway(opts: GatewayOptions): Promise<Gateway> {
   const configs = members("config");
   const apiKeys = new ApiKeyStore({ etcd, prefix: keys.apiKeys, bootstrapKey: opts.bootstrapApiKey, logger: log });
   await Promise.all([schedulers.start(), configs.start(), apiKeys.start()]);
+  // Live settings: flags give the defaults, the `gateway` config namespace overrides them.
   const limits = { ...opts.rateLimits };
-  const maxRequestBytes = opts.maxRequestBytes;
+  let maxRequestBytes = opts.maxRequestBytes;
+  let cors = opts.corsOrigins.length > 0 ? createCorsHandler({ allowedOrigins: opts.corsOrigins }) : undefined;
+  const registry = createRegistry("gateway");
+  const config = await connectConfig({
+    etcd,
+    root: opts.etcdRoot,
+    namespaces: ["gateway"],
+    labels: opts.labels,
+    cacheFile: opts.configCache,
+    registry,
+    logger: log,
+  });
+  const applyConfig = (): void => {
+    const c = decodeConfig(GatewayConfigSchema, config.client.get("gateway"));
+    limits.ratePerSecond = c.rateLimitPerSecond ?? opts.rateLimits.ratePerSecond;
+    limits.burst = c.rateLimitBurst ?? opts.rateLimits.burst;
+    maxRequestBytes = c.maxRequestBytes !== undefined ? Number(c.maxRequestBytes) : opts.maxRequestBytes;
+    const origins = c.corsOrigins ?? opts.corsOrigins;
+    cors = origins.length > 0 ? createCorsHandler({ allowedOrigins: origins }) : undefined;
+    log.info({ limits, maxRequestBytes, origins }, "configuration applied");
+  };
+  applyConfig();
+  config.client.on("change", applyConfig);
   const limiter = new RateLimiter(redis, opts.redisPrefix, () => limits);
 
-  const registry = createRegistry("gateway");
   const routes = gatewayRoutes({
     schedulers: new Upstreams(SchedulerService, "scheduler", schedulers),
     schedules: new Upstreams(ScheduleService, "scheduler", schedulers),
@@ -84,7 +112,7 @@ export async function startGateway(opts: GatewayOptions): Promise<Gateway> {
     transport: createRouterTransport(routes, {
       router: { interceptors: [rpcMetricsInterceptor(registry, "gateway"), rpcLogInterceptor(log), ...interceptors] },
     }),
-    maxBodyBytes: maxRequestBytes,
+    maxBodyBytes: () => maxRequestBytes,
     logger: log,
   });
   const server = await startServer({
@@ -104,7 +132,7 @@ export async function startGateway(opts: GatewayOptions): Promise<Gateway> {
     interceptors,
     httpFallback: rest,
     ...(opts.tls !== undefined ? { tls: opts.tls } : {}),
-    ...(opts.corsOrigins.length > 0 ? { httpPrelude: createCorsHandler({ allowedOrigins: opts.corsOrigins }) } : {}),
+    httpPrelude: (req, res) => cors?.(req, res) ?? false,
   });
   const registration = await Registration.create({
     client: etcd,
@@ -128,7 +156,8 @@ export async function startGateway(opts: GatewayOptions): Promise<Gateway> {
       await configs.close();
       await apiKeys.close();
     })
-    .add("close clients", () => {
+    .add("close clients", async () => {
+      await config.close();
       redis.disconnect();
       etcd.close();
       state = "stopped";

@@ -1,4 +1,5 @@
 import { readFileSync } from "node:fs";
+import { resolve } from "node:path";
 import { createLogger } from "../../lib/logger.js";
 import { Shutdown } from "../../lib/lifecycle.js";
 import { as, commonSettings, readSettings } from "../../lib/settings.js";
@@ -53,6 +54,8 @@ try {
     rateLimits: { ratePerSecond: settings["rate-limit"], burst: settings["rate-burst"] },
     maxRequestBytes: settings["max-request-bytes"],
     corsOrigins: settings["cors-origins"],
+    labels: settings.labels,
+    configCache: settings["config-cache"] || resolve(".taskmesh/cache/gateway.json"),
     ...(tls !== undefined ? { tls } : {}),
     version: VERSION,
     logger,

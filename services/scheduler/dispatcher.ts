@@ -10,7 +10,8 @@ export interface DispatcherOptions {
   ring: Ring;
   /** The leader's live sessions by worker id. */
   sessions: ReadonlyMap<string, WorkerSession>;
-  leaseMs: number;
+  /** Lease of a claimed attempt (read at each round: it is live config). */
+  leaseMs: () => number;
   /** Most tasks claimed per Lua call. @default 500 */
   batchSize?: number;
   /** Idle re-check period, a safety net behind kicks. @default 250 */
@@ -141,7 +142,7 @@ export class Dispatcher {
         claims.push({ id: c.id, workerId });
       }
       if (claims.length === 0) continue;
-      const claimed = await store.claim(queue, claims, Date.now(), this.opts.leaseMs);
+      const claimed = await store.claim(queue, claims, Date.now(), this.opts.leaseMs());
       const byWorker = new Map<string, ClaimedTask[]>();
       for (const t of claimed) {
         let list = byWorker.get(t.workerId);

@@ -1,3 +1,4 @@
+import { resolve } from "node:path";
 import { createLogger } from "../../lib/logger.js";
 import { Shutdown } from "../../lib/lifecycle.js";
 import { as, commonSettings, readSettings } from "../../lib/settings.js";
@@ -29,6 +30,8 @@ try {
     taskLeaseMs: settings["task-lease-ms"],
     agingMsPerLevel: settings["aging-ms"],
     electionTtlSeconds: settings["election-ttl"],
+    labels: settings.labels,
+    configCache: settings["config-cache"] || resolve(".taskmesh/cache/scheduler.json"),
     version: VERSION,
     logger,
   });

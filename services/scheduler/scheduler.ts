@@ -5,6 +5,8 @@ import { Etcd3 } from "etcd3";
 import { Redis } from "ioredis";
 import type { Logger } from "pino";
 import { SchedulerInfoSchema } from "../../gen/taskmesh/v1/cluster_service_pb.js";
+import { SchedulerConfigSchema } from "../../gen/taskmesh/v1/config_service_pb.js";
+import { connectConfig, decodeConfig } from "../../lib/config-client.js";
 import { file_taskmesh_v1_schedule_service } from "../../gen/taskmesh/v1/schedule_service_pb.js";
 import { file_taskmesh_v1_scheduler_service } from "../../gen/taskmesh/v1/scheduler_service_pb.js";
 import {
@@ -27,7 +29,7 @@ import { Ring } from "./ring.js";
 import { scheduleRoutes } from "./schedule-service.js";
 import { ScheduleStore, ScheduleTicker } from "./schedules.js";
 import { schedulerRoutes } from "./scheduler-service.js";
-import { DEFAULT_SUBMIT } from "./submit.js";
+import { DEFAULT_SUBMIT, type SubmitDefaults } from "./submit.js";
 import { TaskStore } from "./task-store.js";
 import { WorkerSession } from "./worker-session.js";
 
@@ -48,6 +50,10 @@ export interface SchedulerOptions {
   agingMsPerLevel: number;
   /** TTL of the leader's campaign lease, in seconds. */
   electionTtlSeconds: number;
+  /** Instance labels (gray releases of configuration target them). */
+  labels: Record<string, string>;
+  /** Last-known-good configuration file; "" for none. */
+  configCache: string;
   version: string;
   logger: Logger;
 }
@@ -79,8 +85,41 @@ export async function startScheduler(opts: SchedulerOptions): Promise<Scheduler>
   const sub = redis.duplicate();
   const store = new TaskStore({ redis, prefix, agingMsPerLevel: opts.agingMsPerLevel, logger: log });
   const schedules = new ScheduleStore({ redis, prefix, logger: log });
-  const scheduleTicker = new ScheduleTicker({ schedules, tasks: store, defaults: () => DEFAULT_SUBMIT, logger: log });
   const etcd = new Etcd3({ hosts: opts.etcdEndpoints });
+  // Live settings: flags give the defaults, the `scheduler` config namespace overrides them.
+  let defaults: SubmitDefaults = DEFAULT_SUBMIT;
+  let leaseMs = opts.taskLeaseMs;
+  const config = await connectConfig({
+    etcd,
+    root: opts.etcdRoot,
+    namespaces: ["scheduler"],
+    labels: opts.labels,
+    cacheFile: opts.configCache,
+    registry,
+    logger: log,
+  });
+  const applyConfig = (): void => {
+    const c = decodeConfig(SchedulerConfigSchema, config.client.get("scheduler"));
+    const ms = (v: bigint | undefined, d: number): number => (v === undefined ? d : Number(v));
+    defaults = {
+      maxAttempts: c.defaultMaxAttempts ?? DEFAULT_SUBMIT.maxAttempts,
+      backoff: {
+        initialMs: ms(c.defaultBackoffInitialMs, DEFAULT_SUBMIT.backoff.initialMs),
+        maxMs: ms(c.defaultBackoffMaxMs, DEFAULT_SUBMIT.backoff.maxMs),
+        multiplier: c.defaultBackoffMultiplier ?? DEFAULT_SUBMIT.backoff.multiplier,
+        jitter: c.defaultBackoffJitter ?? DEFAULT_SUBMIT.backoff.jitter,
+      },
+      timeoutMs: DEFAULT_SUBMIT.timeoutMs,
+      resultTtlMs: ms(c.defaultResultTtlMs, DEFAULT_SUBMIT.resultTtlMs),
+      maxPayloadBytes: ms(c.maxPayloadBytes, DEFAULT_SUBMIT.maxPayloadBytes),
+    };
+    leaseMs = ms(c.taskLeaseMs, opts.taskLeaseMs);
+    store.setAgingMsPerLevel(ms(c.agingMsPerLevel, opts.agingMsPerLevel));
+    log.info({ defaults, leaseMs }, "configuration applied");
+  };
+  applyConfig();
+  config.client.on("change", applyConfig);
+  const scheduleTicker = new ScheduleTicker({ schedules, tasks: store, defaults: () => defaults, logger: log });
   queueMetrics(registry, async () =>
     (await store.stats(Date.now())).map((q) => ({
       name: q.name,
@@ -121,7 +160,7 @@ export async function startScheduler(opts: SchedulerOptions): Promise<Scheduler>
   // --- leader-only state -------------------------------------------------------------------
   const ring = new Ring();
   const sessions = new Map<string, WorkerSession>();
-  const dispatcher = new Dispatcher({ store, ring, sessions, leaseMs: opts.taskLeaseMs, metrics, logger: log });
+  const dispatcher = new Dispatcher({ store, ring, sessions, leaseMs: () => leaseMs, metrics, logger: log });
   const leadership = new Leadership({
     client: etcd,
     root: keys.root,
@@ -151,7 +190,7 @@ export async function startScheduler(opts: SchedulerOptions): Promise<Scheduler>
       record,
       epoch,
     store,
-      leaseMs: opts.taskLeaseMs,
+      leaseMs: () => leaseMs,
     logger: log,
       onCapacity: () => dispatcher.kick(),
       onStateChange: syncRing,
@@ -273,7 +312,7 @@ export async function startScheduler(opts: SchedulerOptions): Promise<Scheduler>
     store,
     workers,
     knownTypes: () => knownTypes,
-    defaults: () => DEFAULT_SUBMIT,
+    defaults: () => defaults,
     onSubmitted: (queues) =>
       void control({ t: "wake", q: [...queues] }).catch((err: unknown) => log.warn({ err }, "wake failed")),
     requestCancel: (w, taskId, attempt, reason) => control({ t: "cancel", w, id: taskId, a: attempt, r: reason }),
@@ -296,7 +335,7 @@ export async function startScheduler(opts: SchedulerOptions): Promise<Scheduler>
     port: opts.port,
     routes: (router) => {
       serviceRoutes(router);
-      scheduleRoutes({ schedules, knownTypes: () => knownTypes, defaults: () => DEFAULT_SUBMIT, logger: log })(router);
+      scheduleRoutes({ schedules, knownTypes: () => knownTypes, defaults: () => defaults, logger: log })(router);
     },
     files: [file_taskmesh_v1_scheduler_service, file_taskmesh_v1_schedule_service],
     registry,
@@ -337,6 +376,7 @@ export async function startScheduler(opts: SchedulerOptions): Promise<Scheduler>
       await schedulers.close();
     })
     .add("close clients", async () => {
+      await config.close();
       await store.close();
       sub.disconnect();
       redis.disconnect();

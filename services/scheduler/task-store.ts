@@ -269,7 +269,7 @@ function checkQueue(queue: string): void {
 export class TaskStore {
   private readonly redis: Redis;
   private readonly prefix: string;
-  private readonly aging: number;
+  private aging: number;
   private readonly maxEvents: number;
   private readonly maxRequeues: number;
   private readonly maxPeekSkip: number;
@@ -854,6 +854,11 @@ export class TaskStore {
    * Depths of every queue (see {@link queues}): queued, running, delayed, retry wait, dead,
    * oldest queued age, and whether it is paused.
    */
+  /** Changes the aging rate (live configuration); affects tasks made ready from now on. */
+  setAgingMsPerLevel(ms: number): void {
+    this.aging = ms;
+  }
+
   async stats(now: number): Promise<QueueStats[]> {
     const names = await this.queues();
     return Promise.all(

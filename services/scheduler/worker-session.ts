@@ -22,8 +22,8 @@ export interface WorkerSessionOptions {
   record: WorkerRecord;
   epoch: bigint;
   store: TaskStore;
-  /** Lease given to claimed tasks and renewed by heartbeats. */
-  leaseMs: number;
+  /** Lease given to claimed tasks and renewed by heartbeats (read at each use: it is live config). */
+  leaseMs: () => number;
   /** Ping period; a stream silent for 3 pings is declared dead. @default 1000 */
   pingMs?: number;
   logger: Logger;
@@ -103,8 +103,11 @@ export class WorkerSession {
   /** Registration changed (slots, draining, types). */
   update(record: WorkerRecord): void {
     const wasDraining = this.record.draining;
+    const moreSlots = record.slots > this.slots;
     this.record = record;
     this.taskTypes = record.taskTypes;
+    this.slots = record.slots;
+    if (moreSlots) this.opts.onCapacity();
     if (wasDraining !== record.draining) this.opts.onStateChange(this);
   }
 
@@ -230,7 +233,7 @@ export class WorkerSession {
       // are current, cancel the rest.
       const running = msg.hello.running.map((r) => ({ id: r.taskId, attempt: r.attempt }));
       if (running.length > 0) {
-        const { stale } = await store.renew(running, now, this.opts.leaseMs);
+        const { stale } = await store.renew(running, now, this.opts.leaseMs());
         const staleSet = new Set(stale.map((s) => `${s.id}/${s.attempt}`));
         for (const r of running) {
           if (staleSet.has(`${r.id}/${r.attempt}`)) this.cancel(r.id, r.attempt, "stale attempt");
@@ -279,10 +282,14 @@ export class WorkerSession {
       );
     }
     if (msg.heartbeat !== undefined) {
-      if (msg.heartbeat.slots > 0) this.slots = msg.heartbeat.slots;
+      if (msg.heartbeat.slots > 0 && msg.heartbeat.slots !== this.slots) {
+        const more = msg.heartbeat.slots > this.slots;
+        this.slots = msg.heartbeat.slots;
+        if (more) this.opts.onCapacity();
+      }
       const running = msg.heartbeat.running.map((r) => ({ id: r.taskId, attempt: r.attempt }));
       if (running.length > 0) {
-        const { stale } = await store.renew(running, now, this.opts.leaseMs);
+        const { stale } = await store.renew(running, now, this.opts.leaseMs());
         for (const s of stale) {
           if (this.inflight.get(s.id) === s.attempt) this.inflight.delete(s.id);
           this.cancel(s.id, s.attempt, "stale attempt");

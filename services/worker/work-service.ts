@@ -126,6 +126,11 @@ export class WorkSession {
     stream.out.push(msg);
   }
 
+  /** Sends a heartbeat now (e.g. after the slot count changed) rather than at the next tick. */
+  nudge(): void {
+    this.sendHeartbeat();
+  }
+
   private sendHeartbeat(): void {
     const stream = this.active;
     if (stream === undefined) return;

@@ -2,6 +2,8 @@ import { hostname } from "node:os";
 import { Etcd3 } from "etcd3";
 import type { Logger } from "pino";
 import { file_taskmesh_v1_worker_service } from "../../gen/taskmesh/v1/worker_service_pb.js";
+import { WorkerConfigSchema } from "../../gen/taskmesh/v1/config_service_pb.js";
+import { connectConfig, decodeConfig, workerNamespaces } from "../../lib/config-client.js";
 import { etcdKeys, type WorkerRecord } from "../../lib/keys.js";
 import { createRegistry, workerMetrics } from "../../lib/metrics.js";
 import { Registration } from "../../lib/registration.js";
@@ -33,6 +35,8 @@ export interface WorkerOptions {
   /** Lease TTL of the registration. @default 5 */
   leaseTtlSeconds: number;
   heartbeatMs: number;
+  /** Last-known-good configuration file; "" for none. */
+  configCache: string;
   version: string;
   logger: Logger;
 }
@@ -54,9 +58,13 @@ export async function startWorker(opts: WorkerOptions): Promise<Worker> {
   const metrics = workerMetrics(registry);
   const handlers = new Map<string, TaskHandler>();
   let executor: Executor | undefined;
+  // Live settings: flags give the defaults, the `worker` and `worker/<id>` config namespaces
+  // override them without a restart.
+  let httpAllowedHosts: readonly string[] = opts.httpAllowedHosts;
+  let shutdownGraceMs = opts.shutdownGraceMs;
   for (const [k, v] of builtinHandlers({
     filesRoot: opts.filesRoot,
-    httpAllowedHosts: () => opts.httpAllowedHosts,
+    httpAllowedHosts: () => httpAllowedHosts,
     slots: () => ({ slots: executor?.slots ?? opts.slots, used: executor?.used ?? 0 }),
   })) {
     handlers.set(k, v);
@@ -122,7 +130,31 @@ export async function startWorker(opts: WorkerOptions): Promise<Worker> {
     started,
     draining,
   });
-  let registration: Registration;
+  const config = await connectConfig({
+    etcd,
+    root: opts.etcdRoot,
+    namespaces: workerNamespaces(opts.id),
+    labels: opts.labels,
+    cacheFile: opts.configCache,
+    registry,
+    logger: log,
+  });
+  let registration: Registration | undefined;
+  const applyConfig = (): void => {
+    const c = decodeConfig(WorkerConfigSchema, config.client.get("worker"), config.client.get(`worker/${opts.id}`));
+    const slots = c.slots ?? opts.slots;
+    httpAllowedHosts = c.httpAllowedHosts ?? opts.httpAllowedHosts;
+    shutdownGraceMs = c.shutdownGraceMs !== undefined ? Number(c.shutdownGraceMs) : opts.shutdownGraceMs;
+    if (slots !== ex.slots) {
+      ex.setSlots(slots);
+      log.info({ slots }, "slots changed by configuration");
+      // Tell the scheduler at once: the heartbeat carries slots; the registration too.
+      work.nudge();
+      void registration?.update().catch((err: unknown) => log.warn({ err }, "registration update failed"));
+    }
+  };
+  applyConfig();
+  config.client.on("change", applyConfig);
   try {
     registration = await Registration.create({
       client: etcd,
@@ -133,26 +165,29 @@ export async function startWorker(opts: WorkerOptions): Promise<Worker> {
     });
   } catch (err) {
     await server.close();
+    await config.close();
     etcd.close();
     throw err;
   }
+  const reg = registration;
   state = "running";
-  log.info({ address: server.address, slots: opts.slots, taskTypes }, "worker registered");
+  log.info({ address: server.address, slots: ex.slots, taskTypes }, "worker registered");
 
   const shutdown = new Shutdown(log)
     .add("stop taking work", async () => {
       state = "draining";
       draining = true;
       server.setServing(false);
-      await registration.update();
+      await reg.update();
     })
-    .add("drain in-flight tasks", () => ex.drain(opts.shutdownGraceMs))
+    .add("drain in-flight tasks", () => ex.drain(shutdownGraceMs))
     .add("flush results", async () => {
       // Wait (bounded) for the scheduler to acknowledge the last results before leaving.
       await work.whenAcked(3000);
       work.close();
     })
-    .add("release lease", () => registration.close())
+    .add("release lease", () => reg.close())
+    .add("close config", () => config.close())
     .add("close server", () => server.close())
     .add("close etcd", () => {
       etcd.close();

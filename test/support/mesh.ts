@@ -135,7 +135,9 @@ export async function startMesh(o: MeshOptions): Promise<Mesh> {
   const etcdRoot = `/${o.prefix}/`;
   const redisPrefix = o.prefix;
   const filesRoot = await mkdtemp(join(tmpdir(), "taskmesh-files-"));
+  const cacheDir = await mkdtemp(join(tmpdir(), "taskmesh-cache-"));
   const common = ["--etcd", o.etcdEndpoint, "--etcd-root", etcdRoot];
+  const cache = (name: string): string[] => ["--config-cache", join(cacheDir, `${name}.json`)];
   const all: ServiceProcess[] = [];
   const track = (p: ServiceProcess): ServiceProcess => {
     all.push(p);
@@ -145,6 +147,7 @@ export async function startMesh(o: MeshOptions): Promise<Mesh> {
     const w = await startService("worker", id, [
       ...common,
       "--id", id,
+      ...cache(id),
       "--slots", String(o.slots ?? 10),
       "--files-root", filesRoot,
       "--shutdown-grace-ms", "3000",
@@ -161,6 +164,7 @@ export async function startMesh(o: MeshOptions): Promise<Mesh> {
         track(
           await startService("scheduler", `scheduler-${i + 1}`, [
             ...common,
+            ...cache(`scheduler-${i + 1}`),
             "--redis", o.redisUrl,
             "--redis-prefix", redisPrefix,
             ...(o.schedulerArgs ?? []),
@@ -175,7 +179,7 @@ export async function startMesh(o: MeshOptions): Promise<Mesh> {
       await startService(
         "gateway",
         "gateway",
-        [...common, "--redis", o.redisUrl, "--redis-prefix", redisPrefix, ...(o.gatewayArgs ?? [])],
+        [...common, ...cache("gateway"), "--redis", o.redisUrl, "--redis-prefix", redisPrefix, ...(o.gatewayArgs ?? [])],
         { env: { TASKMESH_BOOTSTRAP_API_KEY: apiKey } },
       ),
     );
@@ -192,11 +196,13 @@ export async function startMesh(o: MeshOptions): Promise<Mesh> {
       async close() {
         await Promise.all([...all].reverse().map((p) => p.stop()));
         await rm(filesRoot, { recursive: true, force: true });
+        await rm(cacheDir, { recursive: true, force: true });
       },
     };
   } catch (err) {
     await Promise.all(all.map((p) => p.kill()));
     await rm(filesRoot, { recursive: true, force: true });
+    await rm(cacheDir, { recursive: true, force: true });
     throw err;
   }
 }

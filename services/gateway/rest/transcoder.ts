@@ -143,7 +143,7 @@ export interface RestHandlerOptions {
   transport: Transport;
   logger: Logger;
   /** Largest request body; a larger one gets 413 with an INVALID_ARGUMENT status. @default DEFAULT_MAX_BODY_BYTES (1 MiB + 64 KiB) */
-  maxBodyBytes?: number;
+  maxBodyBytes?: number | (() => number);
   /** CORS for browsers; none when absent (no CORS headers, preflights get no CORS answer). */
   cors?: CorsOptions;
   /** Request headers passed on as call headers (lower case). @default DEFAULT_FORWARDED_HEADERS */
@@ -199,7 +199,8 @@ export function createRestHandler(opts: RestHandlerOptions): HttpHandler {
   const log = opts.logger.child({ component: "rest" });
   const router = new RestRouter(restBindings(opts.services));
   const registry = createRegistry(...opts.services.flatMap((s) => withDependencies(s.file)), ...(opts.registry ? [opts.registry] : []));
-  const maxBody = opts.maxBodyBytes ?? DEFAULT_MAX_BODY_BYTES;
+  const limit = opts.maxBodyBytes ?? DEFAULT_MAX_BODY_BYTES;
+  const maxBody = typeof limit === "number" ? () => limit : limit;
   const forward = (opts.forwardHeaders ?? DEFAULT_FORWARDED_HEADERS).map((h) => h.toLowerCase());
   const cors = opts.cors === undefined ? undefined : createCorsHandler(opts.cors);
   const headWait = opts.streamHeadWaitMs ?? 1000;
@@ -265,7 +266,7 @@ interface CallContext {
   log: Logger;
   transport: Transport;
   registry: Registry;
-  maxBody: number;
+  maxBody: () => number;
   forward: readonly string[];
   headWait: number;
   heartbeat: number;
@@ -295,10 +296,10 @@ async function serve(
   try {
     let bodyJson: JsonValue | undefined;
     if (binding.body !== "") {
-      const body = await readBody(req, ctx.maxBody);
+      const body = await readBody(req, ctx.maxBody());
       if (body === "too-large") {
         if (req.httpVersionMajor === 1) r.setHeader("connection", "close");
-        sendStatus(res, 413, { code: Code.InvalidArgument, message: `request body is larger than ${ctx.maxBody} bytes`, details: [] });
+        sendStatus(res, 413, { code: Code.InvalidArgument, message: `request body is larger than ${ctx.maxBody()} bytes`, details: [] });
         return;
       }
       bodyJson = parseJsonBody(body);
