@@ -34,7 +34,10 @@ export async function startService(
   // `node --import tsx` runs the service in this one process (the tsx CLI would add a wrapper
   // process, and a SIGKILL of the wrapper leaves the service running).
   const main = join(root, "services", service, "main.ts");
-  const child = spawn(process.execPath, ["--import", "tsx", main, "--port", String(port), ...args], {
+  // TASKMESH_CPU_PROF=<dir> profiles every service process (V8 .cpuprofile files, for benchmarks).
+  const prof = process.env.TASKMESH_CPU_PROF;
+  const profile = prof === undefined || prof === "" ? [] : ["--cpu-prof", "--cpu-prof-dir", join(prof, name)];
+  const child = spawn(process.execPath, [...profile, "--import", "tsx", main, "--port", String(port), ...args], {
     cwd: root,
     env: { ...process.env, TASKMESH_LOG_LEVEL: process.env.TASKMESH_LOG_LEVEL ?? "info", ...opts.env },
     stdio: ["ignore", "pipe", "pipe"],
