@@ -4,7 +4,7 @@
  * routes. Schemas follow the protobuf JSON mapping the transcoder speaks.
  */
 import { ScalarType, type DescEnum, type DescField, type DescMessage, type DescService, type JsonObject } from "@bufbuild/protobuf";
-import { restBindings, type RestBinding, type TemplateSegment } from "./route-template.js";
+import { JSON_SCALAR_WKT, restBindings, type RestBinding, type TemplateSegment } from "./route-template.js";
 
 /** The `info` (and `servers`) of the generated document. */
 export interface OpenApiInfo {
@@ -155,7 +155,7 @@ function queryParameters(msg: DescMessage, prefix: string, skip: ReadonlySet<Des
     if (skip.has(f)) continue;
     const name = prefix + f.jsonName;
     if (f.fieldKind === "map") continue;
-    const nested = f.fieldKind === "message" && !SCALAR_JSON_WKT.has(f.message.typeName) ? f.message : undefined;
+    const nested = f.fieldKind === "message" && !JSON_SCALAR_WKT.has(f.message.typeName) ? f.message : undefined;
     if (nested !== undefined) {
       if (stack.has(nested.typeName)) continue;
       stack.add(nested.typeName);
@@ -163,7 +163,7 @@ function queryParameters(msg: DescMessage, prefix: string, skip: ReadonlySet<Des
       stack.delete(nested.typeName);
       continue;
     }
-    if (f.fieldKind === "list" && f.listKind === "message" && !SCALAR_JSON_WKT.has(f.message.typeName)) continue;
+    if (f.fieldKind === "list" && f.listKind === "message" && !JSON_SCALAR_WKT.has(f.message.typeName)) continue;
     out.push({
       name,
       in: "query",
@@ -175,21 +175,6 @@ function queryParameters(msg: DescMessage, prefix: string, skip: ReadonlySet<Des
   return out;
 }
 
-/** Well-known types whose JSON is a string or scalar (usable as query parameters). */
-const SCALAR_JSON_WKT = new Set([
-  "google.protobuf.Duration",
-  "google.protobuf.Timestamp",
-  "google.protobuf.FieldMask",
-  "google.protobuf.DoubleValue",
-  "google.protobuf.FloatValue",
-  "google.protobuf.Int64Value",
-  "google.protobuf.UInt64Value",
-  "google.protobuf.Int32Value",
-  "google.protobuf.UInt32Value",
-  "google.protobuf.BoolValue",
-  "google.protobuf.StringValue",
-  "google.protobuf.BytesValue",
-]);
 
 /** Collects component schemas while handing out references to them. */
 class SchemaGen {

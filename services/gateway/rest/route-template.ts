@@ -402,3 +402,19 @@ function compareBindings(a: RestBinding, b: RestBinding): number {
   }
   return 0;
 }
+
+/** Well-known types whose JSON form is a string or a scalar: settable from one query value. */
+export const JSON_SCALAR_WKT: ReadonlySet<string> = new Set([
+  "google.protobuf.Duration",
+  "google.protobuf.Timestamp",
+  "google.protobuf.FieldMask",
+  "google.protobuf.DoubleValue",
+  "google.protobuf.FloatValue",
+  "google.protobuf.Int64Value",
+  "google.protobuf.UInt64Value",
+  "google.protobuf.Int32Value",
+  "google.protobuf.UInt32Value",
+  "google.protobuf.BoolValue",
+  "google.protobuf.StringValue",
+  "google.protobuf.BytesValue",
+]);

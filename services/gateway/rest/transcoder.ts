@@ -31,7 +31,7 @@ import type { HttpRequest, HttpResponse } from "../../../lib/server.js";
 import { VERSION } from "../../../lib/version.js";
 import { httpStatusFromCode, retryAfterSeconds, statusFromError, type StatusJson } from "./http-status.js";
 import { openApiDocument, type OpenApiInfo } from "./openapi.js";
-import { PathDecodeError, RestRouter, findField, restBindings, type RestBinding } from "./route-template.js";
+import { JSON_SCALAR_WKT, PathDecodeError, RestRouter, findField, restBindings, type RestBinding } from "./route-template.js";
 
 /** Default largest request body: a 1 MiB task payload plus room for the rest of the request. */
 export const DEFAULT_MAX_BODY_BYTES = 1024 * 1024 + 64 * 1024;
@@ -547,21 +547,6 @@ function resolveFieldPath(input: DescMessage, name: string): DescField[] | undef
   return fields;
 }
 
-// Well-known types whose JSON form is a string or a scalar: settable from one query value.
-const JSON_SCALAR_WKT = new Set([
-  "google.protobuf.Duration",
-  "google.protobuf.Timestamp",
-  "google.protobuf.FieldMask",
-  "google.protobuf.DoubleValue",
-  "google.protobuf.FloatValue",
-  "google.protobuf.Int64Value",
-  "google.protobuf.UInt64Value",
-  "google.protobuf.Int32Value",
-  "google.protobuf.UInt32Value",
-  "google.protobuf.BoolValue",
-  "google.protobuf.StringValue",
-  "google.protobuf.BytesValue",
-]);
 
 /**
  * The protobuf JSON value for a path or query leaf given its raw string value(s). Numbers go as
