@@ -1,0 +1,22 @@
+#!/bin/sh
+# Entry point of the taskmesh image: runs one service, chosen by the first argument or by
+# TASKMESH_SERVICE; the remaining arguments are that service's flags.
+#   docker run taskmesh worker --slots 4
+#   docker run -e TASKMESH_SERVICE=scheduler taskmesh
+# `exec` makes node PID 1, so SIGTERM from `docker stop` reaches the service's shutdown handler.
+set -eu
+case "${1:-}" in
+  gateway | scheduler | worker | config)
+    service="$1"
+    shift
+    ;;
+  *) service="${TASKMESH_SERVICE:-}" ;;
+esac
+case "$service" in
+  gateway | scheduler | worker | config) ;;
+  *)
+    echo "usage: <image> gateway|scheduler|worker|config [flags...]  (or set TASKMESH_SERVICE)" >&2
+    exit 64
+    ;;
+esac
+exec node --import tsx "/app/services/$service/main.ts" "$@"
