@@ -33,6 +33,8 @@ export const METRIC_NAMES = {
   queueOldestAge: "taskmesh_queue_oldest_queued_age_seconds",
   /** Gauge `{queue}`: 1 while the queue is paused. */
   queuePaused: "taskmesh_queue_paused",
+  /** Gauge `{upstream, replica}`: 1 while the gateway's circuit breaker to that replica is open. */
+  gatewayBreakerOpen: "taskmesh_gateway_breaker_open",
   /** Gauge: workers with a ready stream to the leader. */
   schedulerWorkers: "taskmesh_scheduler_workers",
   /** Gauge `{namespace}`: revision of the configuration a service applies (lib/config-client.ts). */
@@ -394,4 +396,21 @@ export function configClientMetrics(registry: Registry): ConfigClientMetrics {
         }),
     ),
   };
+}
+
+/**
+ * Registers the gateway's breaker gauge, read at scrape time: `read` returns, per upstream
+ * service, each replica's breaker state (true = open).
+ */
+export function breakerMetrics(registry: Registry, read: () => { upstream: string; replica: string; open: boolean }[]): void {
+  new Gauge({
+    name: METRIC_NAMES.gatewayBreakerOpen,
+    help: "1 while the gateway's circuit breaker to an upstream replica is open.",
+    labelNames: ["upstream", "replica"] as const,
+    registers: [registry],
+    collect() {
+      this.reset();
+      for (const b of read()) this.set({ upstream: b.upstream, replica: b.replica }, b.open ? 1 : 0);
+    },
+  });
 }

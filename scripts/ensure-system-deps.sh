@@ -1,10 +1,19 @@
 #!/usr/bin/env bash
-# Sourced by start.sh and test.sh: installs the Debian packages taskmesh runs on (etcd, Redis)
-# when they are missing and we are root; otherwise prints the command to run and fails.
+# Sourced by start.sh and test.sh: installs the Debian packages taskmesh needs when they are
+# missing and we are root; otherwise prints the command to run and fails. The mesh needs etcd and
+# Redis; with TASKMESH_TEST_DEPS=1 (npm test) also promtool, docker-compose (validation only) and
+# Chromium (the dashboard's browser test).
 missing=()
-command -v etcd >/dev/null 2>&1 || missing+=(etcd-server)
-command -v etcdctl >/dev/null 2>&1 || missing+=(etcd-client)
-command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+need() { command -v "$1" >/dev/null 2>&1 || missing+=("$2"); }
+need etcd etcd-server
+need etcdctl etcd-client
+need redis-server redis-server
+if [ "${TASKMESH_TEST_DEPS:-0}" = "1" ]; then
+  need redis-benchmark redis-tools
+  need promtool prometheus
+  need docker-compose docker-compose
+  need chromium chromium
+fi
 if ((${#missing[@]})); then
   if [ "$(id -u)" -eq 0 ]; then
     echo "installing ${missing[*]} (Debian packages)..."

@@ -8,6 +8,7 @@ import { randomBytes } from "node:crypto";
 import { createWriteStream, existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { createConnection, createServer } from "node:net";
 import { join, resolve } from "node:path";
+import { LOCAL_TARGETS_FILE, removePrometheusTargets, writePrometheusTargets } from "./prometheus-targets.js";
 
 const root = resolve(import.meta.dirname, "..");
 const data = join(root, ".taskmesh");
@@ -92,6 +93,7 @@ async function healthy(port: number): Promise<boolean> {
 async function stopAll(code: number): Promise<never> {
   if (stopping) return new Promise<never>(() => undefined);
   stopping = true;
+  await removePrometheusTargets(LOCAL_TARGETS_FILE).catch(() => undefined);
   out("stopping the mesh...");
   for (const p of [...procs].reverse()) {
     if (p.child.exitCode !== null || p.child.signalCode !== null) continue;
@@ -178,6 +180,18 @@ try {
   await until("worker-2", () => healthy(ports.worker2));
   await until("gateway", () => healthy(ports.gateway));
 
+  // A Prometheus started with deploy/prometheus/prometheus.yml finds this mesh through this file.
+  await writePrometheusTargets(
+    LOCAL_TARGETS_FILE,
+    [
+      { component: "config", address: `127.0.0.1:${ports.config}` },
+      { component: "scheduler", address: `127.0.0.1:${ports.scheduler}` },
+      { component: "worker", address: `127.0.0.1:${ports.worker1}` },
+      { component: "worker", address: `127.0.0.1:${ports.worker2}` },
+      { component: "gateway", address: `127.0.0.1:${ports.gateway}` },
+    ],
+    { mesh: "local" },
+  );
   const gw = `127.0.0.1:${ports.gateway}`;
   out("");
   out(`taskmesh is up. Logs in .taskmesh/logs/. Ctrl-C stops everything.`);

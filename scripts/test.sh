@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-source scripts/ensure-system-deps.sh
+TASKMESH_TEST_DEPS=1 source scripts/ensure-system-deps.sh
 
 echo "== type check"
 node_modules/.bin/tsc --noEmit
