@@ -8,6 +8,12 @@ export interface LoggerConfig {
   level?: string;
   /** Where lines go (a pino destination); stdout by default. */
   destination?: NodeJS.WritableStream;
+  /**
+   * Fields added to every line (pino's `mixin`), computed when the line is written: main.ts
+   * passes `traceMixin` (lib/tracing.ts) so each line carries the active span's `trace_id`.
+   * @default none
+   */
+  mixin?: () => object;
 }
 
 /**
@@ -19,6 +25,7 @@ export function createLogger(service: string, config: LoggerConfig = {}): Logger
     level: config.level ?? "info",
     base: { service, pid: process.pid },
     timestamp: pino.stdTimeFunctions.isoTime,
+    ...(config.mixin !== undefined ? { mixin: config.mixin } : {}),
   };
   return config.destination === undefined ? pino(opts) : pino(opts, config.destination);
 }

@@ -13,6 +13,7 @@ import { HealthRegistry, registerHealthService, ServingStatus } from "./health.j
 import type { Logger } from "./logger.js";
 import { rpcMetricsInterceptor } from "./metrics.js";
 import { REFLECTION_SERVICE_NAMES, registerReflectionServices } from "./reflection.js";
+import { tracingInterceptor } from "./tracing.js";
 
 /** A plain HTTP request as either Node server hands it over. */
 export type HttpRequest = http.IncomingMessage | http2.Http2ServerRequest;
@@ -48,7 +49,7 @@ export interface ServerOptions {
    * CORS headers here). Return true when it answered the request itself.
    */
   httpPrelude?: (req: HttpRequest, res: HttpResponse) => boolean;
-  /** connect-node interceptors, run inside the server's own RPC metrics interceptor. */
+  /** connect-node interceptors, run inside the server's own tracing, RPC metrics and logging interceptors. */
   interceptors?: Interceptor[];
   /**
    * Serve TLS instead of plaintext: HTTP/2 and HTTP/1.1 chosen by ALPN on the same port. With
@@ -122,7 +123,13 @@ export async function startServer(opts: ServerOptions): Promise<RpcServer> {
     // Compressing responses costs a lot of CPU on streams of batches for little gain on the
     // networks we run on (NOTES.md): never compress, never accept compressed requests.
     acceptCompression: [],
-    interceptors: [rpcMetricsInterceptor(opts.registry, opts.name), rpcLogInterceptor(log), ...(opts.interceptors ?? [])],
+    // Tracing first: metrics, logs and handlers all run inside the call's span.
+    interceptors: [
+      tracingInterceptor(),
+      rpcMetricsInterceptor(opts.registry, opts.name),
+      rpcLogInterceptor(log),
+      ...(opts.interceptors ?? []),
+    ],
     shutdownSignal: shutdown.signal,
     fallback(req, res) {
       // The fallback's response type is connect-node's patched union of both servers' responses.

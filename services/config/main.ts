@@ -11,15 +11,23 @@ import { startServer } from "../../lib/server.js";
 import { as, commonSettings, readSettings } from "../../lib/settings.js";
 import { VERSION } from "../../lib/version.js";
 import { configRoutes } from "./config-service.js";
+import { initTracing, traceMixin } from "../../lib/tracing.js";
 
 const settings = readSettings("taskmesh-config", {
   ...commonSettings,
   host: { env: "TASKMESH_CONFIG_HOST", default: "127.0.0.1", parse: as.string, help: "address to bind" },
   port: { env: "TASKMESH_CONFIG_PORT", default: 8082, parse: as.port, help: "port to bind (0 = any free port)" },
+  "otlp-endpoint": {
+    env: "OTEL_EXPORTER_OTLP_ENDPOINT",
+    default: "",
+    parse: as.string,
+    help: "OTLP/HTTP collector base URL; spans go to <url>/v1/traces (empty = no export)",
+  },
 });
 
-const logger = createLogger("config", { level: settings["log-level"] });
+const logger = createLogger("config", { level: settings["log-level"], mixin: traceMixin });
 try {
+  const stopTracing = initTracing("taskmesh-config", { otlpEndpoint: settings["otlp-endpoint"], version: VERSION, logger });
   const id = `${hostname()}-${process.pid}-${randomBytes(3).toString("hex")}`;
   const keys = etcdKeys(settings["etcd-root"]);
   const etcd = new Etcd3({ hosts: settings.etcd });
@@ -44,6 +52,7 @@ try {
     .add("release registration", () => registration.close())
     .add("close server", () => server.close())
     .add("close etcd", () => etcd.close())
+    .add("tracing", stopTracing)
     .onSignals(10_000);
 } catch (err) {
   logger.fatal({ err }, "config failed to start");

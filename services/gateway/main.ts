@@ -5,6 +5,7 @@ import { Shutdown } from "../../lib/lifecycle.js";
 import { as, commonSettings, readSettings } from "../../lib/settings.js";
 import { VERSION } from "../../lib/version.js";
 import { startGateway } from "./gateway.js";
+import { initTracing, traceMixin } from "../../lib/tracing.js";
 
 const settings = readSettings("taskmesh-gateway", {
   ...commonSettings,
@@ -34,10 +35,17 @@ const settings = readSettings("taskmesh-gateway", {
     parse: as.list,
     help: "origins allowed to call from browsers, comma-separated (* for any)",
   },
+  "otlp-endpoint": {
+    env: "OTEL_EXPORTER_OTLP_ENDPOINT",
+    default: "",
+    parse: as.string,
+    help: "OTLP/HTTP collector base URL; spans go to <url>/v1/traces (empty = no export)",
+  },
 });
 
-const logger = createLogger("gateway", { level: settings["log-level"] });
+const logger = createLogger("gateway", { level: settings["log-level"], mixin: traceMixin });
 try {
+  const stopTracing = initTracing("taskmesh-gateway", { otlpEndpoint: settings["otlp-endpoint"], version: VERSION, logger });
   if ((settings["tls-cert"] === "") !== (settings["tls-key"] === "")) throw new Error("--tls-cert and --tls-key go together");
   const tls =
     settings["tls-cert"] === ""
@@ -60,7 +68,7 @@ try {
     version: VERSION,
     logger,
   });
-  new Shutdown(logger).add("gateway", () => gateway.close()).onSignals(15_000);
+  new Shutdown(logger).add("gateway", () => gateway.close()).add("tracing", stopTracing).onSignals(15_000);
 } catch (err) {
   logger.fatal({ err }, "gateway failed to start");
   process.exit(1);

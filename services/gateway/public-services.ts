@@ -9,6 +9,7 @@ import { SchedulerService } from "../../gen/taskmesh/v1/scheduler_service_pb.js"
 import { TaskService } from "../../gen/taskmesh/v1/task_service_pb.js";
 import { toConnectError } from "../../lib/errors.js";
 import { AUTHOR_HEADER, TENANT_HEADER } from "../../lib/task-types.js";
+import { currentTraceparent } from "../../lib/tracing.js";
 import { apiKeyService } from "./api-key-service.js";
 import type { ApiKeyStore } from "./api-keys.js";
 import { CALLER } from "./auth.js";
@@ -30,8 +31,12 @@ function forwardHeaders(ctx: HandlerContext): Record<string, string> {
   const caller = ctx.values.get(CALLER);
   if (caller === undefined) throw new ConnectError("unauthenticated", Code.Unauthenticated);
   const headers: Record<string, string> = { [TENANT_HEADER]: caller.tenant, [AUTHOR_HEADER]: caller.keyId };
-  const trace = ctx.requestHeader.get("traceparent");
+  // The gateway's own span (tracingInterceptor) is the parent of the upstream call's. Without one
+  // (tracing off, or a REST call outside the interceptor) the caller's context goes on unchanged.
+  const trace = currentTraceparent() ?? ctx.requestHeader.get("traceparent");
   if (trace !== null) headers.traceparent = trace;
+  const state = ctx.requestHeader.get("tracestate");
+  if (trace !== null && state !== null) headers.tracestate = state;
   return headers;
 }
 

@@ -4,6 +4,7 @@ import { Shutdown } from "../../lib/lifecycle.js";
 import { as, commonSettings, readSettings } from "../../lib/settings.js";
 import { VERSION } from "../../lib/version.js";
 import { startScheduler } from "./scheduler.js";
+import { initTracing, traceMixin } from "../../lib/tracing.js";
 
 const settings = readSettings("taskmesh-scheduler", {
   ...commonSettings,
@@ -15,10 +16,17 @@ const settings = readSettings("taskmesh-scheduler", {
   "task-lease-ms": { env: "TASKMESH_TASK_LEASE_MS", default: 10_000, parse: as.int, help: "lease of a running attempt without heartbeats" },
   "aging-ms": { env: "TASKMESH_AGING_MS", default: 5000, parse: as.int, help: "waiting time worth one priority level" },
   "election-ttl": { env: "TASKMESH_ELECTION_TTL", default: 3, parse: as.int, help: "leader lease TTL in seconds" },
+  "otlp-endpoint": {
+    env: "OTEL_EXPORTER_OTLP_ENDPOINT",
+    default: "",
+    parse: as.string,
+    help: "OTLP/HTTP collector base URL; spans go to <url>/v1/traces (empty = no export)",
+  },
 });
 
-const logger = createLogger("scheduler", { level: settings["log-level"] });
+const logger = createLogger("scheduler", { level: settings["log-level"], mixin: traceMixin });
 try {
+  const stopTracing = initTracing("taskmesh-scheduler", { otlpEndpoint: settings["otlp-endpoint"], version: VERSION, logger });
   const scheduler = await startScheduler({
     ...(settings.id !== "" ? { id: settings.id } : {}),
     host: settings.host,
@@ -35,7 +43,7 @@ try {
     version: VERSION,
     logger,
   });
-  new Shutdown(logger).add("scheduler", () => scheduler.close()).onSignals(15_000);
+  new Shutdown(logger).add("scheduler", () => scheduler.close()).add("tracing", stopTracing).onSignals(15_000);
 } catch (err) {
   logger.fatal({ err }, "scheduler failed to start");
   process.exit(1);

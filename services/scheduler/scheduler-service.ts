@@ -21,6 +21,7 @@ import { invalidArgument, notFound, toConnectError } from "../../lib/errors.js";
 import type { WorkerRecord } from "../../lib/keys.js";
 import type { Membership } from "../../lib/membership.js";
 import { LIMITS, TENANT_HEADER } from "../../lib/task-types.js";
+import { currentTraceparent } from "../../lib/tracing.js";
 import { toNewTask, type SubmitDefaults } from "./submit.js";
 import type { TaskStore } from "./task-store.js";
 import type { SchedulerMetrics } from "../../lib/metrics.js";
@@ -86,7 +87,9 @@ export function schedulerService(deps: SchedulerServiceDeps): ServiceImpl<typeof
     const now = Date.now();
     const known = deps.knownTypes();
     const defaults = deps.defaults();
-    const tasks = reqs.map((r, i) => toNewTask(r, tenant, known, defaults, now, batch ? `tasks[${i}].` : ""));
+    // The SubmitTask(s) span (tracingInterceptor) becomes the parent of every attempt's span.
+    const traceparent = currentTraceparent();
+    const tasks = reqs.map((r, i) => toNewTask(r, tenant, known, defaults, now, batch ? `tasks[${i}].` : "", traceparent));
     const stored = await store.submit(tasks, now);
     deps.onSubmitted(new Set(tasks.map((t) => t.queue)));
     let created = 0;

@@ -3,6 +3,7 @@ import { monotonicFactory } from "ulid";
 import { Priority, type SubmitTaskRequest } from "../../gen/taskmesh/v1/task_pb.js";
 import { invalidArgument } from "../../lib/errors.js";
 import { LIMITS } from "../../lib/task-types.js";
+import { isTraceparent } from "../../lib/tracing.js";
 import type { NewTask } from "./task-store.js";
 
 /** Defaults applied to fields a submitter leaves empty. */
@@ -57,7 +58,9 @@ function checkDuration(field: string, d: Duration | undefined, maxMs: number): n
 
 /**
  * Validates one SubmitTaskRequest and turns it into the store's NewTask, or throws
- * INVALID_ARGUMENT naming the field (prefixed with `path`, e.g. "tasks[3].").
+ * INVALID_ARGUMENT naming the field (prefixed with `path`, e.g. "tasks[3]."). `traceparent` is
+ * the submitting request's W3C trace context (the scheduler's span), kept with the task so its
+ * attempts join that trace; a malformed one is dropped, not an error (tracing never fails a submit).
  */
 export function toNewTask(
   req: SubmitTaskRequest,
@@ -66,6 +69,7 @@ export function toNewTask(
   defaults: SubmitDefaults,
   now: number,
   path = "",
+  traceparent?: string,
 ): NewTask {
   const f = (name: string): string => `${path}${name}`;
   checkName(f("type"), req.type, true);
@@ -152,5 +156,6 @@ export function toNewTask(
     resultTtlMs,
     concurrencyKey: req.concurrencyKey,
     concurrencyLimit: req.concurrencyLimit,
+    ...(traceparent !== undefined && isTraceparent(traceparent) ? { traceparent } : {}),
   };
 }

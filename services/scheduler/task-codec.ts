@@ -28,7 +28,8 @@ import {
  *   expired; reset by a retry from the dead-letter set), and the immutable `ten`, `typ`, `pri`,
  *   `aff`, `max`, `ttl` (result TTL ms), `rat` (run-at ms of a task submitted DELAYED), `ck`
  *   concurrency key and `cl` concurrency limit (in the hash, not the spec, because claim.lua and
- *   peek.lua read them for every candidate and must not decode the payload to do so).
+ *   peek.lua read them for every candidate and must not decode the payload to do so), and `tp`
+ *   the submitter's W3C traceparent (claim.lua hands it to the worker with each attempt).
  * - `P:{q}:d:<id>` STRING, the rest of the immutable spec as JSON ({@link encodeSpec}).
  * - `P:{q}:r:<id>` STRING, the result JSON of a SUCCEEDED task.
  * - `P:{q}:ev:<id>` LIST of event entries ({@link EventEntry}) from sequence 2: the first event
@@ -75,6 +76,11 @@ export interface NewTask {
    * this task is claimed: each task's own limit applies (tasks sharing a key should share it).
    */
   concurrencyLimit: number;
+  /**
+   * W3C `traceparent` of the request that submitted the task (at most 55 characters, so the hash
+   * stays compact); the worker's span of each attempt is its child. Absent or empty: not traced.
+   */
+  traceparent?: string | undefined;
 }
 
 /** Retry delay policy: delay = min(maxMs, initialMs × multiplier^(attempt−1)), spread by ±jitter. */
@@ -158,6 +164,7 @@ export function storedFromNew(t: NewTask, now: number): StoredTask {
   if (t.affinityKey !== "") hash["aff"] = t.affinityKey;
   if (t.concurrencyKey !== "") hash["ck"] = t.concurrencyKey;
   if (t.concurrencyLimit > 0) hash["cl"] = String(t.concurrencyLimit);
+  if (t.traceparent !== undefined && t.traceparent !== "") hash["tp"] = t.traceparent;
   return { id: t.id, queue: t.queue, hash, spec: encodeSpec(t), result: null };
 }
 

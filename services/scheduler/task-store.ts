@@ -97,6 +97,8 @@ export interface ClaimedTask {
   tenant: string;
   labels: Record<string, string>;
   workerId: string;
+  /** W3C traceparent of the submitting request; absent when the task was not traced. */
+  traceparent?: string;
 }
 
 /** One attempt of a task: what worker reports are fenced by. */
@@ -416,6 +418,7 @@ export class TaskStore {
             encodeSpec(t),
             t.concurrencyKey,
             Math.max(0, Math.floor(t.concurrencyLimit)),
+            t.traceparent ?? "",
           );
         }
         calls.push(
@@ -577,6 +580,7 @@ export class TaskStore {
         const a = arr(x);
         const id = str(a[0]);
         const spec = decodeSpec(strOrNull(a[4]));
+        const traceparent = strOrNull(a[5]) ?? "";
         this.remember(id, queue);
         out.push({
           id,
@@ -588,6 +592,7 @@ export class TaskStore {
           tenant: strOrNull(a[3]) ?? "",
           labels: spec.labels,
           workerId: workerOf.get(id) ?? "",
+          ...(traceparent !== "" ? { traceparent } : {}),
         });
       }
     }

@@ -132,6 +132,7 @@ export class WorkerSession {
         queue: t.queue,
         tenant: t.tenant,
         labels: t.labels,
+        traceparent: t.traceparent ?? "",
       });
     }
     out.push(create(SchedulerMessageSchema, { epoch: this.opts.epoch, assignments }));

@@ -1,4 +1,6 @@
+import { SpanKind, SpanStatusCode, type Span } from "@opentelemetry/api";
 import type { Logger } from "pino";
+import { currentTraceparent, withSpan } from "../../lib/tracing.js";
 import { CancelledError, TaskFailure, type JsonObject, type JsonValue, type TaskContext, type TaskHandler } from "./task-api.js";
 
 /** One attempt of a task, as the scheduler hands it over. */
@@ -9,6 +11,8 @@ export interface Assignment {
   payload: JsonObject;
   /** Execution limit in milliseconds; 0 (or less) means none. */
   timeoutMs: number;
+  /** W3C traceparent of the request that submitted the task: the attempt's span is its child. */
+  traceparent?: string | undefined;
 }
 
 /** How an attempt ended. */
@@ -59,6 +63,8 @@ interface Running {
   grace: NodeJS.Timeout | undefined;
   /** Set once `finished` has been emitted: later reports of the handler are dropped. */
   done: boolean;
+  /** How the attempt ended, once it has. */
+  outcome?: Outcome;
 }
 
 const keyOf = (taskId: string, attempt: number): string => `${taskId}\u0000${attempt}`;
@@ -139,14 +145,27 @@ export class Executor {
     }
     this.emit("accepted", () => this.events.accepted(a));
 
-    const ctx = this.contextFor(run);
-    // The handler starts on a later microtask: `start` returns before any of its code runs.
-    Promise.resolve()
-      .then(() => handler(a.payload, ctx))
-      .then(
-        (value) => this.settle(run, { ok: true, value }),
-        (err: unknown) => this.settle(run, { ok: false, err }),
-      );
+    // The handler runs inside the attempt's span (a child of the submitter's trace), so its logs
+    // and its outgoing calls carry the trace; the span ends when the handler settles.
+    const attributes = { "taskmesh.task.id": a.taskId, "taskmesh.task.attempt": a.attempt, "taskmesh.task.type": a.type };
+    void withSpan(
+      `task ${a.type}`,
+      a.traceparent,
+      async (span) => {
+        const ctx = this.contextFor(run, currentTraceparent() ?? a.traceparent);
+        // The handler starts on a later microtask: `start` returns before any of its code runs.
+        await Promise.resolve();
+        let r: { ok: true; value: JsonValue | undefined } | { ok: false; err: unknown };
+        try {
+          r = { ok: true, value: await handler(a.payload, ctx) };
+        } catch (err) {
+          r = { ok: false, err };
+        }
+        this.settle(run, r);
+        if (run.outcome !== undefined) recordOutcome(span, run.outcome);
+      },
+      { kind: SpanKind.CONSUMER, attributes },
+    );
     return true;
   }
 
@@ -187,21 +206,27 @@ export class Executor {
     return this.drain(0);
   }
 
-  private contextFor(run: Running): TaskContext {
+  private contextFor(run: Running, traceparent: string | undefined): TaskContext {
     const { taskId, attempt } = run.a;
     return {
       taskId,
       attempt,
       signal: run.controller.signal,
+      traceparent,
+      // Reports are also debug lines of the worker's log, written in the handler's context: they
+      // carry the attempt's trace id.
       progress: (percent: number, message?: string): void => {
         if (run.done || typeof percent !== "number" || Number.isNaN(percent)) return;
         const p = Math.min(100, Math.max(0, Math.round(percent)));
+        this.log.debug({ taskId, attempt, progress: p, message }, "task progress");
         this.emit("progress", () => this.events.progress(taskId, attempt, p, message ?? ""));
       },
       log: (line: string): void => {
         if (run.done) return;
         const s = String(line);
-        this.emit("log", () => this.events.log(taskId, attempt, s.length > MAX_LOG_LINE ? s.slice(0, MAX_LOG_LINE) : s));
+        const cut = s.length > MAX_LOG_LINE ? s.slice(0, MAX_LOG_LINE) : s;
+        this.log.debug({ taskId, attempt, line: cut }, "task log");
+        this.emit("log", () => this.events.log(taskId, attempt, cut));
       },
     };
   }
@@ -253,6 +278,7 @@ export class Executor {
   private finish(run: Running, outcome: Outcome): void {
     if (run.done) return;
     run.done = true;
+    run.outcome = outcome;
     if (run.deadline !== undefined) clearTimeout(run.deadline);
     if (run.grace !== undefined) clearTimeout(run.grace);
     this.runs.delete(run.key);
@@ -294,6 +320,22 @@ export class Executor {
 function checkSlots(n: number): number {
   if (!Number.isInteger(n) || n < 0) throw new RangeError(`slots must be a non-negative integer, got ${n}`);
   return n;
+}
+
+/** Puts an attempt's outcome on its span: failures and cancellations get status ERROR. */
+function recordOutcome(span: Span, outcome: Outcome): void {
+  span.setAttribute("taskmesh.task.outcome", outcome.kind);
+  switch (outcome.kind) {
+    case "succeeded":
+      return;
+    case "failed":
+      span.setAttribute("taskmesh.task.error_code", outcome.code);
+      span.setStatus({ code: SpanStatusCode.ERROR, message: outcome.code });
+      return;
+    case "cancelled":
+      span.setStatus({ code: SpanStatusCode.ERROR, message: "CANCELLED" });
+      return;
+  }
 }
 
 function outcomeOfAbort(reason: unknown): Outcome {

@@ -5,6 +5,7 @@ import { createLogger } from "../../lib/logger.js";
 import { as, commonSettings, readSettings } from "../../lib/settings.js";
 import { VERSION } from "../../lib/version.js";
 import { startWorker } from "./worker.js";
+import { initTracing, traceMixin } from "../../lib/tracing.js";
 
 const settings = readSettings("taskmesh-worker", {
   ...commonSettings,
@@ -39,10 +40,17 @@ const settings = readSettings("taskmesh-worker", {
   },
   "lease-ttl": { env: "TASKMESH_WORKER_LEASE_TTL", default: 5, parse: as.int, help: "etcd lease TTL in seconds" },
   "heartbeat-ms": { env: "TASKMESH_WORKER_HEARTBEAT_MS", default: 1000, parse: as.int, help: "heartbeat period" },
+  "otlp-endpoint": {
+    env: "OTEL_EXPORTER_OTLP_ENDPOINT",
+    default: "",
+    parse: as.string,
+    help: "OTLP/HTTP collector base URL; spans go to <url>/v1/traces (empty = no export)",
+  },
 });
 
-const logger = createLogger("worker", { level: settings["log-level"] });
+const logger = createLogger("worker", { level: settings["log-level"], mixin: traceMixin });
 try {
+  const stopTracing = initTracing("taskmesh-worker", { otlpEndpoint: settings["otlp-endpoint"], version: VERSION, logger });
   const worker = await startWorker({
     id: settings.id,
     host: settings.host,
@@ -69,7 +77,10 @@ try {
     stopping = true;
     logger.info({ signal }, "shutting down");
     setTimeout(() => process.exit(1), shutdownLimit).unref();
-    void worker.close().then(() => process.exit(0));
+    void worker
+      .close()
+      .then(stopTracing)
+      .then(() => process.exit(0));
   };
   process.on("SIGINT", stop);
   process.on("SIGTERM", stop);

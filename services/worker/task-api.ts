@@ -17,6 +17,12 @@ export interface TaskContext {
   readonly attempt: number;
   /** Fires on cancel, timeout or worker shutdown; reason is a TaskFailure or a CancelledError. */
   readonly signal: AbortSignal;
+  /**
+   * W3C `traceparent` of this attempt's span (a child of the request that submitted the task):
+   * send it as the `traceparent` header of outgoing calls so they join the task's trace.
+   * Undefined when the task is not traced.
+   */
+  readonly traceparent?: string | undefined;
   /** Reports progress: `percent` is rounded and clamped to 0..100. */
   progress(percent: number, message?: string): void;
   /** Adds a line to the task's event stream (long lines are cut). */

@@ -164,6 +164,7 @@ export class WorkSession {
         type: a.type,
         payload: (a.payload ?? {}) as JsonObject,
         timeoutMs: Number(a.timeoutMs),
+        ...(a.traceparent !== "" ? { traceparent: a.traceparent } : {}),
       });
     }
     if (msg.ping !== undefined) {

@@ -1,8 +1,8 @@
 -- submit: stores new tasks of queue Q, honouring idempotency keys.
 -- KEYS: 1 ready, 2 delayed, 3 P:queues, 4 P:ix
--- ARGV[6..]: per task 12 values: id, tenant, idempotency key, run-at ms (0 = now), priority,
+-- ARGV[6..]: per task 13 values: id, tenant, idempotency key, run-at ms (0 = now), priority,
 --   type, affinity key, max attempts, result TTL ms, spec JSON, concurrency key ('' = none),
---   concurrency limit (0 = unlimited).
+--   concurrency limit (0 = unlimited), W3C traceparent of the submitter ('' = none).
 -- Returns per task: {'n'} when created, {'e', task} when an earlier task with the same
 -- (tenant, idempotency key) still exists (see load_task).
 -- The first event (seq 1, status QUEUED or DELAYED) is not written to the event list: it follows
@@ -10,7 +10,7 @@
 -- That saves the list (about 260 bytes) for every task that has not started yet.
 local out = {}
 redis.call('SADD', KEYS[3], Q)
-for i = 6, #ARGV, 12 do
+for i = 6, #ARGV, 13 do
   local id, tenant, ikey = ARGV[i], ARGV[i + 1], ARGV[i + 2]
   local run_at, pri = tonumber(ARGV[i + 3]), ARGV[i + 4]
   local existing = false
@@ -43,6 +43,7 @@ for i = 6, #ARGV, 12 do
     if ARGV[i + 6] ~= '' then f[#f + 1] = 'aff'; f[#f + 1] = ARGV[i + 6] end
     if ARGV[i + 10] ~= '' then f[#f + 1] = 'ck'; f[#f + 1] = ARGV[i + 10] end
     if tonumber(ARGV[i + 11]) > 0 then f[#f + 1] = 'cl'; f[#f + 1] = ARGV[i + 11] end
+    if ARGV[i + 12] ~= '' then f[#f + 1] = 'tp'; f[#f + 1] = ARGV[i + 12] end
     redis.call('HSET', tk, unpack(f))
     redis.call('SET', dkey(id), ARGV[i + 9])
     redis.call('HSET', KEYS[4], id, Q)
