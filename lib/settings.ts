@@ -103,6 +103,12 @@ export const commonSettings = {
     parse: as.labels,
     help: "instance labels k=v,… (gray releases of configuration target them)",
   },
+  "otlp-endpoint": {
+    env: "OTEL_EXPORTER_OTLP_ENDPOINT",
+    default: "",
+    parse: as.string,
+    help: "OTLP/HTTP collector base URL; spans go to <url>/v1/traces (empty = no export)",
+  },
   "config-cache": {
     env: "TASKMESH_CONFIG_CACHE",
     default: "",

@@ -17,12 +17,6 @@ const settings = readSettings("taskmesh-config", {
   ...commonSettings,
   host: { env: "TASKMESH_CONFIG_HOST", default: "127.0.0.1", parse: as.string, help: "address to bind" },
   port: { env: "TASKMESH_CONFIG_PORT", default: 8082, parse: as.port, help: "port to bind (0 = any free port)" },
-  "otlp-endpoint": {
-    env: "OTEL_EXPORTER_OTLP_ENDPOINT",
-    default: "",
-    parse: as.string,
-    help: "OTLP/HTTP collector base URL; spans go to <url>/v1/traces (empty = no export)",
-  },
 });
 
 const logger = createLogger("config", { level: settings["log-level"], mixin: traceMixin });

@@ -35,12 +35,6 @@ const settings = readSettings("taskmesh-gateway", {
     parse: as.list,
     help: "origins allowed to call from browsers, comma-separated (* for any)",
   },
-  "otlp-endpoint": {
-    env: "OTEL_EXPORTER_OTLP_ENDPOINT",
-    default: "",
-    parse: as.string,
-    help: "OTLP/HTTP collector base URL; spans go to <url>/v1/traces (empty = no export)",
-  },
 });
 
 const logger = createLogger("gateway", { level: settings["log-level"], mixin: traceMixin });

@@ -16,12 +16,6 @@ const settings = readSettings("taskmesh-scheduler", {
   "task-lease-ms": { env: "TASKMESH_TASK_LEASE_MS", default: 10_000, parse: as.int, help: "lease of a running attempt without heartbeats" },
   "aging-ms": { env: "TASKMESH_AGING_MS", default: 5000, parse: as.int, help: "waiting time worth one priority level" },
   "election-ttl": { env: "TASKMESH_ELECTION_TTL", default: 3, parse: as.int, help: "leader lease TTL in seconds" },
-  "otlp-endpoint": {
-    env: "OTEL_EXPORTER_OTLP_ENDPOINT",
-    default: "",
-    parse: as.string,
-    help: "OTLP/HTTP collector base URL; spans go to <url>/v1/traces (empty = no export)",
-  },
 });
 
 const logger = createLogger("scheduler", { level: settings["log-level"], mixin: traceMixin });

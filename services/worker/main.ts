@@ -40,12 +40,6 @@ const settings = readSettings("taskmesh-worker", {
   },
   "lease-ttl": { env: "TASKMESH_WORKER_LEASE_TTL", default: 5, parse: as.int, help: "etcd lease TTL in seconds" },
   "heartbeat-ms": { env: "TASKMESH_WORKER_HEARTBEAT_MS", default: 1000, parse: as.int, help: "heartbeat period" },
-  "otlp-endpoint": {
-    env: "OTEL_EXPORTER_OTLP_ENDPOINT",
-    default: "",
-    parse: as.string,
-    help: "OTLP/HTTP collector base URL; spans go to <url>/v1/traces (empty = no export)",
-  },
 });
 
 const logger = createLogger("worker", { level: settings["log-level"], mixin: traceMixin });
