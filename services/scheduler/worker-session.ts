@@ -224,36 +224,26 @@ export class WorkerSession {
     this.opts.onCapacity();
   }
 
+  /**
+   * Handles one worker message. Only a hello is awaited (the session is not ready before the
+   * store has answered it); reports go to Redis without waiting, so the next message is read at
+   * once: commands on one connection run in the order sent, so a task's progress still lands
+   * before its result. A failed write drops the stream: the worker then re-sends every result
+   * not acknowledged, and attempts it no longer runs are re-queued.
+   */
   private async onMessage(msg: WorkerMessage): Promise<void> {
     const store = this.opts.store;
     const now = Date.now();
-    if (msg.hello !== undefined) {
-      this.slots = msg.hello.slots;
-      if (msg.hello.taskTypes.length > 0) this.taskTypes = msg.hello.taskTypes;
-      // Attempts the worker still runs (e.g. after a leader change): keep those the store agrees
-      // are current, cancel the rest.
-      const running = msg.hello.running.map((r) => ({ id: r.taskId, attempt: r.attempt }));
-      if (running.length > 0) {
-        const { stale } = await store.renew(running, now, this.opts.leaseMs());
-        const staleSet = new Set(stale.map((s) => `${s.id}/${s.attempt}`));
-        for (const r of running) {
-          if (staleSet.has(`${r.id}/${r.attempt}`)) this.cancel(r.id, r.attempt, "stale attempt");
-          else this.inflight.set(r.id, r.attempt);
-        }
-      }
-      this.state = "ready";
-      this.log.info({ slots: this.slots, adopted: this.inflight.size }, "worker stream ready");
-      this.opts.onStateChange(this);
-      this.opts.onCapacity();
-    }
+    if (msg.hello !== undefined) await this.onHello(msg.hello.slots, msg.hello.taskTypes, msg.hello.running, now);
     if (msg.progress.length > 0) {
-      await store.progress(
-        msg.progress.map((p) => ({ id: p.taskId, attempt: p.attempt, progress: p.progress, message: p.message })),
-        now,
-      );
+      store
+        .progress(msg.progress.map((p) => ({ id: p.taskId, attempt: p.attempt, progress: p.progress, message: p.message })), now)
+        .catch((err: unknown) => this.storeFailed(err));
     }
     if (msg.logs.length > 0) {
-      await store.log(msg.logs.map((l) => ({ id: l.taskId, attempt: l.attempt, line: l.line })), now);
+      store
+        .log(msg.logs.map((l) => ({ id: l.taskId, attempt: l.attempt, line: l.line })), now)
+        .catch((err: unknown) => this.storeFailed(err));
     }
     if (msg.results.length > 0) {
       const results = msg.results.map((r) => {
@@ -273,13 +263,12 @@ export class WorkerSession {
         return { id: r.taskId, attempt: r.attempt, outcome };
       });
       this.opts.onCapacity();
-      await store.complete(results, now);
-      // Applied or stale, the worker may forget them now.
-      this.out?.push(
-        create(SchedulerMessageSchema, {
-          epoch: this.opts.epoch,
-          acked: msg.results.map((r) => ({ taskId: r.taskId, attempt: r.attempt })),
-        }),
+      const out = this.out;
+      const acked = msg.results.map((r) => ({ taskId: r.taskId, attempt: r.attempt }));
+      store.complete(results, now).then(
+        // Applied or stale, the worker may forget them now.
+        () => out?.push(create(SchedulerMessageSchema, { epoch: this.opts.epoch, acked })),
+        (err: unknown) => this.storeFailed(err),
       );
     }
     if (msg.heartbeat !== undefined) {
@@ -290,13 +279,40 @@ export class WorkerSession {
       }
       const running = msg.heartbeat.running.map((r) => ({ id: r.taskId, attempt: r.attempt }));
       if (running.length > 0) {
-        const { stale } = await store.renew(running, now, this.opts.leaseMs());
-        for (const s of stale) {
-          if (this.inflight.get(s.id) === s.attempt) this.inflight.delete(s.id);
-          this.cancel(s.id, s.attempt, "stale attempt");
-        }
+        store.renew(running, now, this.opts.leaseMs()).then(({ stale }) => {
+          for (const st of stale) {
+            if (this.inflight.get(st.id) === st.attempt) this.inflight.delete(st.id);
+            this.cancel(st.id, st.attempt, "stale attempt");
+          }
+        }, (err: unknown) => this.storeFailed(err));
       }
     }
+  }
+
+  private async onHello(slots: number, taskTypes: string[], running: { taskId: string; attempt: number }[], now: number): Promise<void> {
+    this.slots = slots;
+    if (taskTypes.length > 0) this.taskTypes = taskTypes;
+    // Attempts the worker still runs (e.g. after a leader change): keep those the store agrees
+    // are current, cancel the rest.
+    const refs = running.map((r) => ({ id: r.taskId, attempt: r.attempt }));
+    if (refs.length > 0) {
+      const { stale } = await this.opts.store.renew(refs, now, this.opts.leaseMs());
+      const staleSet = new Set(stale.map((x) => `${x.id}/${x.attempt}`));
+      for (const r of refs) {
+        if (staleSet.has(`${r.id}/${r.attempt}`)) this.cancel(r.id, r.attempt, "stale attempt");
+        else this.inflight.set(r.id, r.attempt);
+      }
+    }
+    this.state = "ready";
+    this.log.info({ slots: this.slots, adopted: this.inflight.size }, "worker stream ready");
+    this.opts.onStateChange(this);
+    this.opts.onCapacity();
+  }
+
+  private storeFailed(err: unknown): void {
+    if (this.isClosed()) return;
+    this.log.error({ err }, "recording the worker's reports failed; dropping its stream");
+    this.abort?.abort(new Error("store write failed"));
   }
 
   /**
