@@ -2,6 +2,7 @@ import { setMaxListeners } from "node:events";
 import * as http from "node:http";
 import * as http2 from "node:http2";
 import * as net from "node:net";
+import { hostname } from "node:os";
 import * as tls from "node:tls";
 import type { GenFile } from "@bufbuild/protobuf/codegenv2";
 import { Code, ConnectError, type ConnectRouter, type Interceptor } from "@connectrpc/connect";
@@ -51,6 +52,12 @@ export interface ServerOptions {
   httpPrelude?: (req: HttpRequest, res: HttpResponse) => boolean;
   /** connect-node interceptors, run inside the server's own tracing, RPC metrics and logging interceptors. */
   interceptors?: Interceptor[];
+  /**
+   * The address other services should dial (`host` or `host:port`), registered in etcd; needed
+   * when binding to 0.0.0.0 in a container. Without it: the bound address, or `<hostname>:port`
+   * when bound to a wildcard address.
+   */
+  advertiseAddress?: string;
   /**
    * Serve TLS instead of plaintext: HTTP/2 and HTTP/1.1 chosen by ALPN on the same port. With
    * `ca` and `requireClientCert`, clients must present a certificate signed by it (mTLS).
@@ -262,7 +269,16 @@ export async function startServer(opts: ServerOptions): Promise<RpcServer> {
   const bound = listener.address();
   if (bound === null || typeof bound === "string") throw new Error("server bound to no TCP address");
   const port = bound.port;
-  const address = `${host.includes(":") ? `[${host}]` : host}:${port}`;
+  const wildcard = host === "0.0.0.0" || host === "::" || host === "";
+  const advertised = opts.advertiseAddress ?? "";
+  const address =
+    advertised !== ""
+      ? /:\d+$/.test(advertised) && !advertised.endsWith("]")
+        ? advertised
+        : `${advertised}:${port}`
+      : wildcard
+        ? `${hostname()}:${port}`
+        : `${host.includes(":") ? `[${host}]` : host}:${port}`;
   log.info({ address }, "server listening");
 
   const close = async (): Promise<void> => {

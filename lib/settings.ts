@@ -109,6 +109,12 @@ export const commonSettings = {
     parse: as.string,
     help: "OTLP/HTTP collector base URL; spans go to <url>/v1/traces (empty = no export)",
   },
+  "advertise-address": {
+    env: "TASKMESH_ADVERTISE_ADDRESS",
+    default: "",
+    parse: as.string,
+    help: "host[:port] other services dial, when it differs from the bound address (containers)",
+  },
   "config-cache": {
     env: "TASKMESH_CONFIG_CACHE",
     default: "",

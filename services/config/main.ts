@@ -31,6 +31,7 @@ try {
     port: settings.port,
     routes: configRoutes(etcd, keys.root, logger),
     files: [file_taskmesh_v1_config_service],
+    advertiseAddress: settings["advertise-address"],
     registry: createRegistry("config"),
     logger,
   });

@@ -57,6 +57,7 @@ try {
     maxRequestBytes: settings["max-request-bytes"],
     corsOrigins: settings["cors-origins"],
     labels: settings.labels,
+    advertiseAddress: settings["advertise-address"],
     configCache: settings["config-cache"] || resolve(".taskmesh/cache/gateway.json"),
     ...(tls !== undefined ? { tls } : {}),
     version: VERSION,

@@ -33,6 +33,7 @@ try {
     agingMsPerLevel: settings["aging-ms"],
     electionTtlSeconds: settings["election-ttl"],
     labels: settings.labels,
+    advertiseAddress: settings["advertise-address"],
     configCache: settings["config-cache"] || resolve(".taskmesh/cache/scheduler.json"),
     version: VERSION,
     logger,

@@ -54,6 +54,8 @@ export interface SchedulerOptions {
   labels: Record<string, string>;
   /** Last-known-good configuration file; "" for none. */
   configCache: string;
+  /** What other services dial (see ServerOptions.advertiseAddress); "" for the bound address. */
+  advertiseAddress: string;
   version: string;
   logger: Logger;
 }
@@ -338,6 +340,7 @@ export async function startScheduler(opts: SchedulerOptions): Promise<Scheduler>
       scheduleRoutes({ schedules, knownTypes: () => knownTypes, defaults: () => defaults, logger: log })(router);
     },
     files: [file_taskmesh_v1_scheduler_service, file_taskmesh_v1_schedule_service],
+    advertiseAddress: opts.advertiseAddress,
     registry,
     logger: log,
   });

@@ -57,6 +57,7 @@ try {
     httpAllowedHosts: settings["http-allowed-hosts"],
     queues: settings.queues,
     labels: settings.labels,
+    advertiseAddress: settings["advertise-address"],
     configCache: settings["config-cache"] || resolve(".taskmesh/cache", `worker-${settings.id}.json`),
     shutdownGraceMs: settings["shutdown-grace-ms"],
     leaseTtlSeconds: settings["lease-ttl"],

@@ -37,6 +37,8 @@ export interface WorkerOptions {
   heartbeatMs: number;
   /** Last-known-good configuration file; "" for none. */
   configCache: string;
+  /** What other services dial (see ServerOptions.advertiseAddress); "" for the bound address. */
+  advertiseAddress: string;
   version: string;
   logger: Logger;
 }
@@ -109,6 +111,7 @@ export async function startWorker(opts: WorkerOptions): Promise<Worker> {
     port: opts.port,
     routes: workerRoutes(work),
     files: [file_taskmesh_v1_worker_service],
+    advertiseAddress: opts.advertiseAddress,
     registry,
     logger: log,
   });

@@ -562,7 +562,7 @@ describe("docker-compose.yml", () => {
       const kind = s?.command?.[0] ?? "";
       const port = ports[kind];
       expect(port, `${name} runs ${kind}`).toBeDefined();
-      expect(s?.environment?.[`TASKMESH_${kind.toUpperCase()}_ADVERTISE_ADDRESS`], name).toBe(`${name}:${port}`);
+      expect(s?.environment?.TASKMESH_ADVERTISE_ADDRESS, name).toBe(`${name}:${port}`);
       expect(s?.environment?.TASKMESH_ETCD, name).toBe("etcd:2379");
       expect(s?.healthcheck?.test?.join(" "), name).toContain(`http://127.0.0.1:${port}/healthz`);
     }

@@ -56,6 +56,7 @@ describe("trace context across the mesh", () => {
       electionTtlSeconds: 2,
       labels: {},
       configCache: "",
+      advertiseAddress: "",
       version: "test",
       logger: silentLogger(),
     });
@@ -75,6 +76,7 @@ describe("trace context across the mesh", () => {
       leaseTtlSeconds: 5,
       heartbeatMs: 500,
       configCache: "",
+      advertiseAddress: "",
       version: "test",
       logger: createLogger("worker", { level: "debug", destination, mixin: traceMixin }),
     });
@@ -91,6 +93,7 @@ describe("trace context across the mesh", () => {
       corsOrigins: [],
       labels: {},
       configCache: "",
+      advertiseAddress: "",
       version: "test",
       logger: silentLogger(),
     });
