@@ -195,7 +195,8 @@ try {
   const gw = `127.0.0.1:${ports.gateway}`;
   out("");
   out(`taskmesh is up. Logs in .taskmesh/logs/. Ctrl-C stops everything.`);
-  out(`  gateway     http://${gw}   (gRPC, Connect, gRPC-Web; metrics at /metrics)`);
+  out(`  gateway     http://${gw}   (gRPC, Connect, gRPC-Web, REST; metrics at /metrics)`);
+  out(`  dashboard   http://${gw}/ui   (sign in with the API key below)`);
   out(`  scheduler   127.0.0.1:${ports.scheduler}   config 127.0.0.1:${ports.config}   workers 127.0.0.1:${ports.worker1}, 127.0.0.1:${ports.worker2}`);
   out(`  etcd        ${etcdEndpoint}   redis ${redisUrl}`);
   out(`  API key     ${apiKey}`);

@@ -5,4 +5,6 @@ cd "$(dirname "$0")/.."
 
 source scripts/ensure-system-deps.sh
 
+echo "building the web dashboard..."
+node_modules/.bin/tsx scripts/build-ui.ts >/dev/null
 exec node_modules/.bin/tsx scripts/mesh.ts "$@"

@@ -8,6 +8,9 @@ TASKMESH_TEST_DEPS=1 source scripts/ensure-system-deps.sh
 
 echo "== type check"
 node_modules/.bin/tsc --noEmit
+node_modules/.bin/tsc --noEmit -p ui/tsconfig.json
+echo "== build the web dashboard"
+node_modules/.bin/tsx scripts/build-ui.ts >/dev/null
 echo "== buf lint"
 node_modules/.bin/buf lint
 echo "== tests"

@@ -1,6 +1,8 @@
 import { randomBytes } from "node:crypto";
 import { hostname } from "node:os";
+import { join } from "node:path";
 import { createRouterTransport } from "@connectrpc/connect";
+import { CircuitState } from "cockatiel";
 import { Etcd3 } from "etcd3";
 import { Redis } from "ioredis";
 import type { Logger } from "pino";
@@ -15,15 +17,17 @@ import { connectConfig, decodeConfig } from "../../lib/config-client.js";
 import { etcdKeys, parseServiceRecord, type ServiceRecord } from "../../lib/keys.js";
 import { Shutdown, type ComponentState } from "../../lib/lifecycle.js";
 import { Membership } from "../../lib/membership.js";
-import { createRegistry, rpcMetricsInterceptor } from "../../lib/metrics.js";
+import { breakerMetrics, createRegistry, rpcMetricsInterceptor } from "../../lib/metrics.js";
 import { Registration } from "../../lib/registration.js";
 import { rpcLogInterceptor } from "../../lib/rpc-log.js";
+import { tracingInterceptor } from "../../lib/tracing.js";
 import { startServer } from "../../lib/server.js";
 import { ApiKeyStore } from "./api-keys.js";
 import { authInterceptor } from "./auth.js";
 import { gatewayRoutes } from "./public-services.js";
 import { RateLimiter, type RateLimits } from "./rate-limit.js";
 import { createCorsHandler, createRestHandler } from "./rest/transcoder.js";
+import { createUiHandler } from "./ui.js";
 import { Upstreams } from "./upstreams.js";
 
 /** Everything a gateway needs, already parsed (main.ts reads env and flags). */
@@ -44,6 +48,8 @@ export interface GatewayOptions {
   labels: Record<string, string>;
   /** Last-known-good configuration file; "" for none. */
   configCache: string;
+  /** What other services dial (see ServerOptions.advertiseAddress); "" for the bound address. */
+  advertiseAddress: string;
   /** Certificate and key (PEM) to serve TLS; plaintext without. */
   tls?: { cert: Buffer; key: Buffer };
   version: string;
@@ -98,10 +104,22 @@ export async function startGateway(opts: GatewayOptions): Promise<Gateway> {
   config.client.on("change", applyConfig);
   const limiter = new RateLimiter(redis, opts.redisPrefix, () => limits);
 
-  const routes = gatewayRoutes({
+  const upstreams = {
     schedulers: new Upstreams(SchedulerService, "scheduler", schedulers),
     schedules: new Upstreams(ScheduleService, "scheduler", schedulers),
     config: new Upstreams(ConfigService, "config", configs),
+  };
+  breakerMetrics(registry, () =>
+    (["schedulers", "config"] as const).flatMap((u) =>
+      [...upstreams[u].breakerStates()].map(([replica, state]) => ({
+        upstream: u === "config" ? "config" : "scheduler",
+        replica,
+        open: state === CircuitState.Open,
+      })),
+    ),
+  );
+  const routes = gatewayRoutes({
+    ...upstreams,
     keys: apiKeys,
     logger: log,
   });
@@ -110,11 +128,14 @@ export async function startGateway(opts: GatewayOptions): Promise<Gateway> {
   const rest = createRestHandler({
     services: [TaskService, ScheduleService, ClusterService, ConfigService, ApiKeyService],
     transport: createRouterTransport(routes, {
-      router: { interceptors: [rpcMetricsInterceptor(registry, "gateway"), rpcLogInterceptor(log), ...interceptors] },
+      router: {
+        interceptors: [tracingInterceptor(), rpcMetricsInterceptor(registry, "gateway"), rpcLogInterceptor(log), ...interceptors],
+      },
     }),
     maxBodyBytes: () => maxRequestBytes,
     logger: log,
   });
+  const ui = createUiHandler({ dir: join(import.meta.dirname, "../../ui/dist"), prefix: "/ui", logger: log });
   const server = await startServer({
     name: "gateway",
     host: opts.host,
@@ -130,7 +151,8 @@ export async function startGateway(opts: GatewayOptions): Promise<Gateway> {
     registry,
     logger: log,
     interceptors,
-    httpFallback: rest,
+    advertiseAddress: opts.advertiseAddress,
+    httpFallback: (req, res) => ui(req, res) || rest(req, res),
     ...(opts.tls !== undefined ? { tls: opts.tls } : {}),
     httpPrelude: (req, res) => cors?.(req, res) ?? false,
   });
