@@ -35,6 +35,16 @@ export const METRIC_NAMES = {
   queuePaused: "taskmesh_queue_paused",
   /** Gauge `{upstream, replica}`: 1 while the gateway's circuit breaker to that replica is open. */
   gatewayBreakerOpen: "taskmesh_gateway_breaker_open",
+  /** Counter `{type, outcome}`: attempts the leader saw end (succeeded, failed, cancelled). */
+  taskAttemptsFinished: "taskmesh_task_attempts_finished_total",
+  /** Histogram `{type}`: seconds from dispatch to the attempt's result, at the leader. */
+  taskRunSeconds: "taskmesh_task_run_seconds",
+  /** Histogram `{queue}`: seconds a task waited ready before it was dispatched. */
+  taskQueueWaitSeconds: "taskmesh_task_queue_wait_seconds",
+  /** Histogram `{op}`: seconds per Redis script call of the task store. */
+  redisCallSeconds: "taskmesh_redis_call_seconds",
+  /** Histogram `{op}`: seconds per etcd call of the config store. */
+  etcdCallSeconds: "taskmesh_etcd_call_seconds",
   /** Gauge: workers with a ready stream to the leader. */
   schedulerWorkers: "taskmesh_scheduler_workers",
   /** Gauge `{namespace}`: revision of the configuration a service applies (lib/config-client.ts). */
@@ -253,8 +263,17 @@ export function workerMetrics(registry: Registry): WorkerMetrics {
   };
 }
 
+/** Buckets for task wait and run times, from 1 ms to 10 minutes. */
+export const TASK_SECONDS_BUCKETS: readonly number[] = [0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 60, 300, 600];
+/** Buckets for calls to Redis and etcd, from 100 µs to 1 s. */
+export const CALL_SECONDS_BUCKETS: readonly number[] = [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 1];
+
 /** The scheduler's own metrics (RPC metrics come from the shared server). */
 export interface SchedulerMetrics {
+  attemptsFinished: Counter<"type" | "outcome">;
+  runSeconds: Histogram<"type">;
+  queueWaitSeconds: Histogram<"queue">;
+  redisCallSeconds: Histogram<"op">;
   submitted: Counter;
   dispatched: Counter<"queue">;
   requeued: Counter<"reason">;
@@ -265,6 +284,33 @@ export interface SchedulerMetrics {
 /** Registers the scheduler's metrics on `registry`. */
 export function schedulerMetrics(registry: Registry): SchedulerMetrics {
   return {
+    attemptsFinished: new Counter({
+      name: METRIC_NAMES.taskAttemptsFinished,
+      help: "Task attempts whose result the leader recorded, by type and outcome.",
+      labelNames: ["type", "outcome"] as const,
+      registers: [registry],
+    }),
+    runSeconds: new Histogram({
+      name: METRIC_NAMES.taskRunSeconds,
+      help: "Seconds from dispatching an attempt to receiving its result.",
+      labelNames: ["type"] as const,
+      buckets: [...TASK_SECONDS_BUCKETS],
+      registers: [registry],
+    }),
+    queueWaitSeconds: new Histogram({
+      name: METRIC_NAMES.taskQueueWaitSeconds,
+      help: "Seconds a task waited ready in its queue before it was dispatched.",
+      labelNames: ["queue"] as const,
+      buckets: [...TASK_SECONDS_BUCKETS],
+      registers: [registry],
+    }),
+    redisCallSeconds: new Histogram({
+      name: METRIC_NAMES.redisCallSeconds,
+      help: "Seconds per Redis script call of the task store, by script.",
+      labelNames: ["op"] as const,
+      buckets: [...CALL_SECONDS_BUCKETS],
+      registers: [registry],
+    }),
     submitted: new Counter({
       name: METRIC_NAMES.tasksSubmitted,
       help: "Tasks stored by this replica (idempotent repeats not counted).",
@@ -413,4 +459,20 @@ export function breakerMetrics(registry: Registry, read: () => { upstream: strin
       for (const b of read()) this.set({ upstream: b.upstream, replica: b.replica }, b.open ? 1 : 0);
     },
   });
+}
+
+/** Histogram of etcd call latency, for the services that call etcd on request paths. */
+export function etcdCallMetrics(registry: Registry): Histogram<"op"> {
+  return getOrCreate(
+    registry,
+    METRIC_NAMES.etcdCallSeconds,
+    () =>
+      new Histogram({
+        name: METRIC_NAMES.etcdCallSeconds,
+        help: "Seconds per etcd call, by operation.",
+        labelNames: ["op"] as const,
+        buckets: [...CALL_SECONDS_BUCKETS],
+        registers: [registry],
+      }),
+  );
 }

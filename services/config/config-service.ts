@@ -11,6 +11,8 @@ import {
 } from "etcd3";
 import { isBrokenCircuitError } from "cockatiel";
 import type { Logger } from "pino";
+import type { Registry } from "prom-client";
+import { etcdCallMetrics } from "../../lib/metrics.js";
 import {
   AbandonGrayConfigResponseSchema,
   ConfigEvent_Type,
@@ -85,14 +87,19 @@ function authorOf(ctx: HandlerContext): string {
  *   entry has `gray_labels`. When etcd's watch breaks, the stream ends with UNAVAILABLE: the
  *   client resumes from its last revision, here or on another instance.
  */
-export function configService(etcd: Etcd3, root: string, logger: Logger): ServiceImpl<typeof ConfigService> {
+export function configService(etcd: Etcd3, root: string, logger: Logger, registry?: Registry): ServiceImpl<typeof ConfigService> {
   const store = new ConfigStore(etcd, root);
   const log = logger.child({ component: "config-service" });
+  // The store's work per call is its etcd round trips: timed per operation.
+  const etcdSeconds = registry === undefined ? undefined : etcdCallMetrics(registry);
   const guard = async <T>(method: string, fn: () => Promise<T>): Promise<T> => {
+    const end = etcdSeconds?.startTimer({ op: method });
     try {
       return await fn();
     } catch (err) {
       throw rpcError(err, log, method);
+    } finally {
+      end?.();
     }
   };
   return {
@@ -264,7 +271,7 @@ async function cancelWatcher(w: Watcher, log: Logger): Promise<void> {
  * Registers ConfigService on a router: the one `routes` function shared by `main.ts` and tests.
  * @param root the etcd root of taskmesh's keys, e.g. "/taskmesh/"
  */
-export function configRoutes(etcd: Etcd3, root: string, logger: Logger): (router: ConnectRouter) => void {
-  const impl = configService(etcd, root, logger);
+export function configRoutes(etcd: Etcd3, root: string, logger: Logger, registry?: Registry): (router: ConnectRouter) => void {
+  const impl = configService(etcd, root, logger, registry);
   return (router) => router.service(ConfigService, impl);
 }

@@ -25,14 +25,15 @@ try {
   const id = `${hostname()}-${process.pid}-${randomBytes(3).toString("hex")}`;
   const keys = etcdKeys(settings["etcd-root"]);
   const etcd = new Etcd3({ hosts: settings.etcd });
+  const registry = createRegistry("config");
   const server = await startServer({
     name: "config",
     host: settings.host,
     port: settings.port,
-    routes: configRoutes(etcd, keys.root, logger),
+    routes: configRoutes(etcd, keys.root, logger, registry),
     files: [file_taskmesh_v1_config_service],
     advertiseAddress: settings["advertise-address"],
-    registry: createRegistry("config"),
+    registry,
     logger,
   });
   const registration = await Registration.create({

@@ -156,7 +156,11 @@ export class Dispatcher {
           continue;
         }
         s.assign(tasks);
-        for (const t of tasks) this.opts.metrics.dispatched.inc({ queue: t.queue });
+        const now = Date.now();
+        for (const t of tasks) {
+          this.opts.metrics.dispatched.inc({ queue: t.queue });
+          if (t.readyAtMs > 0) this.opts.metrics.queueWaitSeconds.observe({ queue: t.queue }, Math.max(0, now - t.readyAtMs) / 1000);
+        }
       }
       sent += claimed.length;
       free -= claimed.length;

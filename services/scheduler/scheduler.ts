@@ -85,7 +85,13 @@ export async function startScheduler(opts: SchedulerOptions): Promise<Scheduler>
 
   const redis = new Redis(opts.redisUrl, { maxRetriesPerRequest: 3, enableAutoPipelining: true });
   const sub = redis.duplicate();
-  const store = new TaskStore({ redis, prefix, agingMsPerLevel: opts.agingMsPerLevel, logger: log });
+  const store = new TaskStore({
+    redis,
+    prefix,
+    agingMsPerLevel: opts.agingMsPerLevel,
+    onRedisCall: (op, seconds) => metrics.redisCallSeconds.observe({ op }, seconds),
+    logger: log,
+  });
   const schedules = new ScheduleStore({ redis, prefix, logger: log });
   const etcd = new Etcd3({ hosts: opts.etcdEndpoints });
   // Live settings: flags give the defaults, the `scheduler` config namespace overrides them.
@@ -195,6 +201,7 @@ export async function startScheduler(opts: SchedulerOptions): Promise<Scheduler>
       leaseMs: () => leaseMs,
     logger: log,
       onCapacity: () => dispatcher.kick(),
+      metrics,
       onStateChange: syncRing,
     });
     sessions.set(record.id, s);

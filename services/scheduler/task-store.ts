@@ -64,6 +64,8 @@ export interface TaskStoreOptions {
    * @default 5000
    */
   agingMsPerLevel?: number | undefined;
+  /** Called after every Redis script call with its name and duration (for a latency metric). */
+  onRedisCall?: ((op: string, seconds: number) => void) | undefined;
   /** Events kept per task; older ones are trimmed. @default 1000 */
   maxEvents?: number | undefined;
   /**
@@ -99,6 +101,8 @@ export interface ClaimedTask {
   workerId: string;
   /** W3C traceparent of the submitting request; absent when the task was not traced. */
   traceparent?: string;
+  /** When the task became ready (ms), for the queue-wait metric; 0 when unknown. */
+  readyAtMs: number;
 }
 
 /** One attempt of a task: what worker reports are fenced by. */
@@ -260,6 +264,26 @@ function pairs(flat: unknown): TaskRef[] {
   return out;
 }
 
+/**
+ * The same connection, with every task-store script call (`tm…` commands) timed: the latency
+ * metric sees exactly what the store waits for, and nothing else changes.
+ */
+function timedScripts(redis: Redis, onCall: (op: string, seconds: number) => void): Redis {
+  return new Proxy(redis, {
+    get(target, prop, receiver) {
+      const value: unknown = Reflect.get(target, prop, receiver);
+      if (typeof prop !== "string" || !prop.startsWith("tm") || typeof value !== "function") return value;
+      return (...args: unknown[]) => {
+        const started = performance.now();
+        const p = (value as (...a: unknown[]) => Promise<unknown>).apply(target, args);
+        const done = (): void => onCall(prop.slice(2), (performance.now() - started) / 1000);
+        p.then(done, done);
+        return p;
+      };
+    },
+  });
+}
+
 /** Validates a queue name for use inside a Redis hash tag. */
 function checkQueue(queue: string): void {
   if (queue === "" || queue.includes("{") || queue.includes("}")) {
@@ -283,7 +307,7 @@ export class TaskStore {
   private closed = false;
 
   constructor(opts: TaskStoreOptions) {
-    this.redis = opts.redis;
+    this.redis = opts.onRedisCall === undefined ? opts.redis : timedScripts(opts.redis, opts.onRedisCall);
     this.prefix = opts.prefix ?? "tm";
     this.aging = opts.agingMsPerLevel ?? 5000;
     this.maxEvents = opts.maxEvents ?? 1000;
@@ -593,6 +617,7 @@ export class TaskStore {
           labels: spec.labels,
           workerId: workerOf.get(id) ?? "",
           ...(traceparent !== "" ? { traceparent } : {}),
+          readyAtMs: Number(strOrNull(a[6]) ?? "0") || 0,
         });
       }
     }

@@ -12,6 +12,7 @@ import {
 import { AsyncQueue } from "../../lib/async-queue.js";
 import { delay } from "../../lib/lifecycle.js";
 import type { WorkerRecord } from "../../lib/keys.js";
+import type { SchedulerMetrics } from "../../lib/metrics.js";
 import type { ClaimedTask, TaskStore } from "./task-store.js";
 
 /** The session's link state. */
@@ -27,6 +28,8 @@ export interface WorkerSessionOptions {
   /** Ping period; a stream silent for 3 pings is declared dead. @default 1000 */
   pingMs?: number;
   logger: Logger;
+  /** Attempt outcomes and run times are counted here. */
+  metrics: SchedulerMetrics;
   /** Called when the session gains free slots (results, hello) so the dispatcher runs. */
   onCapacity: () => void;
   /** Called when the session becomes ready or goes down (for the ring). */
@@ -48,6 +51,8 @@ export class WorkerSession {
   private taskTypes: string[];
   /** task id → attempt of everything assigned and not yet finished. */
   readonly inflight = new Map<string, number>();
+  /** task id → its type and when it was sent, for the run-time metric. */
+  private readonly sent = new Map<string, { type: string; at: number }>();
   private out: AsyncQueue<SchedulerMessage> | undefined;
   private abort: AbortController | undefined;
   private lastHeard = 0;
@@ -120,8 +125,10 @@ export class WorkerSession {
       return;
     }
     const assignments: TaskAssignment[] = [];
+    const at = performance.now();
     for (const t of tasks) {
       this.inflight.set(t.id, t.attempt);
+      this.sent.set(t.id, { type: t.type, at });
       assignments.push({
         $typeName: "taskmesh.v1.TaskAssignment",
         taskId: t.id,
@@ -152,6 +159,7 @@ export class WorkerSession {
   forget(taskId: string, attempt: number): void {
     if (this.inflight.get(taskId) === attempt) {
       this.inflight.delete(taskId);
+      this.sent.delete(taskId);
       this.cancel(taskId, attempt, "lease expired");
       this.opts.onCapacity();
     }
@@ -210,6 +218,7 @@ export class WorkerSession {
     if (wasReady) this.opts.onStateChange(this);
     const refs = [...this.inflight].map(([id, attempt]) => ({ id, attempt }));
     this.inflight.clear();
+    this.sent.clear();
     if (refs.length > 0) await this.requeue(refs, reason);
   }
 
@@ -260,6 +269,12 @@ export class WorkerSession {
                   message: o.case === "error" ? o.value.message : "no outcome",
                   retryable: o.case === "error" ? o.value.retryable : true,
                 };
+        const sent = this.sent.get(r.taskId);
+        if (sent !== undefined) {
+          this.sent.delete(r.taskId);
+          this.opts.metrics.attemptsFinished.inc({ type: sent.type, outcome: outcome.kind });
+          this.opts.metrics.runSeconds.observe({ type: sent.type }, (performance.now() - sent.at) / 1000);
+        }
         return { id: r.taskId, attempt: r.attempt, outcome };
       });
       this.opts.onCapacity();
@@ -281,7 +296,10 @@ export class WorkerSession {
       if (running.length > 0) {
         store.renew(running, now, this.opts.leaseMs()).then(({ stale }) => {
           for (const st of stale) {
-            if (this.inflight.get(st.id) === st.attempt) this.inflight.delete(st.id);
+            if (this.inflight.get(st.id) === st.attempt) {
+              this.inflight.delete(st.id);
+              this.sent.delete(st.id);
+            }
             this.cancel(st.id, st.attempt, "stale attempt");
           }
         }, (err: unknown) => this.storeFailed(err));
@@ -332,5 +350,6 @@ export class WorkerSession {
       this.inflight.clear();
       if (refs.length > 0) await this.requeue(refs, "worker left");
     }
+    this.sent.clear();
   }
 }

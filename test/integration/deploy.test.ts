@@ -17,7 +17,9 @@ import { Health } from "../../gen/grpc/health/v1/health_pb.js";
 import { silentLogger } from "../../lib/logger.js";
 import {
   METRIC_NAMES,
+  breakerMetrics,
   configClientMetrics,
+  etcdCallMetrics,
   createRegistry,
   queueMetrics,
   rpcMetrics,
@@ -134,6 +136,12 @@ function fullRegistry(service: string) {
   scheduler.requeued.inc({ reason: "lease_expired" });
   scheduler.leader.set(1);
   scheduler.workers.set(2);
+  scheduler.attemptsFinished.inc({ type: "noop", outcome: "succeeded" });
+  scheduler.runSeconds.observe({ type: "noop" }, 0.002);
+  scheduler.queueWaitSeconds.observe({ queue: "default" }, 0.001);
+  scheduler.redisCallSeconds.observe({ op: "Claim" }, 0.0003);
+  etcdCallMetrics(registry).observe({ op: "PutConfig" }, 0.004);
+  breakerMetrics(registry, () => [{ upstream: "scheduler", replica: "127.0.0.1:8081", open: false }]);
   queueMetrics(registry, async () => [
     { name: "default", queued: 3n, running: 1n, delayed: 0n, retryWait: 1n, dead: 2n, oldestQueuedAgeMs: 1500, paused: false },
     { name: "reports", queued: 0n, running: 0n, delayed: 4n, retryWait: 0n, dead: 0n, oldestQueuedAgeMs: 0, paused: true },
