@@ -264,26 +264,6 @@ function pairs(flat: unknown): TaskRef[] {
   return out;
 }
 
-/**
- * The same connection, with every task-store script call (`tm…` commands) timed: the latency
- * metric sees exactly what the store waits for, and nothing else changes.
- */
-function timedScripts(redis: Redis, onCall: (op: string, seconds: number) => void): Redis {
-  return new Proxy(redis, {
-    get(target, prop, receiver) {
-      const value: unknown = Reflect.get(target, prop, receiver);
-      if (typeof prop !== "string" || !prop.startsWith("tm") || typeof value !== "function") return value;
-      return (...args: unknown[]) => {
-        const started = performance.now();
-        const p = (value as (...a: unknown[]) => Promise<unknown>).apply(target, args);
-        const done = (): void => onCall(prop.slice(2), (performance.now() - started) / 1000);
-        p.then(done, done);
-        return p;
-      };
-    },
-  });
-}
-
 /** Validates a queue name for use inside a Redis hash tag. */
 function checkQueue(queue: string): void {
   if (queue === "" || queue.includes("{") || queue.includes("}")) {
@@ -294,6 +274,7 @@ function checkQueue(queue: string): void {
 /** Redis-backed task state: queues, leases, retries, dead letters, events. */
 export class TaskStore {
   private readonly redis: Redis;
+  private readonly onRedisCall: ((op: string, seconds: number) => void) | undefined;
   private readonly prefix: string;
   private aging: number;
   private readonly maxEvents: number;
@@ -307,7 +288,8 @@ export class TaskStore {
   private closed = false;
 
   constructor(opts: TaskStoreOptions) {
-    this.redis = opts.onRedisCall === undefined ? opts.redis : timedScripts(opts.redis, opts.onRedisCall);
+    this.redis = opts.redis;
+    this.onRedisCall = opts.onRedisCall;
     this.prefix = opts.prefix ?? "tm";
     this.aging = opts.agingMsPerLevel ?? 5000;
     this.maxEvents = opts.maxEvents ?? 1000;
@@ -446,7 +428,7 @@ export class TaskStore {
           );
         }
         calls.push(
-          this.redis.tmSubmit(...args).then((reply) => {
+          this.timed("Submit", this.redis.tmSubmit(...args)).then((reply) => {
             const results = arr(reply);
             part.forEach((i, j) => {
               const t = tasks[i] as NewTask;
@@ -475,7 +457,7 @@ export class TaskStore {
   async getMany(ids: readonly string[]): Promise<(Task | undefined)[]> {
     const out: (Task | undefined)[] = [];
     const replies = await Promise.all(
-      chunks(ids, BATCH).map((part) => this.redis.tmGet(this.ixKey, ...this.header("", 0), ...part)),
+      chunks(ids, BATCH).map((part) => this.timed("Get", this.redis.tmGet(this.ixKey, ...this.header("", 0), ...part))),
     );
     for (const reply of replies) {
       for (const x of arr(reply)) {
@@ -505,7 +487,7 @@ export class TaskStore {
     }
     const label = filter.label;
     const reply = arr(
-      await this.redis.tmList(
+      await this.timed("List", this.redis.tmList(
         `${this.prefix}:tn:${tenant}`,
         this.ixKey,
         ...this.header("", 0),
@@ -517,7 +499,7 @@ export class TaskStore {
         filter.queue ?? "",
         label?.[0] ?? "",
         label?.[1] ?? "",
-      ),
+      )),
     );
     const next = str(reply[0]);
     return {
@@ -559,7 +541,7 @@ export class TaskStore {
     if (limit < 1) return [];
     const k = this.keys(queue);
     const reply = arr(
-      await this.redis.tmPeek(k.ready, k.cc, k.paused, ...this.header(queue, 0), Math.floor(limit), this.maxPeekSkip),
+      await this.timed("Peek", this.redis.tmPeek(k.ready, k.cc, k.paused, ...this.header(queue, 0), Math.floor(limit), this.maxPeekSkip)),
     );
     const out: { id: string; type: string; affinityKey: string }[] = [];
     for (let i = 0; i + 2 < reply.length; i += 3) {
@@ -586,7 +568,7 @@ export class TaskStore {
     const k = this.keys(queue);
     const replies = await Promise.all(
       chunks(claims, BATCH).map((part) =>
-        this.redis.tmClaim(
+        this.timed("Claim", this.redis.tmClaim(
           k.ready,
           k.running,
           k.cc,
@@ -594,7 +576,7 @@ export class TaskStore {
           ...this.header(queue, now),
           Math.floor(leaseMs),
           ...part.flatMap((c) => [c.id, c.workerId]),
-        ),
+        )),
       ),
     );
     const workerOf = new Map(claims.map((c) => [c.id, c.workerId]));
@@ -631,12 +613,12 @@ export class TaskStore {
   async renew(refs: readonly TaskRef[], now: number, leaseMs: number): Promise<{ stale: TaskRef[] }> {
     const stale: TaskRef[] = [];
     const unknown = await this.perQueue(refs, async (queue, part) => {
-      const reply = await this.redis.tmRenew(
+      const reply = await this.timed("Renew", this.redis.tmRenew(
         this.keys(queue).running,
         ...this.header(queue, now),
         Math.floor(leaseMs),
         ...part.flatMap(({ item }) => [item.id, item.attempt]),
-      );
+      ));
       stale.push(...pairs(reply));
     });
     for (const i of unknown) stale.push({ ...(refs[i] as TaskRef) });
@@ -667,7 +649,7 @@ export class TaskStore {
 
   private async report(items: readonly { id: string; args: RedisValue[] }[], now: number): Promise<void> {
     await this.perQueue(items, async (queue, part) => {
-      await this.redis.tmReport(this.keys(queue).ready, ...this.header(queue, now), ...part.flatMap(({ item }) => item.args));
+      await this.timed("Report", this.redis.tmReport(this.keys(queue).ready, ...this.header(queue, now), ...part.flatMap(({ item }) => item.args)));
     });
   }
 
@@ -703,7 +685,7 @@ export class TaskStore {
             break;
         }
       }
-      const reply = arr(await this.redis.tmComplete(...args));
+      const reply = arr(await this.timed("Complete", this.redis.tmComplete(...args)));
       part.forEach(({ index }, j) => {
         out[index] = int(reply[j]) === 1 ? "applied" : "stale";
       });
@@ -722,7 +704,7 @@ export class TaskStore {
     let n = 0;
     await this.perQueue(refs, async (queue, part) => {
       const k = this.keys(queue);
-      const reply = await this.redis.tmRequeue(
+      const reply = await this.timed("Requeue", this.redis.tmRequeue(
         k.ready,
         k.running,
         k.done,
@@ -733,7 +715,7 @@ export class TaskStore {
         reason,
         this.maxRequeues,
         ...part.flatMap(({ item }) => [item.id, item.attempt]),
-      );
+      ));
       n += int(reply);
     });
     return n;
@@ -746,7 +728,7 @@ export class TaskStore {
   async promoteDue(queue: string, now: number, limit: number): Promise<number> {
     if (limit < 1) return 0;
     const k = this.keys(queue);
-    return int(await this.redis.tmPromote(k.delayed, k.ready, k.rw, ...this.header(queue, now), Math.floor(limit)));
+    return int(await this.timed("Promote", this.redis.tmPromote(k.delayed, k.ready, k.rw, ...this.header(queue, now), Math.floor(limit))));
   }
 
   /**
@@ -757,7 +739,7 @@ export class TaskStore {
     if (limit < 1) return [];
     const k = this.keys(queue);
     return pairs(
-      await this.redis.tmExpire(
+      await this.timed("Expire", this.redis.tmExpire(
         k.ready,
         k.running,
         k.done,
@@ -766,7 +748,7 @@ export class TaskStore {
         ...this.header(queue, now),
         Math.floor(limit),
         this.maxRequeues,
-      ),
+      )),
     );
   }
 
@@ -786,7 +768,7 @@ export class TaskStore {
     if (queue === undefined) return undefined;
     const k = this.keys(queue);
     const reply = arr(
-      await this.redis.tmCancel(k.ready, k.delayed, k.done, k.dead, k.rw, ...this.header(queue, now), tenant, id, reason === "" ? "cancelled" : reason),
+      await this.timed("Cancel", this.redis.tmCancel(k.ready, k.delayed, k.done, k.dead, k.rw, ...this.header(queue, now), tenant, id, reason === "" ? "cancelled" : reason)),
     );
     const code = str(reply[0]);
     if (code === "x") return undefined;
@@ -804,7 +786,7 @@ export class TaskStore {
     const [queue] = await this.queuesOf([id]);
     if (queue === undefined) return { error: "not_found" };
     const k = this.keys(queue);
-    const reply = arr(await this.redis.tmRetry(k.ready, k.done, k.dead, ...this.header(queue, now), tenant, id));
+    const reply = arr(await this.timed("Retry", this.redis.tmRetry(k.ready, k.done, k.dead, ...this.header(queue, now), tenant, id)));
     switch (str(reply[0])) {
       case "x":
         return { error: "not_found" };
@@ -819,7 +801,7 @@ export class TaskStore {
   async reapExpired(queue: string, now: number, limit: number): Promise<number> {
     if (limit < 1) return 0;
     const k = this.keys(queue);
-    return int(await this.redis.tmReap(k.done, k.dead, this.ixKey, ...this.header(queue, now), Math.floor(limit)));
+    return int(await this.timed("Reap", this.redis.tmReap(k.done, k.dead, this.ixKey, ...this.header(queue, now), Math.floor(limit))));
   }
 
   /**
@@ -868,7 +850,7 @@ export class TaskStore {
   }
 
   private async readEvents(id: string, fromSeq: number, full: boolean) {
-    const reply = await this.redis.tmEvents(this.ixKey, ...this.header("", 0), id, fromSeq, full ? "1" : "0");
+    const reply = await this.timed("Events", this.redis.tmEvents(this.ixKey, ...this.header("", 0), id, fromSeq, full ? "1" : "0"));
     if (reply === null || reply === false) return undefined;
     const a = arr(reply);
     const s = stored(a[0]);
@@ -884,6 +866,16 @@ export class TaskStore {
    * Depths of every queue (see {@link queues}): queued, running, delayed, retry wait, dead,
    * oldest queued age, and whether it is paused.
    */
+  /** Reports how long a script call took (the Redis latency metric). */
+  private timed<T>(op: string, call: Promise<T>): Promise<T> {
+    const onCall = this.onRedisCall;
+    if (onCall === undefined) return call;
+    const started = performance.now();
+    const done = (): void => onCall(op, (performance.now() - started) / 1000);
+    call.then(done, done);
+    return call;
+  }
+
   /** Changes the aging rate (live configuration); affects tasks made ready from now on. */
   setAgingMsPerLevel(ms: number): void {
     this.aging = ms;
@@ -895,7 +887,7 @@ export class TaskStore {
       names.map(async (name) => {
         const k = this.keys(name);
         const r = arr(
-          await this.redis.tmStats(k.ready, k.running, k.delayed, k.dead, k.rw, k.paused, ...this.header(name, now), STATS_WINDOW),
+          await this.timed("Stats", this.redis.tmStats(k.ready, k.running, k.delayed, k.dead, k.rw, k.paused, ...this.header(name, now), STATS_WINDOW)),
         ).map(int);
         const [queued = 0, running = 0, waiting = 0, retryWait = 0, dead = 0, oldest = -1, paused = 0] = r;
         const s = create(QueueStatsSchema, {
