@@ -23,3 +23,13 @@ export { as, commonSettings, readSettings } from "./settings.js";
 export { BUILTIN_TASK_TYPES, LIMITS, TENANT_HEADER } from "./task-types.js";
 export { VERSION } from "./version.js";
 export { rpcLogInterceptor } from "./rpc-log.js";
+export {
+  ConfigClient,
+  connectConfig,
+  decodeConfig,
+  mergeConfigs,
+  workerNamespaces,
+  type ConfigClientOptions,
+  type ServiceConfig,
+} from "./config-client.js";
+export { currentTraceparent, initTracing, traceMixin, tracingInterceptor, withSpan } from "./tracing.js";
