@@ -270,6 +270,8 @@ describe("claim and results", () => {
         tenant: "acme",
         labels: { a: "b" },
         workerId: "w1",
+        // Submitted at T0 and ready at once.
+        readyAtMs: T0,
       },
     ]);
     expect(await store.claim("default", [{ id: t.id, workerId: "w2" }], T0 + 11, LEASE)).toEqual([]);
