@@ -12,7 +12,7 @@ import {
 } from "../../gen/taskmesh/v1/worker_service_pb.js";
 import { TaskErrorSchema } from "../../gen/taskmesh/v1/task_pb.js";
 import { AsyncQueue } from "../../lib/async-queue.js";
-import type { Executor, Outcome } from "./executor.js";
+import type { Assignment, Executor, Outcome } from "./executor.js";
 import type { JsonObject } from "./handlers.js";
 
 /** Options for {@link WorkSession}. */
@@ -47,6 +47,11 @@ export class WorkSession {
   /** Results sent or to send, until acknowledged: `taskId/attempt` → result. */
   private readonly unacked = new Map<string, TaskResult>();
   private ackWaiters: (() => void)[] = [];
+  /**
+   * Assignments that found every slot busy (the slot count was lowered while they were on the
+   * way): they start, in order, as slots free up, and count as running for heartbeats.
+   */
+  private backlog: Assignment[] = [];
   private flushScheduled = false;
   private readonly heartbeat: NodeJS.Timeout;
   private readonly log: Logger;
@@ -83,6 +88,7 @@ export class WorkSession {
       this.unacked.set(`${taskId}/${attempt}`, result);
       this.pending.results.push(result);
       this.schedule();
+      this.startBacklog();
     },
   };
 
@@ -119,6 +125,12 @@ export class WorkSession {
     if (stream === undefined) return;
     if (this.pendingCount === 0 && this.progress.size === 0) return;
     const msg = this.pending;
+    // An attempt that finished within the same flush needs no separate "accepted": its result says
+    // more (short tasks are most of a busy worker's traffic).
+    if (msg.accepted.length > 0 && msg.results.length > 0) {
+      const done = new Set(msg.results.map((r) => `${r.taskId}/${r.attempt}`));
+      msg.accepted = msg.accepted.filter((a) => !done.has(`${a.taskId}/${a.attempt}`));
+    }
     for (const p of this.progress.values()) msg.progress.push(p);
     this.progress.clear();
     this.pending = create(WorkerMessageSchema);
@@ -138,12 +150,28 @@ export class WorkSession {
     stream.out.push(
       create(WorkerMessageSchema, {
         heartbeat: {
-          running: ex.running().map((r) => ({ taskId: r.taskId, attempt: r.attempt })),
+          running: this.held(),
           slots: ex.slots,
           slotsUsed: ex.used,
         },
       }),
     );
+  }
+
+  /** Starts waiting assignments while slots are free (after a result or a slot increase). */
+  startBacklog(): void {
+    const ex = this.opts.executor;
+    while (this.backlog.length > 0 && ex.used < ex.slots) {
+      const a = this.backlog.shift() as Assignment;
+      ex.start(a);
+    }
+  }
+
+  /** Attempts this worker holds: running, plus waiting for a slot. */
+  private held(): { taskId: string; attempt: number }[] {
+    const refs = this.opts.executor.running().map((r) => ({ taskId: r.taskId, attempt: r.attempt }));
+    for (const a of this.backlog) refs.push({ taskId: a.taskId, attempt: a.attempt });
+    return refs;
   }
 
   private handle(msg: SchedulerMessage): void {
@@ -156,16 +184,26 @@ export class WorkSession {
         for (const w of waiters) w();
       }
     }
-    for (const c of msg.cancels) ex.cancel(c.taskId, c.attempt, c.reason || "cancelled");
+    for (const c of msg.cancels) {
+      const waiting = this.backlog.findIndex((a) => a.taskId === c.taskId && a.attempt === c.attempt);
+      if (waiting >= 0) {
+        this.backlog.splice(waiting, 1);
+        this.events.finished(c.taskId, c.attempt, { kind: "cancelled", reason: c.reason || "cancelled" });
+      } else {
+        ex.cancel(c.taskId, c.attempt, c.reason || "cancelled");
+      }
+    }
     for (const a of msg.assignments) {
-      ex.start({
+      const assignment: Assignment = {
         taskId: a.taskId,
         attempt: a.attempt,
         type: a.type,
         payload: (a.payload ?? {}) as JsonObject,
         timeoutMs: Number(a.timeoutMs),
         ...(a.traceparent !== "" ? { traceparent: a.traceparent } : {}),
-      });
+      };
+      // Refused with a free slot means this attempt already runs here: nothing to do.
+      if (!ex.start(assignment) && ex.used >= ex.slots) this.backlog.push(assignment);
     }
     if (msg.ping !== undefined) {
       this.active?.out.push(create(WorkerMessageSchema, { pong: { nonce: msg.ping.nonce } }));
@@ -198,7 +236,7 @@ export class WorkSession {
           workerId: this.opts.workerId,
           slots: ex.slots,
           taskTypes: this.opts.taskTypes(),
-          running: ex.running().map((r) => ({ taskId: r.taskId, attempt: r.attempt })),
+          running: this.held(),
           epoch,
         },
       }),

@@ -150,6 +150,7 @@ export async function startWorker(opts: WorkerOptions): Promise<Worker> {
     shutdownGraceMs = c.shutdownGraceMs !== undefined ? Number(c.shutdownGraceMs) : opts.shutdownGraceMs;
     if (slots !== ex.slots) {
       ex.setSlots(slots);
+      work.startBacklog();
       log.info({ slots }, "slots changed by configuration");
       // Tell the scheduler at once: the heartbeat carries slots; the registration too.
       work.nudge();
