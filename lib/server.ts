@@ -205,6 +205,9 @@ export async function startServer(opts: ServerOptions): Promise<RpcServer> {
   const h2Sockets = new Set<net.Socket>();
   let onDrained: (() => void) | undefined;
   const onSocket = (socket: net.Socket, alpn?: string | false): void => {
+    // Our own listener hands sockets to the HTTP servers, so it must do what they would: turn
+    // Nagle's algorithm off. With it on, small frames wait for delayed ACKs (tens of ms a call).
+    socket.setNoDelay(true);
     sockets.add(socket);
     socket.once("close", () => {
       sockets.delete(socket);
