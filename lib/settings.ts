@@ -115,6 +115,16 @@ export const commonSettings = {
     parse: as.string,
     help: "host[:port] other services dial, when it differs from the bound address (containers)",
   },
+  tracing: {
+    env: "TASKMESH_TRACING",
+    default: false,
+    parse: (raw: string): boolean => {
+      if (raw === "1" || raw === "true" || raw === "on") return true;
+      if (raw === "0" || raw === "false" || raw === "off") return false;
+      throw new Error(`expected on or off, got ${JSON.stringify(raw)}`);
+    },
+    help: "make spans (trace ids in logs) even without an OTLP endpoint",
+  },
   "config-cache": {
     env: "TASKMESH_CONFIG_CACHE",
     default: "",

@@ -64,10 +64,13 @@ const SERVER_ERROR_CODES: ReadonlySet<Code> = new Set([
 export interface TracingOptions {
   /**
    * Base URL of an OTLP/HTTP collector (the standard `OTEL_EXPORTER_OTLP_ENDPOINT`, e.g.
-   * `http://127.0.0.1:4318`): spans are batched and sent to `<url>/v1/traces`. Absent or empty:
-   * nothing is exported, but spans are still made so trace ids reach logs and other services.
+   * `http://127.0.0.1:4318`): spans are batched and sent to `<url>/v1/traces`. Absent or empty
+   * (and no `spanProcessors`, and not `always`): tracing stays off — the API's no-op — because
+   * its context tracking costs every request; incoming trace context is still passed on.
    */
   otlpEndpoint?: string | undefined;
+  /** Make spans (and trace ids in logs) even with nowhere to send them. @default false */
+  always?: boolean | undefined;
   /** `service.version` of the resource. @default VERSION */
   version?: string | undefined;
   /** More span processors, e.g. a `SimpleSpanProcessor` over an `InMemorySpanExporter` in tests. */
@@ -102,6 +105,12 @@ export function initTracing(service: string, opts: TracingOptions = {}): Tracing
     processors.push(new BatchSpanProcessor(new OTLPTraceExporter({ url })));
   }
   processors.push(...(opts.spanProcessors ?? []));
+  if (processors.length === 0 && opts.always !== true) {
+    // Nobody would receive the spans: stay on the OpenTelemetry API's no-op implementation. The
+    // context manager (AsyncLocalStorage over async hooks on Node 20) taxes every promise of the
+    // hot path, so tracing costs nothing unless it is wanted.
+    return async () => undefined;
+  }
   const provider = new BasicTracerProvider({
     resource: resourceFromAttributes({ [ATTR_SERVICE_NAME]: service, [ATTR_SERVICE_VERSION]: opts.version ?? VERSION }),
     sampler: new ParentBasedSampler({ root: new AlwaysOnSampler() }),

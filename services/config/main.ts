@@ -21,7 +21,7 @@ const settings = readSettings("taskmesh-config", {
 
 const logger = createLogger("config", { level: settings["log-level"], mixin: traceMixin });
 try {
-  const stopTracing = initTracing("taskmesh-config", { otlpEndpoint: settings["otlp-endpoint"], version: VERSION, logger });
+  const stopTracing = initTracing("taskmesh-config", { otlpEndpoint: settings["otlp-endpoint"], always: settings.tracing, version: VERSION, logger });
   const id = `${hostname()}-${process.pid}-${randomBytes(3).toString("hex")}`;
   const keys = etcdKeys(settings["etcd-root"]);
   const etcd = new Etcd3({ hosts: settings.etcd });

@@ -39,7 +39,7 @@ const settings = readSettings("taskmesh-gateway", {
 
 const logger = createLogger("gateway", { level: settings["log-level"], mixin: traceMixin });
 try {
-  const stopTracing = initTracing("taskmesh-gateway", { otlpEndpoint: settings["otlp-endpoint"], version: VERSION, logger });
+  const stopTracing = initTracing("taskmesh-gateway", { otlpEndpoint: settings["otlp-endpoint"], always: settings.tracing, version: VERSION, logger });
   if ((settings["tls-cert"] === "") !== (settings["tls-key"] === "")) throw new Error("--tls-cert and --tls-key go together");
   const tls =
     settings["tls-cert"] === ""

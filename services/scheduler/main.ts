@@ -20,7 +20,7 @@ const settings = readSettings("taskmesh-scheduler", {
 
 const logger = createLogger("scheduler", { level: settings["log-level"], mixin: traceMixin });
 try {
-  const stopTracing = initTracing("taskmesh-scheduler", { otlpEndpoint: settings["otlp-endpoint"], version: VERSION, logger });
+  const stopTracing = initTracing("taskmesh-scheduler", { otlpEndpoint: settings["otlp-endpoint"], always: settings.tracing, version: VERSION, logger });
   const scheduler = await startScheduler({
     ...(settings.id !== "" ? { id: settings.id } : {}),
     host: settings.host,

@@ -44,7 +44,7 @@ const settings = readSettings("taskmesh-worker", {
 
 const logger = createLogger("worker", { level: settings["log-level"], mixin: traceMixin });
 try {
-  const stopTracing = initTracing("taskmesh-worker", { otlpEndpoint: settings["otlp-endpoint"], version: VERSION, logger });
+  const stopTracing = initTracing("taskmesh-worker", { otlpEndpoint: settings["otlp-endpoint"], always: settings.tracing, version: VERSION, logger });
   const worker = await startWorker({
     id: settings.id,
     host: settings.host,
