@@ -1,226 +1,257 @@
 /**
- * `npm run bench`: end-to-end numbers through the gateway on this machine, with real etcd, Redis
- * and service processes. Scenarios:
- *   latency — a steady 200 noop tasks/s for 20 s: submit→start and submit→done p50/p95/p99/max
- *   drain   — 20,000 noop tasks queued, then one worker (50 slots) drains them: tasks/s
- *   crash   — 1,000 tasks sleeping 20 ms on 2 workers; kill -9 one worker after ~300 finished:
- *             lost, re-run (duplicated) and recovery seconds
- * Usage: npm run bench [-- latency|drain|crash] [--rate 200] [--seconds 20] [--tasks 20000]
- * Writes bench/out/results.json.
+ * `npm run bench`: taskmesh (real processes, end to end through the gateway) side by side with
+ * BullMQ (its own queue on the same Redis server, workers in their own processes), in one run on
+ * this machine, with the machine's limits beside them. Scenarios (issue "side-by-side benchmark"):
+ *   A  enqueue 20,000 noop tasks one call at a time (64 in flight) and in batches of 1,000; drain
+ *      them with one worker process at 1 and at 50 slots
+ *   B  a steady 200 tasks/s for 20 s, one worker at 1 and at 50 slots: submit→start, submit→done
+ *   C  2,000 tasks sleeping 50 ms, one worker with 100 slots: drain time against the ideal 1.0 s
+ *   D  1,000 tasks of 20 ms on two workers of 10 slots, kill -9 of one after ~300: lost,
+ *      duplicated, recovery (bounded wait, 60 s)
+ *   E  Redis bytes per 1,000 queued and per 1,000 finished tasks
+ *   limits  redis-benchmark EVALSHA of a trivial script; a bare gRPC stream echo
+ * CPU seconds of every process (client, gateway, scheduler, worker, Redis) per 1,000 tasks.
+ *
+ * Usage: npm run bench [-- <scenario>...] [--quick] [--systems taskmesh,bullmq]
+ *        [--tasks 20000] [--rate 200] [--seconds 20] [--crash-wait 60]
+ *   scenarios: a|enqueue|drain, b|latency, c|sleep, d|crash, e|memory, limits (default: all)
+ *   --quick shrinks every scenario ×10 (a smoke run).
+ *   --render <results.json> prints and writes the outputs of a saved run again, measuring nothing.
+ * Writes bench/out/results.json, bench/out/results.md and bench/out/results.svg; a full run of
+ * every scenario also writes the chart to bench/results.svg.
  */
-import { mkdirSync, writeFileSync } from "node:fs";
+import { copyFileSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
+import { cpus, loadavg, totalmem } from "node:os";
 import { join } from "node:path";
 import { parseArgs } from "node:util";
-import { TaskStatus } from "../gen/taskmesh/v1/task_pb.js";
+import { Redis } from "ioredis";
 import { startEtcd, startRedis } from "../test/support/backends.js";
-import { gatewayClients } from "../test/support/clients.js";
-import { startMesh } from "../test/support/mesh.js";
-import { waitFor } from "../test/support/wait.js";
+import { openBullmq } from "./bullmq-system.js";
+import { grpcEchoRates, redisEvalshaRate, type EchoRate, type LuaRate } from "./limits.js";
+import { buildRows, cpuTable, markdownTable, svgChart, targets, textTable, type Limits, type RunRecord, type SystemResults } from "./report.js";
+import { crash, drain, enqueue, fill, latency, memory } from "./scenarios.js";
+import type { BenchEnv, QueueSystem } from "./system.js";
+import { openTaskmesh } from "./taskmesh-system.js";
 
 const { values, positionals } = parseArgs({
   allowPositionals: true,
   options: {
+    quick: { type: "boolean", default: false },
+    systems: { type: "string", default: "taskmesh,bullmq" },
+    tasks: { type: "string" },
     rate: { type: "string", default: "200" },
-    seconds: { type: "string", default: "20" },
-    tasks: { type: "string", default: "20000" },
-    slots: { type: "string", default: "50" },
+    seconds: { type: "string" },
+    "crash-wait": { type: "string", default: "60" },
+    render: { type: "string" },
   },
 });
-const scenarios = positionals.length > 0 ? positionals : ["latency", "drain", "crash"];
+
+const ALIASES: Record<string, string> = {
+  a: "A", enqueue: "A", drain: "A",
+  b: "B", latency: "B",
+  c: "C", sleep: "C",
+  d: "D", crash: "D",
+  e: "E", memory: "E",
+  limits: "L", l: "L",
+};
+const chosen = new Set<string>();
+for (const p of positionals) {
+  const s = ALIASES[p.toLowerCase()];
+  if (s === undefined) {
+    process.stderr.write(`unknown scenario ${JSON.stringify(p)}; use ${Object.keys(ALIASES).join(", ")}\n`);
+    process.exit(2);
+  }
+  chosen.add(s);
+}
+const everything = chosen.size === 0;
+const runs = (s: string): boolean => everything || chosen.has(s);
+const shrink = values.quick ? 10 : 1;
+const systems = new Set(values.systems.split(",").map((s) => s.trim().toLowerCase()));
+const N = Number(values.tasks ?? 20_000 / shrink);
+const RATE = Number(values.rate);
+const SECONDS = Number(values.seconds ?? 20 / shrink);
+const CRASH_WAIT_S = Number(values["crash-wait"]);
 const out = (s: string): void => void process.stdout.write(`${s}\n`);
+const f0 = (v: number): string => Math.round(v).toLocaleString("en-US");
+const failures = (t: { errors?: number; firstError?: string }): string =>
+  t.errors === undefined ? "" : ` (${t.errors} failed, first: ${t.firstError ?? ""})`;
 
-function ms(t: { seconds: bigint; nanos: number } | undefined): number {
-  return t === undefined ? NaN : Number(t.seconds) * 1000 + t.nanos / 1e6;
-}
+/** Runs the chosen scenarios on the chosen systems and the limits; returns the run's record. */
+async function measure(): Promise<RunRecord> {
+  process.env.TASKMESH_LOG_LEVEL ??= "warn";
+  const started = new Date();
+  const load0 = loadavg();
+  const tm: SystemResults = { errors: [] };
+  const bull: SystemResults = { errors: [] };
+  const limits: Limits = { errors: [] };
 
-function percentiles(xs: number[]): { p50: number; p95: number; p99: number; max: number; n: number } {
-  const s = [...xs].sort((a, b) => a - b);
-  const at = (q: number): number => s[Math.min(s.length - 1, Math.floor(q * s.length))] ?? NaN;
-  return { p50: at(0.5), p95: at(0.95), p99: at(0.99), max: s.at(-1) ?? NaN, n: s.length };
-}
+  const [redisBackend, etcdBackend] = await Promise.all([startRedis(), startEtcd()]);
+  const redisClient = new Redis(redisBackend.address, { maxRetriesPerRequest: null });
+  const env: BenchEnv = { redis: redisBackend, etcd: etcdBackend, redisClient };
 
-const results: Record<string, unknown> = { machine: { cpus: (await import("node:os")).cpus().length, node: process.version } };
-process.env.TASKMESH_LOG_LEVEL = "warn";
-const [redis, etcd] = await Promise.all([startRedis(), startEtcd()]);
-try {
-  if (scenarios.includes("latency")) {
-    const rate = Number(values.rate);
-    const seconds = Number(values.seconds);
-    const mesh = await startMesh({
-      etcdEndpoint: etcd.address,
-      redisUrl: redis.address,
-      prefix: "bench-lat",
-      workers: 1,
-      slots: Number(values.slots),
-    });
-    try {
-      const c = gatewayClients(mesh.gateway.address, mesh.apiKey);
-      // Warm up connections and code paths.
-      for (let i = 0; i < 50; i++) await c.tasks.submitTask({ type: "noop" });
-      const submits: { id: string; at: number }[] = [];
-      const total = rate * seconds;
-      const t0 = performance.now();
-      const wall0 = Date.now();
-      const inflight: Promise<void>[] = [];
-      for (let i = 0; i < total; i++) {
-        const due = t0 + (i * 1000) / rate;
-        const wait = due - performance.now();
-        if (wait > 0) await new Promise((r) => setTimeout(r, wait));
-        const at = wall0 + (performance.now() - t0);
-        inflight.push(
-          c.tasks.submitTask({ type: "noop" }).then((t) => {
-            submits.push({ id: t.id, at });
-          }),
-        );
+  type Opener = (env: BenchEnv, label: string) => Promise<QueueSystem>;
+  const sides: [string, Opener, SystemResults][] = [];
+  if (systems.has("taskmesh")) sides.push(["taskmesh", openTaskmesh, tm]);
+  if (systems.has("bullmq")) sides.push(["BullMQ", openBullmq, bull]);
+
+  /** Runs one scenario on every system: a fresh instance each, Redis emptied between them. */
+  async function scenario(label: string, body: (sys: QueueSystem, res: SystemResults) => Promise<void>): Promise<void> {
+    for (const [name, open, res] of sides) {
+      let sys: QueueSystem | undefined;
+      try {
+        sys = await open(env, label);
+        await body(sys, res);
+      } catch (err) {
+        const msg = `${label}: ${err instanceof Error ? err.message : String(err)}`;
+        res.errors.push(msg);
+        out(`  ${name} FAILED ${msg}`);
+      } finally {
+        await sys?.close().catch(() => undefined);
+        await redisClient.flushall();
       }
-      await Promise.all(inflight);
-      const start: number[] = [];
-      const done: number[] = [];
-      await waitFor(
-        async () => {
-          start.length = 0;
-          done.length = 0;
-          for (let i = 0; i < submits.length; i += 100) {
-            const batch = submits.slice(i, i + 100);
-            const got = await Promise.all(batch.map((s) => c.tasks.getTask({ taskId: s.id })));
-            for (const [j, t] of got.entries()) {
-              if (t.status !== TaskStatus.SUCCEEDED) return false;
-              const s = batch[j] as { at: number };
-              start.push(ms(t.startedAt) - s.at);
-              done.push(ms(t.finishedAt) - s.at);
-            }
-          }
-          return true;
-        },
-        { timeoutMs: 120_000, intervalMs: 500, what: "latency tasks done" },
-      );
-      const r = { rate, seconds, submitToStartMs: percentiles(start), submitToDoneMs: percentiles(done) };
-      results.latency = r;
-      out(`latency: ${rate}/s for ${seconds}s, ${r.submitToStartMs.n} tasks (server timestamps have 1 ms resolution)`);
-      out(`  submit→start ms  p50 ${r.submitToStartMs.p50.toFixed(1)}  p95 ${r.submitToStartMs.p95.toFixed(1)}  p99 ${r.submitToStartMs.p99.toFixed(1)}  max ${r.submitToStartMs.max.toFixed(1)}`);
-      out(`  submit→done  ms  p50 ${r.submitToDoneMs.p50.toFixed(1)}  p95 ${r.submitToDoneMs.p95.toFixed(1)}  p99 ${r.submitToDoneMs.p99.toFixed(1)}  max ${r.submitToDoneMs.max.toFixed(1)}`);
-    } finally {
-      await mesh.close();
     }
   }
 
-  if (scenarios.includes("drain")) {
-    const n = Number(values.tasks);
-    const mesh = await startMesh({
-      etcdEndpoint: etcd.address,
-      redisUrl: redis.address,
-      prefix: "bench-drain",
-      workers: 0,
-      slots: Number(values.slots),
-    });
-    try {
-      const c = gatewayClients(mesh.gateway.address, mesh.apiKey);
-      const tSubmit = performance.now();
-      const batches: Promise<unknown>[] = [];
-      for (let i = 0; i < n; i += 1000) {
-        batches.push(c.tasks.submitTasks({ tasks: Array.from({ length: Math.min(1000, n - i) }, () => ({ type: "noop" })) }));
-        if (batches.length >= 4) await Promise.all(batches.splice(0));
-      }
-      await Promise.all(batches);
-      const submitS = (performance.now() - tSubmit) / 1000;
-      const depth = async (): Promise<{ queued: bigint; running: bigint }> => {
-        const s = await c.cluster.getClusterStatus({});
-        const q = s.queues.find((x) => x.name === "default");
-        return { queued: q?.queued ?? 0n, running: q?.running ?? 0n };
-      };
-      const before = await depth();
-      const tDrain = performance.now();
-      await mesh.addWorker("bench-drain-w1");
-      const tReady = performance.now();
-      await waitFor(
-        async () => {
-          const d = await depth();
-          return d.queued === 0n && d.running === 0n;
-        },
-        { timeoutMs: 300_000, intervalMs: 50, what: "queue drained" },
-      );
-      const drainS = (performance.now() - tReady) / 1000;
-      const r = {
-        tasks: n,
-        queuedBefore: Number(before.queued),
-        submitPerSecond: n / submitS,
-        drainPerSecond: n / drainS,
-        workerStartS: (tReady - tDrain) / 1000,
-      };
-      results.drain = r;
-      out(`drain: ${n} noop tasks, 1 worker at ${values.slots} slots`);
-      out(`  batched submit through the gateway: ${r.submitPerSecond.toFixed(0)} tasks/s`);
-      out(`  drain (from worker healthy to queue empty): ${r.drainPerSecond.toFixed(0)} tasks/s`);
-    } finally {
-      await mesh.close();
+  try {
+    if (runs("A")) {
+      out(`A: ${f0(N)} noop tasks: enqueue one at a time / batched, drain at 1 / 50 slots`);
+      await scenario("a", async (sys, res) => {
+        res.enqueueSingle = await enqueue(sys, env, N, "single");
+        out(`  ${sys.name} enqueue one at a time (64 in flight): ${f0(res.enqueueSingle.perSecond)} tasks/s${failures(res.enqueueSingle)}`);
+        res.drain1 = await drain(sys, env, 1, "drain1");
+        out(`  ${sys.name} drain 1 slot: ${f0(res.drain1.perSecond)} tasks/s (worker start ${res.drain1.workerStartS.toFixed(2)} s)`);
+        res.enqueueBatched = await enqueue(sys, env, N, "batched");
+        out(`  ${sys.name} enqueue batched: ${f0(res.enqueueBatched.perSecond)} tasks/s${failures(res.enqueueBatched)}`);
+        res.drain50 = await drain(sys, env, 50, "drain50");
+        out(`  ${sys.name} drain 50 slots: ${f0(res.drain50.perSecond)} tasks/s (worker start ${res.drain50.workerStartS.toFixed(2)} s)`);
+      });
     }
-  }
-  if (scenarios.includes("crash")) {
-    const mesh = await startMesh({
-      etcdEndpoint: etcd.address,
-      redisUrl: redis.address,
-      prefix: "bench-crash",
-      workers: 2,
-      slots: 10,
-    });
-    try {
-      const c = gatewayClients(mesh.gateway.address, mesh.apiKey);
-      const ids: string[] = [];
-      for (let i = 0; i < 1000; i += 500) {
-        const r = await c.tasks.submitTasks({
-          tasks: Array.from({ length: 500 }, (_, j) => ({ type: "sleep", payload: { ms: 20 }, affinityKey: `c${i + j}` })),
-        });
-        ids.push(...r.tasks.map((t) => t.id));
-      }
-      const depth = async (): Promise<{ done: number; running: number }> => {
-        const s = await c.cluster.getClusterStatus({});
-        const q = s.queues.find((x) => x.name === "default");
-        const waiting = Number((q?.queued ?? 0n) + (q?.delayed ?? 0n) + (q?.retryWait ?? 0n));
-        const running = Number(q?.running ?? 0n);
-        return { done: ids.length - waiting - running, running };
-      };
-      await waitFor(async () => (await depth()).done >= 300, { timeoutMs: 60_000, intervalMs: 5 });
-      const victim = mesh.workers[0];
-      if (victim === undefined) throw new Error("no worker");
-      const running: string[] = [];
-      for (let p = ""; ; ) {
-        const page = await c.tasks.listTasks({ status: TaskStatus.RUNNING, pageSize: 1000, pageToken: p });
-        for (const t of page.tasks) if (t.workerId === victim.name) running.push(t.id);
-        p = page.nextPageToken;
-        if (p === "") break;
-      }
-      const tKill = performance.now();
-      await victim.kill();
-      await waitFor(
-        async () => {
-          const ts = await Promise.all(running.map((id) => c.tasks.getTask({ taskId: id })));
-          return ts.every((t) => t.workerId !== victim.name || t.status !== TaskStatus.RUNNING);
-        },
-        { timeoutMs: 30_000, intervalMs: 5 },
-      );
-      const recoveryS = (performance.now() - tKill) / 1000;
-      await waitFor(async () => (await depth()).done >= ids.length, { timeoutMs: 120_000, intervalMs: 50 });
-      const final: { status: TaskStatus; attempt: number }[] = [];
-      for (let i = 0; i < ids.length; i += 100) {
-        final.push(...(await Promise.all(ids.slice(i, i + 100).map((id) => c.tasks.getTask({ taskId: id })))));
-      }
-      const r = {
-        tasks: ids.length,
-        inFlightOnVictim: running.length,
-        lost: final.filter((t) => t.status !== TaskStatus.SUCCEEDED).length,
-        duplicated: final.filter((t) => t.attempt > 1).length,
-        recoveryS,
-      };
-      results.crash = r;
-      out(`crash: ${r.tasks} tasks, kill -9 of one of 2 workers with ${r.inFlightOnVictim} in flight`);
-      out(`  lost ${r.lost}, re-run ${r.duplicated}, its tasks re-queued ${(r.recoveryS * 1000).toFixed(0)} ms after the kill`);
-    } finally {
-      await mesh.close();
+    if (runs("B")) {
+      out(`B: ${RATE} stamp tasks/s for ${SECONDS} s, one call each; one worker at 1 and at 50 slots`);
+      await scenario("b", async (sys, res) => {
+        for (const slots of [1, 50] as const) {
+          const r = await latency(sys, env, { rate: RATE, seconds: SECONDS, slots });
+          if (slots === 1) res.latency1 = r;
+          else res.latency50 = r;
+          const p = (x: { p50: number; p99: number; max: number }): string =>
+            `p50 ${x.p50.toFixed(2)} p99 ${x.p99.toFixed(2)} max ${x.max.toFixed(1)} ms`;
+          out(`  ${sys.name} ${slots} slot(s): submit→start ${p(r.submitToStartMs)}; submit→done ${p(r.submitToDoneMs)}`);
+          if (r.errors !== undefined) out(`  ${sys.name} ${slots} slot(s): ${r.errors} submit calls failed, first: ${r.firstError ?? ""}`);
+        }
+      });
     }
+    if (runs("C")) {
+      const n = 2000 / shrink;
+      const idealS = (n * 50) / 100 / 1000;
+      out(`C: ${f0(n)} tasks sleeping 50 ms, one worker with 100 slots (ideal ${idealS.toFixed(2)} s)`);
+      await scenario("c", async (sys, res) => {
+        await fill(sys, n, { type: "sleep", ms: 50 });
+        const d = await drain(sys, env, 100, "sleep100");
+        res.sleepDrain = { ...d, idealS, factor: d.seconds / idealS };
+        out(`  ${sys.name}: ${d.seconds.toFixed(3)} s = ${res.sleepDrain.factor.toFixed(2)}× ideal`);
+      });
+    }
+    if (runs("D")) {
+      const n = 1000 / shrink;
+      out(`D: ${f0(n)} tasks of 20 ms on 2 workers × 10 slots; kill -9 of one after ~${f0(n * 0.3)} (wait ≤ ${CRASH_WAIT_S} s)`);
+      await scenario("d", async (sys, res) => {
+        res.crash = await crash(sys, { tasks: n, killAfter: n * 0.3, sleepMs: 20, waitS: CRASH_WAIT_S });
+        const c = res.crash;
+        const s = (v: number | null): string => (v === null ? `not within ${c.waitS} s` : `${v.toFixed(2)} s`);
+        out(`  ${sys.name}: ${c.inFlightAtKill} in flight at the kill; lost ${c.lost}, duplicated ${c.duplicated}, recovery ${s(c.recoveryS)}, all done ${s(c.allDoneS)}`);
+      });
+    }
+    if (runs("E")) {
+      const n = 1000 / shrink;
+      out(`E: Redis bytes of ${f0(n)} noop tasks queued, then finished`);
+      await scenario("e", async (sys, res) => {
+        res.memory = await memory(sys, n);
+        out(`  ${sys.name}: ${f0(res.memory.queuedBytesPer1000)} B per 1,000 queued, ${f0(res.memory.finishedBytesPer1000)} B per 1,000 finished`);
+      });
+    }
+    if (runs("L")) {
+      out("limits: redis-benchmark EVALSHA of a trivial script; bare gRPC stream echo");
+      try {
+        const r: LuaRate[] = [];
+        for (const o of [
+          { clients: 1, pipeline: 1, requests: 50_000 / shrink },
+          { clients: 50, pipeline: 1, requests: 200_000 / shrink },
+          { clients: 50, pipeline: 16, requests: 1_000_000 / shrink },
+        ]) {
+          r.push(await redisEvalshaRate(redisClient, redisBackend.port, o));
+          out(`  EVALSHA ${o.clients} client(s), pipeline ${o.pipeline}: ${f0(r.at(-1)?.perSecond ?? NaN)} calls/s`);
+        }
+        limits.redisEvalsha = r;
+      } catch (err) {
+        limits.errors.push(`redis-benchmark: ${String(err)}`);
+        out(`  redis-benchmark FAILED ${String(err)}`);
+      }
+      try {
+        const e: EchoRate[] = await grpcEchoRates([1, 16, 128], 200_000 / shrink);
+        for (const x of e) out(`  gRPC echo, ${x.batch} task(s)/message: ${f0(x.perSecond)} tasks/s`);
+        limits.grpcEcho = e;
+      } catch (err) {
+        limits.errors.push(`gRPC echo: ${String(err)}`);
+        out(`  gRPC echo FAILED ${String(err)}`);
+      }
+    }
+  } finally {
+    redisClient.disconnect();
+    await Promise.all([redisBackend.stop(), etcdBackend.stop()]);
   }
-} finally {
-  await Promise.all([redis.stop(), etcd.stop()]);
+
+  const load1 = loadavg();
+  return {
+    command: `npm run bench${process.argv.length > 2 ? ` -- ${process.argv.slice(2).join(" ")}` : ""}`,
+    quick: values.quick,
+    complete: everything && sides.length === 2,
+    startedAt: started.toISOString(),
+    machine: {
+      cpus: cpus().length,
+      cpuModel: cpus()[0]?.model ?? "",
+      memoryGiB: Math.round(totalmem() / 2 ** 30),
+      node: process.version,
+      redis: "redis-server 7.0 (Debian), no persistence",
+      bullmq: "6.7.0",
+      loadAverage: { before: load0, after: load1 },
+    },
+    taskmesh: tm,
+    bullmq: bull,
+    limits,
+  };
 }
-mkdirSync(join(import.meta.dirname, "out"), { recursive: true });
-writeFileSync(join(import.meta.dirname, "out", "results.json"), JSON.stringify(results, null, 2));
-out("results written to bench/out/results.json");
+
+/** Prints the table, targets and CPU table; writes bench/out/results.{json,md,svg} (and bench/results.svg for a complete full run). */
+function publish(r: RunRecord): void {
+  const rows = buildRows(r.taskmesh, r.bullmq, r.limits);
+  const tg = targets(rows);
+  const m = r.machine;
+  const load = `load avg ${m.loadAverage.before[0]?.toFixed(1)} → ${m.loadAverage.after[0]?.toFixed(1)}`;
+  const subtitle = `${m.cpus} × ${m.cpuModel}, Node ${m.node}, Redis 7.0, BullMQ ${m.bullmq} — ${r.startedAt.slice(0, 16)}Z${r.quick ? " — QUICK (×1/10)" : ""} — ${load}`;
+  out("");
+  out(textTable(rows));
+  out("");
+  out("targets:");
+  for (const t of tg) out(`  ${t.pass === undefined ? "n/a " : t.pass ? "PASS" : "FAIL"}  ${t.name}: ${t.rule} (${t.value})`);
+  for (const [name, x] of [["taskmesh", r.taskmesh], ["BullMQ", r.bullmq], ["limits", r.limits]] as const) {
+    for (const e of x.errors) out(`  error (${name}): ${e}`);
+  }
+  out("");
+  out("CPU ms per 1,000 tasks, by process:");
+  const cpu = cpuTable(r.taskmesh, r.bullmq);
+  out(cpu);
+  const dir = join(import.meta.dirname, "out");
+  mkdirSync(dir, { recursive: true });
+  writeFileSync(join(dir, "results.json"), JSON.stringify({ ...r, rows, targets: tg }, null, 2));
+  const pf = (p: boolean | undefined): string => (p === undefined ? "n/a" : p ? "PASS" : "FAIL");
+  writeFileSync(
+    join(dir, "results.md"),
+    `Command: \`${r.command}\` — ${subtitle}\n\n${markdownTable(rows)}\n\nTargets:\n\n${tg.map((t) => `- ${pf(t.pass)} ${t.name}: ${t.rule} (${t.value})`).join("\n")}\n\nCPU ms per 1,000 tasks:\n\n${cpu}\n`,
+  );
+  writeFileSync(join(dir, "results.svg"), svgChart(r.taskmesh, r.bullmq, subtitle));
+  const full = r.complete && !r.quick;
+  if (full) copyFileSync(join(dir, "results.svg"), join(import.meta.dirname, "results.svg"));
+  out(`results written to bench/out/results.{json,md,svg}${full ? " and bench/results.svg" : ""}`);
+}
+
+publish(values.render === undefined ? await measure() : (JSON.parse(readFileSync(values.render, "utf8")) as RunRecord));
