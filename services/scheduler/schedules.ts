@@ -1,8 +1,8 @@
-import { readFileSync } from "node:fs";
 import { create, fromJsonString, toJsonString } from "@bufbuild/protobuf";
 import { timestampFromMs } from "@bufbuild/protobuf/wkt";
 import { CronExpressionParser } from "cron-parser";
 import type { ClientContext, Redis, RedisValue, Result } from "ioredis";
+import { defineScripts } from "./lua-scripts.js";
 import { ScheduleSchema, type Schedule } from "../../gen/taskmesh/v1/schedule_service_pb.js";
 import { SubmitTaskRequestSchema, type SubmitTaskRequest } from "../../gen/taskmesh/v1/task_pb.js";
 import { invalidArgument } from "../../lib/errors.js";
@@ -173,8 +173,6 @@ const SCRIPTS = {
   schFinish: { file: "schedule-finish", keys: 1 },
 } as const;
 
-type ScriptName = keyof typeof SCRIPTS;
-
 declare module "ioredis" {
   // The schedule store's Lua scripts (services/scheduler/lua/schedule-*.lua).
   interface RedisCommander<Context extends ClientContext = { type: "default" }> {
@@ -186,18 +184,6 @@ declare module "ioredis" {
     schRecover(...args: RedisValue[]): Result<unknown, Context>;
     schFinish(...args: RedisValue[]): Result<unknown, Context>;
   }
-}
-
-let luaSources: Map<ScriptName, string> | undefined;
-
-function loadScripts(): Map<ScriptName, string> {
-  if (luaSources === undefined) {
-    const read = (name: string): string => readFileSync(new URL(`./lua/${name}.lua`, import.meta.url), "utf8");
-    const lib = read("schedule-lib");
-    luaSources = new Map();
-    for (const [name, s] of Object.entries(SCRIPTS)) luaSources.set(name as ScriptName, `${lib}\n${read(s.file)}`);
-  }
-  return luaSources;
 }
 
 function arr(x: unknown): unknown[] {
@@ -266,18 +252,7 @@ export class ScheduleStore {
     this.prefix = opts.prefix ?? "tm";
     this.maxPerTenant = opts.maxPerTenant ?? 10_000;
     this.logger = opts.logger.child({ component: "schedule-store" });
-    const keyPrefix = this.redis.options.keyPrefix;
-    if (keyPrefix !== undefined && keyPrefix !== "") {
-      throw new Error("ScheduleStore needs a Redis connection without keyPrefix; use the prefix option");
-    }
-    const sources = loadScripts();
-    for (const [name, s] of Object.entries(SCRIPTS)) {
-      this.redis.defineCommand(name, {
-        numberOfKeys: s.keys,
-        lua: sources.get(name as ScriptName) as string,
-        readOnly: "readOnly" in s && s.readOnly,
-      });
-    }
+    defineScripts(this.redis, "schedule-lib", SCRIPTS, "ScheduleStore");
   }
 
   private hashKey(tenant: string, id: string): string {

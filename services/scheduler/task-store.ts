@@ -1,7 +1,7 @@
-import { readFileSync } from "node:fs";
 import { create, type JsonObject } from "@bufbuild/protobuf";
 import { durationFromMs } from "@bufbuild/protobuf/wkt";
 import type { ClientContext, Redis, RedisValue, Result } from "ioredis";
+import { defineScripts } from "./lua-scripts.js";
 import { QueueStatsSchema, type QueueStats } from "../../gen/taskmesh/v1/cluster_service_pb.js";
 import type { Task, TaskEvent, TaskStatus } from "../../gen/taskmesh/v1/task_pb.js";
 import { invalidArgument } from "../../lib/errors.js";
@@ -164,8 +164,6 @@ const SCRIPTS = {
   tmStats: { file: "stats", keys: 6, readOnly: true },
 } as const;
 
-type ScriptName = keyof typeof SCRIPTS;
-
 declare module "ioredis" {
   // The task store's Lua scripts (services/scheduler/lua), defined by TaskStore on its connection.
   interface RedisCommander<Context extends ClientContext = { type: "default" }> {
@@ -186,19 +184,6 @@ declare module "ioredis" {
     tmEvents(...args: RedisValue[]): Result<unknown, Context>;
     tmStats(...args: RedisValue[]): Result<unknown, Context>;
   }
-}
-
-let luaSources: Map<ScriptName, string> | undefined;
-
-/** Reads the scripts once per process, each prefixed with lib.lua. */
-function loadScripts(): Map<ScriptName, string> {
-  if (luaSources === undefined) {
-    const read = (name: string): string => readFileSync(new URL(`./lua/${name}.lua`, import.meta.url), "utf8");
-    const lib = read("lib");
-    luaSources = new Map();
-    for (const [name, s] of Object.entries(SCRIPTS)) luaSources.set(name as ScriptName, `${lib}\n${read(s.file)}`);
-  }
-  return luaSources;
 }
 
 /** Tasks per script call: bounds how long one call blocks Redis (about 5–10 ms at 500). */
@@ -296,18 +281,7 @@ export class TaskStore {
     this.maxRequeues = Math.max(0, Math.floor(opts.maxRequeues ?? 10));
     this.maxPeekSkip = Math.max(0, Math.floor(opts.maxPeekSkip ?? 5000));
     this.logger = opts.logger.child({ component: "task-store" });
-    const keyPrefix = this.redis.options.keyPrefix;
-    if (keyPrefix !== undefined && keyPrefix !== "") {
-      throw new Error("TaskStore needs a Redis connection without keyPrefix; use the prefix option");
-    }
-    const sources = loadScripts();
-    for (const [name, s] of Object.entries(SCRIPTS)) {
-      this.redis.defineCommand(name, {
-        numberOfKeys: s.keys,
-        lua: sources.get(name as ScriptName) as string,
-        readOnly: "readOnly" in s && s.readOnly,
-      });
-    }
+    defineScripts(this.redis, "lib", SCRIPTS, "TaskStore");
   }
 
   // ---- keys and helpers ----
