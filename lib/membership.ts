@@ -200,21 +200,8 @@ export class Membership<T> extends EventEmitter<MembershipEvents<T>> {
     return w;
   }
 
-  private async cancel(w: Watcher): Promise<void> {
-    let timer: NodeJS.Timeout | undefined;
-    try {
-      await Promise.race([
-        w.cancel(),
-        new Promise<void>((resolve) => {
-          timer = setTimeout(resolve, CANCEL_TIMEOUT_MS);
-          timer.unref();
-        }),
-      ]);
-    } catch (err) {
-      this.log.debug({ err }, "watch cancel failed");
-    } finally {
-      clearTimeout(timer);
-    }
+  private cancel(w: Watcher): Promise<void> {
+    return cancelWatcher(w, this.log);
   }
 
   private scheduleResync(): void {
@@ -304,5 +291,26 @@ export class Membership<T> extends EventEmitter<MembershipEvents<T>> {
         this.log.error({ err, event, id: args[0] }, "membership listener threw");
       }
     }
+  }
+}
+
+/**
+ * Cancels an etcd watcher without hanging: etcd3's cancel waits for the server's answer, which
+ * never comes while etcd is unreachable, so it is bounded. Never throws.
+ */
+export async function cancelWatcher(w: Watcher, log: Logger): Promise<void> {
+  let timer: NodeJS.Timeout | undefined;
+  try {
+    await Promise.race([
+      w.cancel(),
+      new Promise<void>((resolve) => {
+        timer = setTimeout(resolve, CANCEL_TIMEOUT_MS);
+        timer.unref();
+      }),
+    ]);
+  } catch (err) {
+    log.debug({ err }, "watch cancel failed");
+  } finally {
+    clearTimeout(timer);
   }
 }

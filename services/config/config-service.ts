@@ -24,6 +24,7 @@ import {
   type ConfigEvent,
 } from "../../gen/taskmesh/v1/config_service_pb.js";
 import { AsyncQueue } from "../../lib/async-queue.js";
+import { cancelWatcher } from "../../lib/membership.js";
 import { invalidArgument, toConnectError } from "../../lib/errors.js";
 import { AUTHOR_HEADER } from "../../lib/task-types.js";
 import { ConfigStore } from "./config-store.js";
@@ -32,7 +33,6 @@ import { checkNamespace } from "./config-validation.js";
 /** Author recorded when a change carries no `x-taskmesh-author` header. */
 export const ANONYMOUS_AUTHOR = "anonymous";
 /** How long a finished watch waits for etcd to confirm its cancellation. */
-const CANCEL_TIMEOUT_MS = 2_000;
 /** Most namespaces one WatchConfig call may name. */
 const MAX_WATCH_NAMESPACES = 1000;
 
@@ -250,22 +250,6 @@ async function* watchConfig(
   }
 }
 
-async function cancelWatcher(w: Watcher, log: Logger): Promise<void> {
-  let timer: NodeJS.Timeout | undefined;
-  try {
-    await Promise.race([
-      w.cancel(),
-      new Promise<void>((resolve) => {
-        timer = setTimeout(resolve, CANCEL_TIMEOUT_MS);
-        timer.unref();
-      }),
-    ]);
-  } catch (err) {
-    log.debug({ err }, "watch cancel failed");
-  } finally {
-    clearTimeout(timer);
-  }
-}
 
 /**
  * Registers ConfigService on a router: the one `routes` function shared by `main.ts` and tests.
