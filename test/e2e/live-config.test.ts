@@ -146,12 +146,14 @@ describe("configuration applied live, without restarts", () => {
     const canary = await mesh.addWorker(`${mesh.redisPrefix}-canary`, ["--labels", "canary=true", "--slots", "3"]);
     const slotsOf = async (id: string) => (await c.cluster.listWorkers({})).workers.find((w) => w.id === id)?.slots;
     const plain = mesh.workers[0]?.name ?? "";
+    // The canary is registered (healthy comes first) before the release targets it.
+    await waitFor(async () => (await slotsOf(canary.name)) === 3, { timeoutMs: 10_000, intervalMs: 50 });
     const plainBefore = await slotsOf(plain);
     await config.putConfig({ namespace: "worker", value: { slots: 5 }, grayLabels: { canary: "true" } });
-    await waitFor(async () => (await slotsOf(canary.name)) === 5, { timeoutMs: 5000, intervalMs: 50 });
+    await waitFor(async () => (await slotsOf(canary.name)) === 5, { timeoutMs: 10_000, intervalMs: 50 });
     expect(await slotsOf(plain)).toBe(plainBefore);
     await config.abandonGrayConfig({ namespace: "worker" });
-    await waitFor(async () => (await slotsOf(canary.name)) === 3, { timeoutMs: 5000, intervalMs: 50 });
+    await waitFor(async () => (await slotsOf(canary.name)) === 3, { timeoutMs: 10_000, intervalMs: 50 });
     await config.putConfig({ namespace: "worker", value: { slots: 4 }, grayLabels: { canary: "true" } });
     await waitFor(async () => (await slotsOf(canary.name)) === 4, { timeoutMs: 5000, intervalMs: 50 });
     await config.promoteGrayConfig({ namespace: "worker" });
