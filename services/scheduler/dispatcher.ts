@@ -73,6 +73,7 @@ export class Dispatcher {
     this.stopped = true;
     this.kick();
     await this.loop;
+    await Promise.all(this.claiming);
     this.running = false;
   }
 
@@ -88,6 +89,8 @@ export class Dispatcher {
         await new Promise((r) => setTimeout(r, 100).unref());
       }
       if (this.stopped) break;
+      // Never more than a few claims in flight: each holds its reservations.
+      while (this.claiming.size >= 4) await Promise.race(this.claiming);
       if (dispatched > 0 || this.kicked) continue;
       await new Promise<void>((resolve) => {
         const t = setTimeout(resolve, idleMs);
@@ -106,6 +109,49 @@ export class Dispatcher {
       this.queuesReadAt = now;
     }
     return this.queues;
+  }
+
+  /** Claims in flight, awaited when there are too many and when stopping. */
+  private readonly claiming = new Set<Promise<void>>();
+
+  private track(p: Promise<void>): void {
+    this.claiming.add(p);
+    void p.finally(() => this.claiming.delete(p));
+  }
+
+  /** Claims the planned tasks, sends each worker its share, and gives back unused reservations. */
+  private async finishClaim(queue: string, claims: { id: string; workerId: string }[], planned: Map<string, number>): Promise<void> {
+    const { sessions, store } = this.opts;
+    let claimed: ClaimedTask[] = [];
+    try {
+      claimed = await store.claim(queue, claims, Date.now(), this.opts.leaseMs());
+    } catch (err) {
+      this.log.error({ err, queue }, "claim failed");
+    }
+    const byWorker = new Map<string, ClaimedTask[]>();
+    for (const t of claimed) {
+      let list = byWorker.get(t.workerId);
+      if (list === undefined) byWorker.set(t.workerId, (list = []));
+      list.push(t);
+    }
+    for (const [workerId, n] of planned) sessions.get(workerId)?.release(n - (byWorker.get(workerId)?.length ?? 0));
+    const now = Date.now();
+    for (const [workerId, tasks] of byWorker) {
+      const s = sessions.get(workerId);
+      if (s === undefined) {
+        await store.requeue(tasks.map((t) => ({ id: t.id, attempt: t.attempt })), "worker gone", now).catch((err: unknown) =>
+          this.log.error({ err }, "re-queue after a lost worker failed; leases will expire"),
+        );
+        continue;
+      }
+      s.assign(tasks, true);
+      for (const t of tasks) {
+        this.opts.metrics.dispatched.inc({ queue: t.queue });
+        if (t.readyAtMs > 0) this.opts.metrics.queueWaitSeconds.observe({ queue: t.queue }, Math.max(0, now - t.readyAtMs) / 1000);
+      }
+    }
+    // Unused reservations are back: another round may fill them.
+    if (claimed.length < claims.length) this.kick();
   }
 
   /** One pass over the queues; returns how many tasks were sent. */
@@ -128,7 +174,10 @@ export class Dispatcher {
       const candidates = await store.peekReady(queue, Math.min(want * 4, 1000));
       if (candidates.length === 0) continue;
       const planned = new Map<string, number>();
-      const load = (id: string): number => (sessions.get(id)?.inflight.size ?? 0) + (planned.get(id) ?? 0);
+      const load = (id: string): number => {
+        const s = sessions.get(id);
+        return (s === undefined ? 0 : s.inflight.size + s.reserved) + (planned.get(id) ?? 0);
+      };
       const canAccept = (id: string): boolean => {
         const s = sessions.get(id);
         return s !== undefined && s.serves(queue) && s.free - (planned.get(id) ?? 0) > 0;
@@ -142,28 +191,13 @@ export class Dispatcher {
         claims.push({ id: c.id, workerId });
       }
       if (claims.length === 0) continue;
-      const claimed = await store.claim(queue, claims, Date.now(), this.opts.leaseMs());
-      const byWorker = new Map<string, ClaimedTask[]>();
-      for (const t of claimed) {
-        let list = byWorker.get(t.workerId);
-        if (list === undefined) byWorker.set(t.workerId, (list = []));
-        list.push(t);
-      }
-      for (const [workerId, tasks] of byWorker) {
-        const s = sessions.get(workerId);
-        if (s === undefined) {
-          await store.requeue(tasks.map((t) => ({ id: t.id, attempt: t.attempt })), "worker gone", Date.now());
-          continue;
-        }
-        s.assign(tasks);
-        const now = Date.now();
-        for (const t of tasks) {
-          this.opts.metrics.dispatched.inc({ queue: t.queue });
-          if (t.readyAtMs > 0) this.opts.metrics.queueWaitSeconds.observe({ queue: t.queue }, Math.max(0, now - t.readyAtMs) / 1000);
-        }
-      }
-      sent += claimed.length;
-      free -= claimed.length;
+      // Reserve the slots now and let the claim run without waiting for it: the next peek goes
+      // down the same Redis connection after it, so it already sees these tasks claimed, and the
+      // reservations keep every worker within its free slots meanwhile.
+      for (const [workerId, n] of planned) sessions.get(workerId)?.reserve(n);
+      this.track(this.finishClaim(queue, claims, planned));
+      sent += claims.length;
+      free -= claims.length;
     }
     return sent;
   }

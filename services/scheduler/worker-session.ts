@@ -89,10 +89,23 @@ export class WorkerSession {
     return this.taskTypes;
   }
 
+  /** Slots the dispatcher has promised to tasks being claimed right now. */
+  reserved = 0;
+
   /** Slots the dispatcher may still fill. */
   get free(): number {
     if (this.state !== "ready" || this.record.draining) return 0;
-    return Math.max(0, this.slots - this.inflight.size);
+    return Math.max(0, this.slots - this.inflight.size - this.reserved);
+  }
+
+  /** Holds `n` slots for tasks being claimed. */
+  reserve(n: number): void {
+    this.reserved += n;
+  }
+
+  /** Gives back `n` held slots (claims that did not succeed). */
+  release(n: number): void {
+    this.reserved = Math.max(0, this.reserved - n);
   }
 
   /** Configured slots. */
@@ -116,8 +129,9 @@ export class WorkerSession {
     if (wasDraining !== record.draining) this.opts.onStateChange(this);
   }
 
-  /** Sends claimed tasks in one message. The caller has checked `free`. */
-  assign(tasks: ClaimedTask[]): void {
+  /** Sends claimed tasks in one message; `reserved` when their slots were reserved beforehand. */
+  assign(tasks: ClaimedTask[], reserved = false): void {
+    if (reserved) this.release(tasks.length);
     const out = this.out;
     if (out === undefined || this.state !== "ready") {
       // The stream went down between claim and send: give the attempts back at once.
