@@ -75,6 +75,8 @@ function tool(
         rej(new Error(`${cmd} ${args.join(" ")} failed: ${err.message}${hint}\n${stdout}\n${stderr}`));
       },
     );
+    // A tool that exits without reading its input closes the pipe: not an error of the test.
+    child.stdin?.on("error", () => undefined);
     child.stdin?.end(opts.input ?? "");
   });
 }
