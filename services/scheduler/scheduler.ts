@@ -290,7 +290,7 @@ export async function startScheduler(opts: SchedulerOptions): Promise<Scheduler>
   };
   leadership.on("lost", () => void stepDown());
 
-  // --- control channel: any replica → the leader --------------------------------------------
+  // --- control channel: from every replica to the leader ------------------------------------
   const ctlChannel = `${prefix}:ctl`;
   const handleControl = (c: Control): void => {
     if (!leadership.isLeader) return;
