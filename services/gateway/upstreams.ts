@@ -52,6 +52,10 @@ export class Upstreams<S extends DescService> {
   private readonly replicas = new Map<string, Replica<S>>();
   private cursor = 0;
   private readonly policy: Required<UpstreamPolicy>;
+  /** Deadline + retries on another replica when one is unreachable: for calls without side effects. */
+  private readonly readPolicy;
+  /** Deadline + moving on only when a breaker refused before anything was sent: for the others. */
+  private readonly writePolicy;
 
   constructor(
     private readonly service: S,
@@ -68,6 +72,15 @@ export class Upstreams<S extends DescService> {
       retries: policy.retries ?? 2,
     };
     members.on("delete", (_id: string, r: ServiceRecord) => this.replicas.delete(r.address));
+    const deadline = timeout(this.policy.timeoutMs, TimeoutStrategy.Aggressive);
+    const backoff = new ExponentialBackoff({ initialDelay: 20, maxDelay: 200 });
+    const retries = (idempotent: boolean) =>
+      retry(
+        handleWhen((err) => err instanceof BrokenCircuitError || (idempotent && replicaFailure(err))),
+        { maxAttempts: this.policy.retries, backoff },
+      );
+    this.readPolicy = wrap(retries(true), deadline);
+    this.writePolicy = wrap(retries(false), deadline);
   }
 
   /** How many instances are known. */
@@ -119,13 +132,9 @@ export class Upstreams<S extends DescService> {
    * breaker refused them before anything was sent.
    */
   async call<T>(fn: (client: Client<S>, signal: AbortSignal) => Promise<T>, idempotent: boolean): Promise<T> {
-    const attempt = retry(
-      handleWhen((err) => err instanceof BrokenCircuitError || (idempotent && replicaFailure(err))),
-      { maxAttempts: this.policy.retries, backoff: new ExponentialBackoff({ initialDelay: 20, maxDelay: 200 }) },
-    );
-    const deadline = timeout(this.policy.timeoutMs, TimeoutStrategy.Aggressive);
+    const policy = idempotent ? this.readPolicy : this.writePolicy;
     try {
-      return await wrap(attempt, deadline).execute(({ signal }) => {
+      return await policy.execute(({ signal }) => {
         const r = this.next();
         return r.breaker.execute(() =>
           fn(r.client, signal).catch((err: unknown) => {

@@ -233,17 +233,23 @@ export async function startScheduler(opts: SchedulerOptions): Promise<Scheduler>
       tick++;
       const queues = await store.queues();
       let promoted = 0;
-      for (const q of queues) {
-        promoted += await store.promoteDue(q, now, 1000);
-        const expired = await store.expireLeases(q, now, 1000);
-        if (expired.length > 0) {
-          metrics.requeued.inc({ reason: "lease_expired" }, expired.length);
-          log.warn({ queue: q, count: expired.length }, "re-queued attempts whose lease expired");
-          for (const e of expired) for (const s of sessions.values()) s.forget(e.id, e.attempt);
-          promoted += expired.length;
-        }
-        if (tick % 10 === 0) await store.reapExpired(q, now, 1000);
-      }
+      // Every queue's upkeep at once: the calls share one pipelined connection.
+      const counts = await Promise.all(
+        queues.map(async (q) => {
+          const [due, expired] = await Promise.all([
+            store.promoteDue(q, now, 1000),
+            store.expireLeases(q, now, 1000),
+            tick % 10 === 0 ? store.reapExpired(q, now, 1000) : Promise.resolve(0),
+          ]);
+          if (expired.length > 0) {
+            metrics.requeued.inc({ reason: "lease_expired" }, expired.length);
+            log.warn({ queue: q, count: expired.length }, "re-queued attempts whose lease expired");
+            for (const e of expired) for (const s of sessions.values()) s.forget(e.id, e.attempt);
+          }
+          return due + expired.length;
+        }),
+      );
+      for (const n of counts) promoted += n;
       try {
         const fired = await scheduleTicker.tick(now);
         if (fired.created > 0) {
@@ -271,13 +277,17 @@ export async function startScheduler(opts: SchedulerOptions): Promise<Scheduler>
 
   leadership.on("elected", (e) => {
     epoch = e;
+    steppingDown = undefined;
     metrics.leader.set(1);
     for (const r of workers.snapshot().values()) openSession(r);
     dispatcher.start();
     maintenance = setInterval(() => void maintain(), 100);
     maintenance.unref();
   });
-  const stepDown = async (): Promise<void> => {
+  // One step-down per term, however many paths ask for it (lost leadership, shutdown).
+  let steppingDown: Promise<void> | undefined;
+  const stepDown = (): Promise<void> => (steppingDown ??= leaveLeadership());
+  const leaveLeadership = async (): Promise<void> => {
     metrics.leader.set(0);
     if (maintenance !== undefined) clearInterval(maintenance);
     maintenance = undefined;
