@@ -5,16 +5,18 @@ import * as net from "node:net";
 import { hostname } from "node:os";
 import * as tls from "node:tls";
 import type { GenFile } from "@bufbuild/protobuf/codegenv2";
-import { Code, ConnectError, type ConnectRouter, type Interceptor } from "@connectrpc/connect";
+import type { DescService } from "@bufbuild/protobuf";
+import { Code, ConnectError, type ConnectRouter, type Interceptor, type ServiceImpl } from "@connectrpc/connect";
 import { connectNodeAdapter } from "@connectrpc/connect-node";
-import { rpcLogInterceptor } from "./rpc-log.js";
 import type { Registry } from "prom-client";
+import { implRoutes, isPlainGrpc, serveFast, type FastObserver, type FastRoutes } from "./grpc-fast.js";
+import { logRpc, rpcLogger, rpcLogInterceptor } from "./rpc-log.js";
 import { file_grpc_health_v1_health, Health } from "../gen/grpc/health/v1/health_pb.js";
 import { HealthRegistry, registerHealthService, ServingStatus } from "./health.js";
 import type { Logger } from "./logger.js";
-import { rpcMetricsInterceptor } from "./metrics.js";
+import { grpcCodeName, rpcMetrics, rpcMetricsInterceptor } from "./metrics.js";
 import { REFLECTION_SERVICE_NAMES, registerReflectionServices } from "./reflection.js";
-import { tracingInterceptor } from "./tracing.js";
+import { tracingEnabled, tracingInterceptor } from "./tracing.js";
 
 /** A plain HTTP request as either Node server hands it over. */
 export type HttpRequest = http.IncomingMessage | http2.Http2ServerRequest;
@@ -50,8 +52,21 @@ export interface ServerOptions {
    * CORS headers here). Return true when it answered the request itself.
    */
   httpPrelude?: (req: HttpRequest, res: HttpResponse) => boolean;
-  /** connect-node interceptors, run inside the server's own tracing, RPC metrics and logging interceptors. */
+  /**
+   * connect-node interceptors, run inside the server's own tracing, RPC metrics and logging
+   * interceptors. A server with interceptors gets no automatic fast path (see `fastUnary`): the
+   * fast path could not run them.
+   */
   interceptors?: Interceptor[];
+  /**
+   * Unary gRPC calls (binary protobuf, uncompressed) served straight from the HTTP/2 stream by
+   * these handlers instead of connect-node (lib/grpc-fast.ts), by path. Without interceptors,
+   * every unary method registered in `routes` is also served this way automatically; these
+   * entries take precedence. Off while tracing exports spans (connect's interceptors open them).
+   */
+  fastUnary?: FastRoutes;
+  /** Largest unary request the fast path accepts (bytes). @default 33554432 (32 MiB) */
+  maxFastRequestBytes?: number;
   /**
    * The address other services should dial (`host` or `host:port`), registered in etcd; needed
    * when binding to 0.0.0.0 in a container. Without it: the bound address, or `<hostname>:port`
@@ -115,15 +130,18 @@ export async function startServer(opts: ServerOptions): Promise<RpcServer> {
   // connect links every call's signal to this one: one listener per call in flight is expected.
   setMaxListeners(0, shutdown.signal);
   let served: readonly string[] = [];
+  // Unary methods of the registered services, for the fast gRPC path (none with interceptors).
+  const fast: FastRoutes = new Map();
+  const fastInflight = new Set<AbortController>();
   let state: "running" | "draining" | "stopped" = "running";
   let closing: Promise<void> | undefined;
 
   const rpcHandler = connectNodeAdapter({
     routes(router) {
-      opts.routes(router);
+      opts.routes(opts.interceptors?.length ? router : recordingRouter(router, fast));
       const own = new Set(router.handlers.map((h) => h.service.typeName));
       for (const name of ["", opts.name, ...own]) health.set(name, ServingStatus.SERVING);
-      registerHealthService(router, health);
+      registerHealthService(opts.interceptors?.length ? router : recordingRouter(router, fast), health);
       registerReflectionServices(router, [...opts.files, file_grpc_health_v1_health], () => served);
       served = [...own, Health.typeName, ...REFLECTION_SERVICE_NAMES].sort();
     },
@@ -186,6 +204,14 @@ export async function startServer(opts: ServerOptions): Promise<RpcServer> {
     rpcHandler(req, res as Parameters<typeof rpcHandler>[1]);
   };
 
+  for (const [path, handler] of opts.fastUnary ?? []) fast.set(path, handler);
+  const fastOptions = {
+    maxRequestBytes: opts.maxFastRequestBytes ?? 32 * 1024 * 1024,
+    maxTimeoutMs: Number.MAX_SAFE_INTEGER,
+    observer: fastObserver(opts.registry, opts.name, rpcLogger(log)),
+    inflight: fastInflight,
+  };
+
   const h1 = http.createServer(onRequest);
   h1.on("clientError", (err, socket) => {
     log.debug({ err }, "http/1 client error");
@@ -200,6 +226,19 @@ export async function startServer(opts: ServerOptions): Promise<RpcServer> {
     if (state !== "running") session.close();
   });
   h2.on("sessionError", (err) => log.debug({ err }, "http/2 session error"));
+  if (fast.size > 0) {
+    // Take unary gRPC calls before Node's compatibility layer (which would build request and
+    // response objects for connect-node) sees the stream; everything else goes on to it.
+    const compat = h2.listeners("stream");
+    const toCompat = compat[0];
+    if (compat.length !== 1 || toCompat === undefined) throw new Error("unexpected http2 server listeners");
+    h2.removeAllListeners("stream");
+    h2.on("stream", (stream: http2.ServerHttp2Stream, headers: http2.IncomingHttpHeaders, flags: number, rawHeaders: string[]) => {
+      const handler = state === "running" && isPlainGrpc(headers) ? fast.get(headers[":path"] ?? "") : undefined;
+      if (handler !== undefined && !tracingEnabled()) serveFast(stream, headers, handler, fastOptions);
+      else toCompat.call(h2, stream, headers, flags, rawHeaders);
+    });
+  }
 
   const sockets = new Set<net.Socket>();
   const h2Sockets = new Set<net.Socket>();
@@ -289,6 +328,7 @@ export async function startServer(opts: ServerOptions): Promise<RpcServer> {
     log.debug({ address }, "server closing");
     const listenerClosed = new Promise<void>((resolve) => listener.close(() => resolve()));
     shutdown.abort(new ConnectError("server shutting down", Code.Unavailable));
+    for (const call of fastInflight) call.abort(new ConnectError("server shutting down", Code.Unavailable));
     health.setAll(false);
     for (const session of sessions) session.close();
     for (const [socket, active] of h1Sockets) if (active === 0) socket.destroy();
@@ -326,6 +366,74 @@ export async function startServer(opts: ServerOptions): Promise<RpcServer> {
     close() {
       closing ??= close();
       return closing;
+    },
+  };
+}
+
+/**
+ * A router that also records the unary methods of every service registered on it as fast
+ * routes (they run the same implementation).
+ */
+function recordingRouter(router: ConnectRouter, fast: FastRoutes): ConnectRouter {
+  const recording: ConnectRouter = {
+    get handlers() {
+      return router.handlers;
+    },
+    service(service, impl, options) {
+      implRoutes(service as DescService, impl as Partial<ServiceImpl<DescService>>, fast);
+      router.service(service, impl, options);
+      return recording;
+    },
+    rpc(method, impl, options) {
+      router.rpc(method, impl, options);
+      return recording;
+    },
+  };
+  return recording;
+}
+
+/**
+ * RPC metrics and logs of fast calls: the same series as rpcMetricsInterceptor and the same
+ * lines as rpcLogInterceptor, with the labelled children looked up once per method.
+ */
+function fastObserver(registry: Registry, service: string, log: Logger): FastObserver {
+  const metrics = rpcMetrics(registry);
+  const byPath = new Map<
+    string,
+    {
+      method: string;
+      duration: ReturnType<typeof metrics.duration.labels>;
+      inFlight: ReturnType<typeof metrics.inFlight.labels>;
+      requests: Map<Code | 0, ReturnType<typeof metrics.requests.labels>>;
+    }
+  >();
+  return {
+    start(path) {
+      let m = byPath.get(path);
+      if (m === undefined) {
+        const method = path.slice(1);
+        m = {
+          method,
+          duration: metrics.duration.labels({ service, method }),
+          inFlight: metrics.inFlight.labels({ service, method }),
+          requests: new Map(),
+        };
+        byPath.set(path, m);
+      }
+      const started = performance.now();
+      const entry = m;
+      entry.inFlight.inc();
+      return (code, err) => {
+        entry.inFlight.dec();
+        entry.duration.observe((performance.now() - started) / 1000);
+        let counter = entry.requests.get(code);
+        if (counter === undefined) {
+          counter = metrics.requests.labels({ service, method: entry.method, code: grpcCodeName(code) });
+          entry.requests.set(code, counter);
+        }
+        counter.inc();
+        logRpc(log, entry.method, started, code === 0 ? undefined : (err ?? new ConnectError("", code)));
+      };
     },
   };
 }

@@ -79,6 +79,14 @@ export interface TracingOptions {
   logger?: Logger | undefined;
 }
 
+/**
+ * True once {@link initTracing} set up a tracer that exports spans. Servers then run every call
+ * through their connect interceptors (which open the spans) instead of the fast gRPC path.
+ */
+export function tracingEnabled(): boolean {
+  return active;
+}
+
 /** Stops tracing: flushes and shuts down the exporter, then restores the no-op API. Idempotent. */
 export type TracingShutdown = () => Promise<void>;
 

@@ -34,53 +34,72 @@ export function allowed(scopes: ReadonlySet<Scope>, need: Scope): boolean {
 }
 
 /** Reads the API key from `Authorization: Bearer <key>` or `x-api-key`. */
-export function presentedKey(headers: Headers): string | undefined {
-  const auth = headers.get("authorization");
-  if (auth !== null) {
+export function presentedKey(header: (name: string) => string | null | undefined): string | undefined {
+  const auth = header("authorization");
+  if (auth !== null && auth !== undefined) {
     const m = /^Bearer\s+(\S+)$/i.exec(auth);
     if (m?.[1] !== undefined) return m[1];
   }
-  return headers.get("x-api-key") ?? undefined;
+  return header("x-api-key") ?? undefined;
 }
 
 /** Options for {@link authInterceptor}. */
 export interface AuthOptions {
   keys: ApiKeyStore;
   limiter: RateLimiter;
-  /** Largest request accepted, in bytes (checked against Content-Length when the client sends one). */
+  /** Largest request accepted, in bytes. */
   maxRequestBytes: () => number;
 }
 
 /**
- * Authentication, scopes, request size and per-key rate limits, in that order, for every call
- * (Connect, gRPC, gRPC-Web and REST, which runs through the same router). No key or an unknown
- * key: UNAUTHENTICATED; a key without the method's scope: PERMISSION_DENIED; over the key's rate:
- * RESOURCE_EXHAUSTED with a RetryInfo detail and a `retry-after` header.
+ * Authentication, scopes, request size and per-key rate limits, in that order. No key or an
+ * unknown key: UNAUTHENTICATED; a key without the method's scope: PERMISSION_DENIED; a request
+ * over the size limit: INVALID_ARGUMENT; over the key's rate: RESOURCE_EXHAUSTED with a RetryInfo
+ * detail and a `retry-after` header. Resolves with the caller, or undefined for methods open to
+ * all (health, reflection). `bytes` is the request's size (Content-Length when the client sent
+ * one, else 0 and the transport enforces the limit).
+ */
+export async function authorize(
+  opts: AuthOptions,
+  service: string,
+  method: string,
+  header: (name: string) => string | null | undefined,
+  bytes: number,
+): Promise<Caller | undefined> {
+  const need = requiredScope(service, method);
+  if (need === undefined) return undefined;
+  const key = presentedKey(header);
+  if (key === undefined) throw new ConnectError("an API key is required (Authorization: Bearer <key>)", Code.Unauthenticated);
+  const caller = await opts.keys.authenticate(key);
+  if (caller === undefined) throw new ConnectError("invalid or revoked API key", Code.Unauthenticated);
+  if (!allowed(caller.scopes, need)) {
+    throw new ConnectError(`this API key lacks the scope ${need}`, Code.PermissionDenied);
+  }
+  const max = opts.maxRequestBytes();
+  if (bytes > max) throw new ConnectError(`request: ${bytes} bytes is more than the limit of ${max}`, Code.InvalidArgument);
+  const decision = await opts.limiter.take(caller.keyId);
+  if (!decision.allowed) {
+    const seconds = Math.max(1, Math.ceil(decision.retryAfterMs / 1000));
+    throw new ConnectError(
+      "rate limit exceeded for this API key",
+      Code.ResourceExhausted,
+      { "retry-after": String(seconds) },
+      [{ desc: RetryInfoSchema, value: create(RetryInfoSchema, { retryDelay: durationFromMs(decision.retryAfterMs) }) }],
+    );
+  }
+  return caller;
+}
+
+/**
+ * {@link authorize} for every call connect-node serves (Connect, gRPC, gRPC-Web and REST, which
+ * runs through the same router); the caller goes to the handlers in the CALLER context value.
+ * The gateway's fast gRPC path (public-services.ts) runs the same checks itself.
  */
 export function authInterceptor(opts: AuthOptions): Interceptor {
   return (next) => async (req) => {
-    const need = requiredScope(req.service.typeName, req.method.name);
-    if (need === undefined) return next(req);
-    const key = presentedKey(req.header);
-    if (key === undefined) throw new ConnectError("an API key is required (Authorization: Bearer <key>)", Code.Unauthenticated);
-    const caller = await opts.keys.authenticate(key);
-    if (caller === undefined) throw new ConnectError("invalid or revoked API key", Code.Unauthenticated);
-    if (!allowed(caller.scopes, need)) {
-      throw new ConnectError(`this API key lacks the scope ${need}`, Code.PermissionDenied);
-    }
     const length = Number(req.header.get("content-length") ?? "0");
-    const max = opts.maxRequestBytes();
-    if (length > max) throw new ConnectError(`request: ${length} bytes is more than the limit of ${max}`, Code.InvalidArgument);
-    const decision = await opts.limiter.take(caller.keyId);
-    if (!decision.allowed) {
-      const seconds = Math.max(1, Math.ceil(decision.retryAfterMs / 1000));
-      throw new ConnectError(
-        "rate limit exceeded for this API key",
-        Code.ResourceExhausted,
-        { "retry-after": String(seconds) },
-        [{ desc: RetryInfoSchema, value: create(RetryInfoSchema, { retryDelay: durationFromMs(decision.retryAfterMs) }) }],
-      );
-    }
+    const caller = await authorize(opts, req.service.typeName, req.method.name, (n) => req.header.get(n), length);
+    if (caller === undefined) return next(req);
     req.contextValues.set(CALLER, caller);
     return next(req);
   };

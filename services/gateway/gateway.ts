@@ -24,7 +24,7 @@ import { tracingInterceptor } from "../../lib/tracing.js";
 import { startServer } from "../../lib/server.js";
 import { ApiKeyStore } from "./api-keys.js";
 import { authInterceptor } from "./auth.js";
-import { gatewayRoutes } from "./public-services.js";
+import { gatewayFastRoutes, gatewayRoutes } from "./public-services.js";
 import { RateLimiter, type RateLimits } from "./rate-limit.js";
 import { createCorsHandler, createRestHandler } from "./rest/transcoder.js";
 import { createUiHandler } from "./ui.js";
@@ -123,7 +123,8 @@ export async function startGateway(opts: GatewayOptions): Promise<Gateway> {
     keys: apiKeys,
     logger: log,
   });
-  const interceptors = [authInterceptor({ keys: apiKeys, limiter, maxRequestBytes: () => maxRequestBytes })];
+  const auth = { keys: apiKeys, limiter, maxRequestBytes: () => maxRequestBytes };
+  const interceptors = [authInterceptor(auth)];
   // REST runs through the same implementations and interceptors, in process.
   const rest = createRestHandler({
     services: [TaskService, ScheduleService, ClusterService, ConfigService, ApiKeyService],
@@ -151,6 +152,8 @@ export async function startGateway(opts: GatewayOptions): Promise<Gateway> {
     registry,
     logger: log,
     interceptors,
+    // Plain gRPC clients: forwarded as bytes, with the interceptors' checks made by the routes.
+    fastUnary: gatewayFastRoutes({ ...upstreams, keys: apiKeys, logger: log }, auth),
     advertiseAddress: opts.advertiseAddress,
     httpFallback: (req, res) => ui(req, res) || rest(req, res),
     ...(opts.tls !== undefined ? { tls: opts.tls } : {}),
@@ -180,6 +183,7 @@ export async function startGateway(opts: GatewayOptions): Promise<Gateway> {
     })
     .add("close clients", async () => {
       await config.close();
+      for (const u of Object.values(upstreams)) u.close();
       redis.disconnect();
       etcd.close();
       state = "stopped";

@@ -1,3 +1,4 @@
+import type { DescService } from "@bufbuild/protobuf";
 import type { ConnectRouter, HandlerContext, ServiceImpl } from "@connectrpc/connect";
 import { Code, ConnectError } from "@connectrpc/connect";
 import type { Logger } from "pino";
@@ -8,11 +9,12 @@ import { ScheduleService } from "../../gen/taskmesh/v1/schedule_service_pb.js";
 import { SchedulerService } from "../../gen/taskmesh/v1/scheduler_service_pb.js";
 import { TaskService } from "../../gen/taskmesh/v1/task_service_pb.js";
 import { toConnectError } from "../../lib/errors.js";
+import { headerValue, type FastRoutes } from "../../lib/grpc-fast.js";
 import { AUTHOR_HEADER, TENANT_HEADER } from "../../lib/task-types.js";
 import { currentTraceparent } from "../../lib/tracing.js";
 import { apiKeyService } from "./api-key-service.js";
 import type { ApiKeyStore } from "./api-keys.js";
-import { CALLER } from "./auth.js";
+import { authorize, CALLER, type AuthOptions } from "./auth.js";
 import type { Upstreams } from "./upstreams.js";
 
 /** What the gateway's public services forward to. */
@@ -133,4 +135,50 @@ export function gatewayRoutes(up: GatewayUpstreams): (router: ConnectRouter) => 
     router.service(ConfigService, config);
     router.service(ApiKeyService, keys);
   };
+}
+
+/** Methods without side effects: retried on another replica when one is unreachable. */
+const READ_METHOD = /^(Get|List)/;
+
+/**
+ * The gateway's fast gRPC path (lib/grpc-fast.ts): every forwarded unary method, for clients
+ * speaking plain gRPC with binary protobuf. The request bytes go to the replica as they came —
+ * never decoded here — after the same checks the auth interceptor makes (key, scope, size, rate
+ * limit), with the caller's tenant, key id and trace context in headers, through the same
+ * upstream policies (breakers, deadline, retries for reads). The answer's bytes come back as
+ * they are; errors keep code, message and details as on the connect path (see {@link relay}).
+ */
+export function gatewayFastRoutes(up: GatewayUpstreams, auth: AuthOptions): FastRoutes {
+  const log = up.logger.child({ component: "gateway" });
+  const routes: FastRoutes = new Map();
+  const add = (pub: DescService, upstream: Pick<Upstreams<DescService>, "callRaw">, upstreamService: string): void => {
+    for (const m of pub.methods) {
+      if (m.methodKind !== "unary") continue;
+      const to = `/${upstreamService}/${m.name}`;
+      const idempotent = READ_METHOD.test(m.name);
+      routes.set(`/${pub.typeName}/${m.name}`, async (call) => {
+        const header = (name: string): string | undefined => headerValue(call.headers, name);
+        const caller = await authorize(auth, pub.typeName, m.name, header, call.message.length);
+        // Every forwarded method needs a scope; authorize() returns no caller only for open ones.
+        if (caller === undefined) throw new ConnectError("unauthenticated", Code.Unauthenticated);
+        const headers: Record<string, string> = { [TENANT_HEADER]: caller.tenant, [AUTHOR_HEADER]: caller.keyId };
+        const trace = header("traceparent");
+        if (trace !== undefined) {
+          headers.traceparent = trace;
+          const state = header("tracestate");
+          if (state !== undefined) headers.tracestate = state;
+        }
+        try {
+          return await upstream.callRaw(to, call.message, headers, idempotent, call.signal, call.timeoutMs());
+        } catch (err) {
+          throw relay(err, log);
+        }
+      });
+    }
+  };
+  add(TaskService, up.schedulers, SchedulerService.typeName);
+  add(ClusterService, up.schedulers, SchedulerService.typeName);
+  add(ScheduleService, up.schedules, ScheduleService.typeName);
+  add(ConfigService, up.config, ConfigService.typeName);
+  return routes;
 }

@@ -14,6 +14,7 @@ import {
   wrap,
   type CircuitBreakerPolicy,
 } from "cockatiel";
+import { GrpcChannel } from "../../lib/grpc-channel.js";
 import type { ServiceRecord } from "../../lib/keys.js";
 import type { Membership } from "../../lib/membership.js";
 
@@ -32,6 +33,8 @@ export interface UpstreamPolicy {
 interface Replica<S extends DescService> {
   address: string;
   client: Client<S>;
+  /** For calls forwarded as bytes (the gateway's fast gRPC path); opened on first use. */
+  channel: GrpcChannel | undefined;
   breaker: CircuitBreakerPolicy;
 }
 
@@ -71,7 +74,10 @@ export class Upstreams<S extends DescService> {
       timeoutMs: policy.timeoutMs ?? 10_000,
       retries: policy.retries ?? 2,
     };
-    members.on("delete", (_id: string, r: ServiceRecord) => this.replicas.delete(r.address));
+    members.on("delete", (_id: string, r: ServiceRecord) => {
+      this.replicas.get(r.address)?.channel?.close();
+      this.replicas.delete(r.address);
+    });
     const deadline = timeout(this.policy.timeoutMs, TimeoutStrategy.Aggressive);
     const backoff = new ExponentialBackoff({ initialDelay: 20, maxDelay: 200 });
     const retries = (idempotent: boolean) =>
@@ -99,6 +105,7 @@ export class Upstreams<S extends DescService> {
       r = {
         address,
         client: createClient(this.service, this.transport(address)),
+        channel: undefined,
         breaker: circuitBreaker(handleWhen(replicaFailure), {
           halfOpenAfter: this.policy.halfOpenAfterMs,
           breaker: new ConsecutiveBreaker(this.policy.breakerFailures),
@@ -132,15 +139,48 @@ export class Upstreams<S extends DescService> {
    * breaker refused them before anything was sent.
    */
   async call<T>(fn: (client: Client<S>, signal: AbortSignal) => Promise<T>, idempotent: boolean): Promise<T> {
+    return this.run((r, signal) => fn(r.client, signal), idempotent);
+  }
+
+  /**
+   * Forwards an encoded unary request to `path` on a replica and resolves with the encoded
+   * response: {@link call}'s policies without decoding anything. `signal` is the caller's (its
+   * client going away); `timeoutMs` caps the upstream deadline below the policy's.
+   */
+  callRaw(
+    path: string,
+    message: Uint8Array,
+    headers: Record<string, string>,
+    idempotent: boolean,
+    signal: AbortSignal,
+    timeoutMs?: number,
+  ): Promise<Uint8Array> {
+    const deadline = Math.min(timeoutMs ?? Infinity, this.policy.timeoutMs);
+    return this.run(
+      (r) => {
+        r.channel ??= new GrpcChannel(r.address);
+        return r.channel.unary(path, message, headers, deadline, signal);
+      },
+      idempotent,
+      signal,
+    );
+  }
+
+  /** `caller`: the signal of the call being served, whose cancellation is not the replica's fault. */
+  private async run<T>(
+    fn: (replica: Replica<S>, signal: AbortSignal) => Promise<T>,
+    idempotent: boolean,
+    caller?: AbortSignal,
+  ): Promise<T> {
     const policy = idempotent ? this.readPolicy : this.writePolicy;
     try {
       return await policy.execute(({ signal }) => {
         const r = this.next();
         return r.breaker.execute(() =>
-          fn(r.client, signal).catch((err: unknown) => {
+          fn(r, signal).catch((err: unknown) => {
             // A call cut off by the replica's connection dying (not by us) reads as CANCELED
             // from the HTTP/2 stream: it is the replica being unavailable.
-            if (err instanceof ConnectError && err.code === Code.Canceled && !signal.aborted) {
+            if (err instanceof ConnectError && err.code === Code.Canceled && !signal.aborted && caller?.aborted !== true) {
               throw new ConnectError(`connection to ${this.name} ${r.address} lost`, Code.Unavailable);
             }
             throw err;
@@ -159,5 +199,10 @@ export class Upstreams<S extends DescService> {
   /** A client for a server stream on the next usable replica (streams are not retried). */
   stream(): Client<S> {
     return this.next().client;
+  }
+
+  /** Closes the byte-forwarding connections (connect transports close with the process). */
+  close(): void {
+    for (const r of this.replicas.values()) r.channel?.close();
   }
 }
