@@ -1,6 +1,7 @@
 import { create } from "@bufbuild/protobuf";
 import { Code, ConnectError, type ConnectRouter, type ServiceImpl } from "@connectrpc/connect";
 import { monotonicFactory } from "ulid";
+import { pooledRandom } from "../../lib/random.js";
 import {
   DeleteScheduleResponseSchema,
   ListSchedulesResponseSchema,
@@ -30,7 +31,7 @@ export interface ScheduleServiceDeps {
   logger: Logger;
 }
 
-const nextId = monotonicFactory();
+const nextId = monotonicFactory(pooledRandom());
 
 /** Builds the ScheduleService implementation; every scheduler replica serves it. */
 export function scheduleService(deps: ScheduleServiceDeps): ServiceImpl<typeof ScheduleService> {

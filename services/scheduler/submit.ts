@@ -1,5 +1,6 @@
 import type { Duration, Timestamp } from "@bufbuild/protobuf/wkt";
 import { monotonicFactory } from "ulid";
+import { pooledRandom } from "../../lib/random.js";
 import { Priority, type SubmitTaskRequest } from "../../gen/taskmesh/v1/task_pb.js";
 import { invalidArgument } from "../../lib/errors.js";
 import { LIMITS } from "../../lib/task-types.js";
@@ -27,7 +28,7 @@ export const DEFAULT_SUBMIT: SubmitDefaults = {
 
 const NAME = /^[A-Za-z0-9_.:-]+$/;
 const DAY_MS = 24 * 3600 * 1000;
-const nextId = monotonicFactory();
+const nextId = monotonicFactory(pooledRandom());
 
 function durationMs(d: Duration | undefined): number {
   if (d === undefined) return 0;
