@@ -5,7 +5,9 @@
  */
 import { join } from "node:path";
 import { TaskStatus, type Task } from "../gen/taskmesh/v1/task_pb.js";
-import { gatewayClients, type GatewayClients } from "../test/support/clients.js";
+import { TaskService } from "../gen/taskmesh/v1/task_service_pb.js";
+import { unaryClient } from "../lib/client.js";
+import { GrpcChannel } from "../lib/grpc-channel.js";
 import { uniquePrefix } from "../test/support/ids.js";
 import { startMesh, type Mesh, type ServiceProcess } from "../test/support/mesh.js";
 import { pidByCommandLine, pool } from "./stats.js";
@@ -47,7 +49,9 @@ export async function openTaskmesh(env: BenchEnv, label: string): Promise<QueueS
     prefix,
     workers: 0,
   });
-  const c: GatewayClients = gatewayClients(mesh.gateway.address, mesh.apiKey);
+  // taskmesh's own lean gRPC client (lib/client.ts), as BullMQ's side uses BullMQ's Queue.
+  const channel = new GrpcChannel(mesh.gateway.address);
+  const c = { tasks: unaryClient(TaskService, channel, { apiKey: mesh.apiKey }) };
   const q = `${prefix}:{default}:`;
   const redis = env.redisClient;
   const isFinished = (id: string): [string, string][] => [
@@ -133,6 +137,7 @@ export async function openTaskmesh(env: BenchEnv, label: string): Promise<QueueS
       return s;
     },
     close() {
+      channel.close();
       return mesh.close();
     },
   };

@@ -3,6 +3,8 @@
  * module of this folder); this folder never imports a service.
  */
 export { AsyncQueue } from "./async-queue.js";
+export { unaryClient, type CallOptions, type UnaryClient, type UnaryClientOptions } from "./client.js";
+export { GrpcChannel, type GrpcChannelOptions } from "./grpc-channel.js";
 export { RETRYABLE_CODES, invalidArgument, notFound, toConnectError } from "./errors.js";
 export { HealthRegistry, ServingStatus } from "./health.js";
 export {

@@ -10,6 +10,7 @@ import {
   GetConfigRequestSchema,
   file_taskmesh_v1_config_service,
 } from "../../gen/taskmesh/v1/config_service_pb.js";
+import { unaryClient } from "../../lib/client.js";
 import { GrpcChannel } from "../../lib/grpc-channel.js";
 import { FAST_PATH } from "../../lib/grpc-fast.js";
 import { silentLogger } from "../../lib/logger.js";
@@ -235,5 +236,19 @@ describe("fast unary gRPC path", () => {
     await start({ port });
     const again = await ch.unary("/taskmesh.v1.ConfigService/GetConfig", req, {}, 2000);
     expect(fromBinary(ConfigEntrySchema, again).namespace).toBe("n");
+  });
+
+  it("unaryClient: typed calls with the API key and per-call headers; errors as ConnectErrors", async () => {
+    const { server, seen } = await start();
+    const ch = new GrpcChannel(server.address);
+    channels.push(ch);
+    const config = unaryClient(ConfigService, ch, { headers: { "x-tenant": "t1" }, apiKey: "k" });
+    const entry = await config.getConfig({ namespace: "typed" });
+    expect(entry).toMatchObject({ namespace: "typed", author: "fast", revision: 7n });
+    await config.getConfig({ namespace: "typed" }, { headers: { "x-tenant": "t2" } });
+    expect(seen.map((s) => s.tenant)).toEqual(["t1", "t2"]);
+    await expect(config.getConfig({ namespace: "missing" })).rejects.toMatchObject({ code: Code.NotFound });
+    // Streaming methods are not part of it.
+    expect("watchConfig" in config).toBe(false);
   });
 });
