@@ -112,7 +112,32 @@ export interface FastServeOptions {
   maxTimeoutMs: number;
   observer: FastObserver;
   /** Calls in progress, so the server can abort them when it closes. */
-  inflight: Set<AbortController>;
+  inflight: Set<LazyAbort>;
+}
+
+/**
+ * An AbortController made only when someone asks for its signal: most calls end without anyone
+ * listening, and a controller plus signal per call showed in the profile.
+ */
+export class LazyAbort {
+  private controller: AbortController | undefined;
+  private reason: unknown;
+  private aborted = false;
+
+  get signal(): AbortSignal {
+    if (this.controller === undefined) {
+      this.controller = new AbortController();
+      if (this.aborted) this.controller.abort(this.reason);
+    }
+    return this.controller.signal;
+  }
+
+  abort(reason: unknown): void {
+    if (this.aborted) return;
+    this.aborted = true;
+    this.reason = reason;
+    this.controller?.abort(reason);
+  }
 }
 
 const RESPONSE_HEADERS = { ":status": 200, "content-type": "application/grpc+proto" } as const;
@@ -131,7 +156,7 @@ export function serveFast(
 ): void {
   const path = headers[":path"] ?? "";
   const done = opts.observer.start(path);
-  const abort = new AbortController();
+  const abort = new LazyAbort();
   opts.inflight.add(abort);
   let timer: NodeJS.Timeout | undefined;
   let deadline: number | undefined;
@@ -213,7 +238,9 @@ export function serveFast(
       path,
       message,
       headers,
-      signal: abort.signal,
+      get signal() {
+        return abort.signal;
+      },
       timeoutMs: () => (deadline === undefined ? undefined : Math.max(0, deadline - performance.now())),
     };
     let result: Promise<Uint8Array>;
@@ -269,7 +296,9 @@ export function implRoutes(service: DescService, impl: Partial<ServiceImpl<DescS
       const ctx: HandlerContext = {
         method,
         service,
-        signal: call.signal,
+        get signal() {
+          return call.signal;
+        },
         timeoutMs: call.timeoutMs,
         requestMethod: "POST",
         get requestHeader() {

@@ -9,7 +9,7 @@ import type { DescService } from "@bufbuild/protobuf";
 import { Code, ConnectError, type ConnectRouter, type Interceptor, type ServiceImpl } from "@connectrpc/connect";
 import { connectNodeAdapter } from "@connectrpc/connect-node";
 import type { Registry } from "prom-client";
-import { implRoutes, isPlainGrpc, serveFast, type FastObserver, type FastRoutes } from "./grpc-fast.js";
+import { implRoutes, isPlainGrpc, serveFast, type FastObserver, type FastRoutes, type LazyAbort } from "./grpc-fast.js";
 import { logRpc, rpcLogger, rpcLogInterceptor } from "./rpc-log.js";
 import { file_grpc_health_v1_health, Health } from "../gen/grpc/health/v1/health_pb.js";
 import { HealthRegistry, registerHealthService, ServingStatus } from "./health.js";
@@ -132,7 +132,7 @@ export async function startServer(opts: ServerOptions): Promise<RpcServer> {
   let served: readonly string[] = [];
   // Unary methods of the registered services, for the fast gRPC path (none with interceptors).
   const fast: FastRoutes = new Map();
-  const fastInflight = new Set<AbortController>();
+  const fastInflight = new Set<LazyAbort>();
   let state: "running" | "draining" | "stopped" = "running";
   let closing: Promise<void> | undefined;
 

@@ -78,7 +78,9 @@ export class Upstreams<S extends DescService> {
       this.replicas.get(r.address)?.channel?.close();
       this.replicas.delete(r.address);
     });
-    const deadline = timeout(this.policy.timeoutMs, TimeoutStrategy.Aggressive);
+    // abortOnReturn off: aborting every finished call's signal builds a DOMException (with a stack
+    // trace) per call — a tenth of the gateway's CPU per forwarded call in the profile.
+    const deadline = timeout(this.policy.timeoutMs, { strategy: TimeoutStrategy.Aggressive, abortOnReturn: false });
     const backoff = new ExponentialBackoff({ initialDelay: 20, maxDelay: 200 });
     const retries = (idempotent: boolean) =>
       retry(
