@@ -1,5 +1,6 @@
 import { Code, ConnectError, createClient } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
+import { RetryInfoSchema } from "../../gen/google/rpc/error_details_pb.js";
 import { afterAll, beforeAll, describe, expect, inject, it } from "vitest";
 import { toJsonString } from "@bufbuild/protobuf";
 import { ApiKeyService, ListApiKeysResponseSchema } from "../../gen/taskmesh/v1/api_key_service_pb.js";
@@ -127,6 +128,7 @@ describe("gateway: API keys, scopes, tenants and rate limits", () => {
       );
     }
     expect(Number(refused?.metadata.get("retry-after"))).toBeGreaterThanOrEqual(1);
+    expect(refused?.findDetails(RetryInfoSchema)[0]?.retryDelay).toBeDefined();
     // Only the accepted submissions exist; another key is not affected.
     await waitFor(async () => {
       try {
