@@ -1,7 +1,7 @@
 /**
  * taskmesh under the benchmark: a whole mesh of real processes (scheduler, gateway, workers) on
  * the run's etcd and Redis, driven end to end through the gateway's gRPC API. Queue counts come
- * from the queue's Redis sets (`<prefix>:{default}:ready`, `running`, `done`, `dead`).
+ * from the queue's Redis keys (`<prefix>:{default}:ready:1..4` lists, `running`, `done`, `dead`).
  */
 import { join } from "node:path";
 import { TaskStatus, type Task } from "../gen/taskmesh/v1/task_pb.js";
@@ -92,10 +92,21 @@ export async function openTaskmesh(env: BenchEnv, label: string): Promise<QueueS
       };
     },
     async counts(): Promise<QueueCounts> {
-      const [ready, running, done, dead] = pipelineNumbers(
-        await redis.pipeline().zcard(`${q}ready`).zcard(`${q}running`).zcard(`${q}done`).zcard(`${q}dead`).exec(),
+      // Ready tasks wait in one list per priority (`ready:1`..`ready:4`, task-store.ts).
+      const [r1, r2, r3, r4, running, done, dead] = pipelineNumbers(
+        await redis
+          .pipeline()
+          .llen(`${q}ready:1`)
+          .llen(`${q}ready:2`)
+          .llen(`${q}ready:3`)
+          .llen(`${q}ready:4`)
+          .zcard(`${q}running`)
+          .zcard(`${q}done`)
+          .zcard(`${q}dead`)
+          .exec(),
       );
-      return { waiting: ready ?? 0, active: running ?? 0, finished: (done ?? 0) + (dead ?? 0) };
+      const waiting = (r1 ?? 0) + (r2 ?? 0) + (r3 ?? 0) + (r4 ?? 0);
+      return { waiting, active: running ?? 0, finished: (done ?? 0) + (dead ?? 0) };
     },
     activeIds() {
       return redis.zrange(`${q}running`, "0", "-1");

@@ -1,10 +1,10 @@
 import type { Duration, Timestamp } from "@bufbuild/protobuf/wkt";
-import { monotonicFactory } from "ulid";
 import { pooledRandom } from "../../lib/random.js";
 import { Priority, type SubmitTaskRequest } from "../../gen/taskmesh/v1/task_pb.js";
 import { invalidArgument } from "../../lib/errors.js";
 import { LIMITS } from "../../lib/task-types.js";
 import { isTraceparent } from "../../lib/tracing.js";
+import { queueTag } from "./task-codec.js";
 import type { NewTask } from "./task-store.js";
 
 /** Defaults applied to fields a submitter leaves empty. */
@@ -28,7 +28,42 @@ export const DEFAULT_SUBMIT: SubmitDefaults = {
 
 const NAME = /^[A-Za-z0-9_.:-]+$/;
 const DAY_MS = 24 * 3600 * 1000;
-const nextId = monotonicFactory(pooledRandom());
+const CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ";
+const RANDOM_CHARS = 14;
+
+/**
+ * Makes task ids: ULIDs (26 characters of Crockford base 32: 10 of milliseconds, 16 of
+ * randomness) whose last two characters are the queue's tag ({@link queueTag}), so the task
+ * store finds a task's queue from its id alone. That leaves 14 random characters (70 bits):
+ * ids from different scheduler replicas collide only if they share the millisecond, the queue
+ * tag and all 70 bits (and the store refuses an id that is taken). Within one process ids are
+ * monotonic like ulid's `monotonicFactory`: in the same (or an earlier) millisecond the random
+ * part is the previous one plus 1, so ids sort in the order they were made.
+ */
+export function taskIdFactory(random: () => number = pooledRandom()): (queue: string, nowMs: number) => string {
+  let lastMs = -1;
+  let time = "";
+  const digits = new Array<number>(RANDOM_CHARS).fill(0);
+  return (queue, nowMs) => {
+    const ms = Math.floor(nowMs);
+    if (ms > lastMs) {
+      lastMs = ms;
+      for (let i = 0; i < RANDOM_CHARS; i++) digits[i] = Math.floor(random() * 32);
+      time = "";
+      for (let i = 0, v = ms; i < 10; i++, v = Math.floor(v / 32)) time = (CROCKFORD[v % 32] as string) + time;
+    } else {
+      let i = RANDOM_CHARS - 1;
+      while (i >= 0 && digits[i] === 31) digits[i--] = 0;
+      if (i < 0) throw new Error("task id randomness exhausted within one millisecond");
+      digits[i] = (digits[i] as number) + 1;
+    }
+    let id = time;
+    for (const d of digits) id += CROCKFORD[d] as string;
+    return id + queueTag(queue);
+  };
+}
+
+const nextId = taskIdFactory();
 
 function durationMs(d: Duration | undefined): number {
   if (d === undefined) return 0;
@@ -141,7 +176,7 @@ export function toNewTask(
   checkName(f("concurrency_key"), req.concurrencyKey, false);
   if (req.concurrencyLimit < 0) throw invalidArgument(f("concurrency_limit"), "must not be negative");
   return {
-    id: nextId(now),
+    id: nextId(queue, now),
     tenant,
     type: req.type,
     queue,

@@ -20,26 +20,57 @@ import {
  * task's event list into per-event snapshots. Pure functions: the Lua scripts in `lua/` write
  * what these read, and the tests check that the two agree.
  *
- * Layout of one task (`P` prefix, `q` queue):
- * - `P:{q}:t:<id>` HASH of small fields, omitted when empty or zero: `st` status, `att` attempt,
- *   `prog`, `pmsg`, `wk` worker, `err` error JSON, `cr`/`sch`/`sta`/`fin` created / scheduled /
- *   started / finished ms, `lease` ms, `seq` last event number, `enq` ms it became ready,
- *   `cxl` cancel-requested reason, `rq` how many times it was re-queued (worker lost, lease
- *   expired; reset by a retry from the dead-letter set), and the immutable `ten`, `typ`, `pri`,
- *   `aff`, `max`, `ttl` (result TTL ms), `rat` (run-at ms of a task submitted DELAYED), `ck`
- *   concurrency key and `cl` concurrency limit (in the hash, not the spec, because claim.lua and
- *   peek.lua read them for every candidate and must not decode the payload to do so), and `tp`
- *   the submitter's W3C traceparent (claim.lua hands it to the worker with each attempt).
- * - `P:{q}:d:<id>` STRING, the rest of the immutable spec as JSON ({@link encodeSpec}).
- * - `P:{q}:r:<id>` STRING, the result JSON of a SUCCEEDED task.
- * - `P:{q}:ev:<id>` LIST of event entries ({@link EventEntry}) from sequence 2: the first event
- *   (submitted) is implied by `cr` and `rat` and rebuilt by {@link submitEntry}, so a task that
- *   has not started yet costs no list (a one-entry list takes about 260 bytes on Redis 7.0).
- *
- * The payload and the result live outside the hash on purpose: Redis keeps a hash whose values
- * are all at most 64 bytes (`hash-max-listpack-value`) as a compact listpack, and switches it to
- * a hash table, about three times larger, as soon as one value is longer.
+ * Layout of one task (`P` prefix, `q` queue), built to stay small (see task-store.ts):
+ * - `P:{q}:t:<id>` HASH of short fields, each omitted when empty, zero or at the default noted:
+ *   `s` status, `c` created ms, `h` scheduled ms (absent: `c`), `e` ms it became ready (absent:
+ *   `c`), `n` tenant, `y` type, `p` priority (absent: 2), `m` max attempts (absent: 3), `l`
+ *   result TTL ms (absent: 24 h), `r` run-at ms of a task submitted DELAYED, `af` affinity key,
+ *   `ck` concurrency key and `cl` limit (here, not in the spec, because claim.lua and peek.lua
+ *   read them for every candidate), `tp` the submitter's W3C traceparent (claim.lua hands it to
+ *   the worker with each attempt), `d` the spec ({@link encodeSpec}; absent: all defaults),
+ *   `o` the result JSON of a SUCCEEDED task; `a` attempt, `w` worker, `b` started ms, `f`
+ *   finished ms, `g` progress, `gm` progress message, `x` error JSON, `cx` cancel-requested
+ *   reason, `rq` how many times it was re-queued (worker lost, lease expired; reset by a retry
+ *   from the dead-letter set), `q` last event number (absent: 1) and `qe` the last one stored in
+ *   the event list (absent: 1). The absent-field defaults are {@link STORED_DEFAULTS}.
+ * - `d` and `o` hold their JSON when it is at most {@link INLINE_MAX} bytes, else `""` and the
+ *   JSON is in the STRING `P:{q}:d:<id>` (spec) or `P:{q}:r:<id>` (result). Redis keeps a hash
+ *   whose values are all at most 64 bytes (`hash-max-listpack-value`) as a compact listpack,
+ *   and switches it to a hash table, about three times larger, as soon as one value is longer.
+ * - `P:{q}:ev:<id>` LIST of event entries ({@link EventEntry}) numbered 2..`qe` (the oldest are
+ *   trimmed beyond the cap). Event 1 (submitted) is implied by `c` and `r` ({@link submitEntry});
+ *   events `qe`+1..`q` are implied by the hash too ({@link impliedEntries}): the claim of the
+ *   current attempt and the end of that attempt. So a task that ran once and ended has no list:
+ *   the first event that cannot be implied (progress, log, retry wait, re-queue, ...) writes the
+ *   implied ones to the list before the hash changes, then itself.
+ * - The id ends with its queue's {@link queueTag}, which is how a task is found by id alone.
  */
+
+/** What an absent hash field means (lib.lua DEF_PRI, DEF_MAX, DEF_TTL say the same). */
+export const STORED_DEFAULTS = { priority: 2, maxAttempts: 3, resultTtlMs: 86_400_000 } as const;
+
+/** The backoff a spec without `b` has (complete.lua uses the same numbers). */
+export const DEFAULT_BACKOFF: Readonly<BackoffPolicy> = { initialMs: 1000, maxMs: 60_000, multiplier: 2, jitter: 0.2 };
+
+/** Longest spec or result JSON kept in the task's hash (Redis' default hash-max-listpack-value). */
+export const INLINE_MAX = 64;
+
+const CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ";
+
+/**
+ * The two characters (Crockford base 32, 10 bits) that end every task id of `queue`: a hash of
+ * the name (FNV-1a). `P:queues` maps each tag back to its queue names (see lib.lua), so a task's
+ * queue follows from its id without a per-task index.
+ */
+export function queueTag(queue: string): string {
+  let h = 0x811c9dc5;
+  for (let i = 0; i < queue.length; i++) {
+    h ^= queue.charCodeAt(i);
+    h = Math.imul(h, 0x01000193) >>> 0;
+  }
+  h = (h ^ (h >>> 10) ^ (h >>> 20)) & 0x3ff;
+  return (CROCKFORD[h >> 5] as string) + (CROCKFORD[h & 31] as string);
+}
 
 /** A task to be stored, already validated and with defaults applied (see `submit.ts`). */
 export interface NewTask {
@@ -105,35 +136,46 @@ export interface TaskSpec {
 interface SpecJson {
   p?: JsonObject;
   l?: Record<string, string>;
-  b: [initialMs: number, maxMs: number, multiplier: number, jitter: number];
+  b?: [initialMs: number, maxMs: number, multiplier: number, jitter: number];
   to?: number;
   ik?: string;
 }
 
-/** Serialises the immutable part of a task that does not get its own hash field. */
+function sameBackoff(a: BackoffPolicy, b: BackoffPolicy): boolean {
+  return a.initialMs === b.initialMs && a.maxMs === b.maxMs && a.multiplier === b.multiplier && a.jitter === b.jitter;
+}
+
+/**
+ * Serialises the immutable part of a task that does not get its own hash field; `""` when all
+ * of it is at its default (no payload, labels, timeout or idempotency key, {@link DEFAULT_BACKOFF}).
+ */
 export function encodeSpec(t: NewTask): string {
-  const s: SpecJson = { b: [t.backoff.initialMs, t.backoff.maxMs, t.backoff.multiplier, t.backoff.jitter] };
+  const s: SpecJson = {};
   if (Object.keys(t.payload).length > 0) s.p = t.payload;
   if (Object.keys(t.labels).length > 0) s.l = t.labels;
+  if (!sameBackoff(t.backoff, DEFAULT_BACKOFF)) s.b = [t.backoff.initialMs, t.backoff.maxMs, t.backoff.multiplier, t.backoff.jitter];
   if (t.timeoutMs > 0) s.to = t.timeoutMs;
   if (t.idempotencyKey !== "") s.ik = t.idempotencyKey;
-  return JSON.stringify(s);
+  return Object.keys(s).length === 0 ? "" : JSON.stringify(s);
 }
 
 /** Reads a spec written by {@link encodeSpec}; a missing spec reads as all defaults. */
 export function decodeSpec(json: string | null | undefined): TaskSpec {
-  const s = (json === null || json === undefined || json === "" ? {} : JSON.parse(json)) as Partial<SpecJson>;
-  const b = s.b ?? [0, 0, 0, 0];
+  const s = (json === null || json === undefined || json === "" ? {} : JSON.parse(json)) as SpecJson;
+  const b = s.b;
   return {
     payload: s.p ?? {},
     labels: s.l ?? {},
-    backoff: { initialMs: b[0], maxMs: b[1], multiplier: b[2], jitter: b[3] },
+    backoff: b === undefined ? { ...DEFAULT_BACKOFF } : { initialMs: b[0], maxMs: b[1], multiplier: b[2], jitter: b[3] },
     timeoutMs: s.to ?? 0,
     idempotencyKey: s.ik ?? "",
   };
 }
 
-/** A task as the scripts return it: its hash, spec JSON and result JSON. */
+/**
+ * A task as the scripts return it: its hash, spec JSON and result JSON (from the hash or from
+ * their own keys; null when there is none).
+ */
 export interface StoredTask {
   id: string;
   queue: string;
@@ -144,28 +186,40 @@ export interface StoredTask {
 
 /**
  * What submit.lua stores for a new task at `now` (status QUEUED, or DELAYED when `runAtMs` is
- * later), so a submit can answer without reading the task back.
+ * later), so a submit can answer without reading the task back. `hash` is exactly the task's
+ * hash; `bigSpec` is the spec JSON when it is too long for the hash (it then goes to key
+ * `d:<id>`, and field `d` is `""`), else `""`.
  */
-export function storedFromNew(t: NewTask, now: number): StoredTask {
+export function storedFromNew(t: NewTask, now: number): StoredTask & { bigSpec: string } {
   const delayed = t.runAtMs > now;
   const hash: Record<string, string> = {
-    st: String(delayed ? TaskStatus.DELAYED : TaskStatus.QUEUED),
-    cr: String(now),
-    sch: String(delayed ? t.runAtMs : now),
-    seq: "1",
-    ten: t.tenant,
-    typ: t.type,
-    pri: String(t.priority),
-    max: String(t.maxAttempts),
-    ttl: String(t.resultTtlMs),
+    s: String(delayed ? TaskStatus.DELAYED : TaskStatus.QUEUED),
+    c: String(now),
+    n: t.tenant,
+    y: t.type,
   };
-  if (delayed) hash["rat"] = String(t.runAtMs);
-  else hash["enq"] = String(now);
-  if (t.affinityKey !== "") hash["aff"] = t.affinityKey;
+  if (delayed) {
+    hash["h"] = String(t.runAtMs);
+    hash["r"] = String(t.runAtMs);
+  }
+  if (t.priority !== STORED_DEFAULTS.priority) hash["p"] = String(t.priority);
+  if (t.maxAttempts !== STORED_DEFAULTS.maxAttempts) hash["m"] = String(t.maxAttempts);
+  if (t.resultTtlMs !== STORED_DEFAULTS.resultTtlMs) hash["l"] = String(t.resultTtlMs);
+  if (t.affinityKey !== "") hash["af"] = t.affinityKey;
   if (t.concurrencyKey !== "") hash["ck"] = t.concurrencyKey;
   if (t.concurrencyLimit > 0) hash["cl"] = String(t.concurrencyLimit);
   if (t.traceparent !== undefined && t.traceparent !== "") hash["tp"] = t.traceparent;
-  return { id: t.id, queue: t.queue, hash, spec: encodeSpec(t), result: null };
+  const spec = encodeSpec(t);
+  let bigSpec = "";
+  if (spec !== "") {
+    if (Buffer.byteLength(spec) <= INLINE_MAX) {
+      hash["d"] = spec;
+    } else {
+      hash["d"] = "";
+      bigSpec = spec;
+    }
+  }
+  return { id: t.id, queue: t.queue, hash, spec: spec === "" ? null : spec, result: null, bigSpec };
 }
 
 /** Turns a flat HGETALL reply (`[field, value, ...]`) into a record. */
@@ -207,12 +261,12 @@ export function taskFromStored(s: StoredTask): Task {
   const spec = decodeSpec(s.spec);
   const task = create(TaskSchema, {
     id: s.id,
-    type: h["typ"] ?? "",
+    type: h["y"] ?? "",
     payload: spec.payload,
     queue: s.queue,
-    priority: num(h["pri"]) as Priority,
-    affinityKey: h["aff"] ?? "",
-    maxAttempts: num(h["max"]),
+    priority: (h["p"] === undefined ? STORED_DEFAULTS.priority : num(h["p"])) as Priority,
+    affinityKey: h["af"] ?? "",
+    maxAttempts: h["m"] === undefined ? STORED_DEFAULTS.maxAttempts : num(h["m"]),
     backoff: create(BackoffSchema, {
       initial: durationFromMs(spec.backoff.initialMs),
       max: durationFromMs(spec.backoff.maxMs),
@@ -221,21 +275,21 @@ export function taskFromStored(s: StoredTask): Task {
     }),
     idempotencyKey: spec.idempotencyKey,
     labels: spec.labels,
-    resultTtl: durationFromMs(num(h["ttl"])),
-    tenant: h["ten"] ?? "",
-    status: num(h["st"]) as TaskStatus,
-    attempt: num(h["att"]),
-    progress: num(h["prog"]),
-    progressMessage: h["pmsg"] ?? "",
-    workerId: h["wk"] ?? "",
+    resultTtl: durationFromMs(h["l"] === undefined ? STORED_DEFAULTS.resultTtlMs : num(h["l"])),
+    tenant: h["n"] ?? "",
+    status: num(h["s"]) as TaskStatus,
+    attempt: num(h["a"]),
+    progress: num(h["g"]),
+    progressMessage: h["gm"] ?? "",
+    workerId: h["w"] ?? "",
     concurrencyKey: h["ck"] ?? "",
     concurrencyLimit: num(h["cl"]),
   });
   if (spec.timeoutMs > 0) task.timeout = durationFromMs(spec.timeoutMs);
   if (s.result !== null && s.result !== "") task.result = JSON.parse(s.result) as JsonObject;
-  const error = parseError(h["err"]);
+  const error = parseError(h["x"]);
   if (error !== undefined) task.error = error;
-  const times = { createdAt: ts(h["cr"]), scheduledAt: ts(h["sch"]), startedAt: ts(h["sta"]), finishedAt: ts(h["fin"]) };
+  const times = { createdAt: ts(h["c"]), scheduledAt: ts(h["h"] ?? h["c"]), startedAt: ts(h["b"]), finishedAt: ts(h["f"]) };
   for (const [k, v] of Object.entries(times)) if (v !== undefined) task[k as keyof typeof times] = v;
   return task;
 }
@@ -271,13 +325,38 @@ export function parseEventEntry(raw: string): EventEntry {
   return { ...e, n: e.n, t: e.t, k: e.k, a: typeof e.a === "number" ? e.a : 0 };
 }
 
-/** The first event of a task (sequence 1: submitted as QUEUED, or DELAYED until `rat`), rebuilt from its hash. */
+/** The first event of a task (sequence 1: submitted as QUEUED, or DELAYED until `r`), rebuilt from its hash. */
 export function submitEntry(hash: Readonly<Record<string, string>>): EventEntry {
-  const created = num(hash["cr"]);
-  const runAt = hash["rat"];
+  const created = num(hash["c"]);
+  const runAt = hash["r"];
   return runAt === undefined
     ? { n: 1, t: created, k: "s", a: 0, f: TaskStatus.UNSPECIFIED, s: TaskStatus.QUEUED, at: created }
     : { n: 1, t: created, k: "s", a: 0, f: TaskStatus.UNSPECIFIED, s: TaskStatus.DELAYED, at: num(runAt) };
+}
+
+/**
+ * The events after the last stored one (`qe`) up to the last one (`q`), rebuilt from the hash
+ * exactly as lib.lua flush_events writes them when it stores them: the claim of the current
+ * attempt (QUEUED → RUNNING at `b` by `w`), when the task is RUNNING or two events are implied,
+ * and the end of that attempt (RUNNING → the terminal status at `f`, error `x`), when it ended.
+ */
+export function impliedEntries(hash: Readonly<Record<string, string>>): EventEntry[] {
+  const q = num(hash["q"]) || 1;
+  const qe = num(hash["qe"]) || 1;
+  if (q <= qe) return [];
+  const st = num(hash["s"]) as TaskStatus;
+  const a = num(hash["a"]);
+  const out: EventEntry[] = [];
+  if (q - qe >= 2 || st === TaskStatus.RUNNING) {
+    out.push({ n: qe + 1, t: num(hash["b"]), k: "s", a, f: TaskStatus.QUEUED, s: TaskStatus.RUNNING, w: hash["w"] ?? "" });
+  }
+  if (isTerminal(st)) {
+    const x = hash["x"];
+    const end: EventEntry = { n: q, t: num(hash["f"]), k: "s", a, f: TaskStatus.RUNNING, s: st };
+    if (x !== undefined) end.e = JSON.parse(x) as ErrorJson;
+    out.push(end);
+  }
+  return out;
 }
 
 const TERMINAL: ReadonlySet<TaskStatus> = new Set([TaskStatus.SUCCEEDED, TaskStatus.FAILED, TaskStatus.CANCELLED]);

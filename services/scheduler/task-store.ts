@@ -8,11 +8,12 @@ import { invalidArgument } from "../../lib/errors.js";
 import type { Logger } from "../../lib/logger.js";
 import {
   decodeSpec,
-  encodeSpec,
   foldBase,
   foldEvents,
   hashFromFlat,
+  impliedEntries,
   parseEventEntry,
+  queueTag,
   storedFromNew,
   submitEntry,
   taskFromStored,
@@ -28,9 +29,19 @@ export type { NewTask, BackoffPolicy } from "./task-codec.js";
  * (many tasks per call) and fenced by attempt, so a late report from an old attempt can never
  * overwrite a newer one. See DESIGN.md §4 and `task-codec.ts` for the per-task layout.
  *
- * Keys (`P` = prefix; a queue's keys share the hash tag `{q}`, so one queue fits one Cluster slot):
- * - `P:{q}:t:<id>`, `P:{q}:d:<id>`, `P:{q}:r:<id>`, `P:{q}:ev:<id>`: one task (task-codec.ts).
- * - `P:{q}:ready` ZSET of QUEUED ids by {@link readyScore}.
+ * Keys (`P` = prefix; a queue's keys share the hash tag `{q}`, so one queue fits one Cluster slot).
+ * The layout keeps a task small (scenario E of bench/: Redis bytes per task): one compact hash
+ * per task and list entries elsewhere; sorted sets, which cost about 120 bytes per member, only
+ * for running, delayed and finished tasks.
+ * - `P:{q}:t:<id>` HASH, and only when needed `P:{q}:d:<id>`, `P:{q}:r:<id>`, `P:{q}:ev:<id>`:
+ *   one task (task-codec.ts). Task ids are ULIDs whose last two characters are the queue's tag
+ *   (task-codec.ts queueTag), so the queue of a task follows from its id.
+ * - `P:{q}:ready:<priority>` LIST (priority 1 LOW .. 4 CRITICAL) of the QUEUED ids of that
+ *   priority in order of (enqueue time, id), oldest at the head; the dispatch order merges the
+ *   four by {@link readyScore}, computed when read (so a change of the aging rate applies to
+ *   the tasks already waiting). A new task goes to the tail, a re-queued one near the head; an
+ *   insertion elsewhere (a late promotion, another replica's clock) scans from the nearer end
+ *   (lib.lua sorted_insert). Claim and cancel remove by id (LREM, cheap near the head).
  * - `P:{q}:delayed` ZSET of DELAYED and RETRY_WAIT ids by due time; `P:{q}:rw` counts the
  *   RETRY_WAIT ones (so stats need no scan).
  * - `P:{q}:running` ZSET of RUNNING ids by lease deadline.
@@ -42,17 +53,20 @@ export type { NewTask, BackoffPolicy } from "./task-codec.js";
  * - `P:{q}:paused` STRING "1" while the queue is paused ({@link TaskStore.setPaused}).
  * - `P:{q}:done` ZSET of finished ids by expiry time; `P:{q}:dead` ZSET of FAILED and CANCELLED
  *   ids (the dead-letter set) by finish time.
- * - `P:queues` SET of queue names (every queue that had a task or was paused); `P:ix` HASH
- *   id → queue; `P:tn:<tenant>` ZSET (all scores 0) of the tenant's ids, listed newest first by
- *   ZREVRANGEBYLEX (ULIDs sort by time); `P:idem:<tenant>:<key>` STRING id, 24 h. These
- *   assume a tenant name never contains `:` (else tenant `a:b` with key `c` and tenant `a`
- *   with key `b:c` would share a key): the scheduler's RPC layer admits only
+ * - `P:queues` HASH: queue name → its tag for every queue that had a task or was paused, and
+ *   `}<tag>` → the names of the queues with that tag joined by `}` (lib.lua register_queue).
+ * - `P:tn:<tenant>` LIST of the tenant's ids in ascending order (ids sort by creation time),
+ *   paged newest first by {@link TaskStore.list} (a binary search finds the page token's place);
+ *   an expired task's id is removed (usually the head). `P:idem:<tenant>:<key>` STRING id,
+ *   24 h. These assume a tenant name never contains `:` (else tenant `a:b` with key `c` and
+ *   tenant `a` with key `b:c` would share a key): the scheduler's RPC layer admits only
  *   `/^[A-Za-z0-9_.-]{1,100}$/`, and callers of the store must keep to that.
  * - Channel `P:ev:<id>`: the sequence number of each new event of the task.
  *
- * The global keys (ix, tn, idem, queues) are outside the queues' hash tags: fine on one Redis,
- * and the known obstacle to Redis Cluster. Scripts receive queue-wide keys in KEYS and build
- * per-task keys from the prefix and queue (all inside the queue's hash tag), as BullMQ does.
+ * The global keys (queues, tn, idem) are outside the queues' hash tags: fine on one Redis, and
+ * the known obstacle to Redis Cluster. Scripts receive queue-wide keys in KEYS and build
+ * per-task keys and ready lists from the prefix and queue (all inside the queue's hash tag), as
+ * BullMQ does.
  * The Redis connection must not use ioredis' `keyPrefix` (use `prefix`): scripts could not see it.
  */
 export interface TaskStoreOptions {
@@ -66,7 +80,10 @@ export interface TaskStoreOptions {
   agingMsPerLevel?: number | undefined;
   /** Called after every Redis script call with its name and duration (for a latency metric). */
   onRedisCall?: ((op: string, seconds: number) => void) | undefined;
-  /** Events kept per task; older ones are trimmed. @default 1000 */
+  /**
+   * Events kept in a task's event list; older ones are trimmed. Up to two more (the claim and
+   * end of the current attempt) may be implied by the task's hash (task-codec.ts). @default 1000
+   */
   maxEvents?: number | undefined;
   /**
    * How many times a task may go back to the ready set because its attempt was lost (worker
@@ -132,7 +149,7 @@ export interface ListFilter {
 export type Unsubscribe = (() => void) & { readonly ready: Promise<void> };
 
 /**
- * The ready-set score of a task enqueued at `enqMs` with priority `priority` (1 LOW .. 4 CRITICAL):
+ * The ready score of a task enqueued at `enqMs` with priority `priority` (1 LOW .. 4 CRITICAL):
  * `enqMs − (priority − 1) × agingMsPerLevel`, lower first. So higher priority goes first, FIFO
  * inside a level (equal scores fall back to the ULID, i.e. creation order), and no starvation:
  * a task enqueued at e₁ with priority p₁ goes before one enqueued at e₂ with p₂ whenever
@@ -146,22 +163,24 @@ export function readyScore(enqMs: number, priority: number, agingMsPerLevel: num
 }
 
 const SCRIPTS = {
-  tmSubmit: { file: "submit", keys: 4 },
-  tmClaim: { file: "claim", keys: 4 },
+  tmSubmit: { file: "submit", keys: 2 },
+  tmClaim: { file: "claim", keys: 3 },
   tmRenew: { file: "renew", keys: 1 },
   tmReport: { file: "report", keys: 1 },
   tmComplete: { file: "complete", keys: 6 },
-  tmRequeue: { file: "requeue", keys: 5 },
-  tmExpire: { file: "expire", keys: 5 },
-  tmPromote: { file: "promote", keys: 3 },
-  tmCancel: { file: "cancel", keys: 5 },
-  tmRetry: { file: "retry", keys: 3 },
-  tmReap: { file: "reap", keys: 3 },
+  tmRequeue: { file: "requeue", keys: 4 },
+  tmExpire: { file: "expire", keys: 4 },
+  tmPromote: { file: "promote", keys: 2 },
+  tmCancel: { file: "cancel", keys: 4 },
+  tmRetry: { file: "retry", keys: 2 },
+  tmReap: { file: "reap", keys: 2 },
+  tmPause: { file: "pause", keys: 2 },
   tmGet: { file: "get", keys: 1, readOnly: true },
+  tmLocate: { file: "locate", keys: 1, readOnly: true },
   tmList: { file: "list", keys: 2, readOnly: true },
-  tmPeek: { file: "peek", keys: 3, readOnly: true },
+  tmPeek: { file: "peek", keys: 2, readOnly: true },
   tmEvents: { file: "events", keys: 1, readOnly: true },
-  tmStats: { file: "stats", keys: 6, readOnly: true },
+  tmStats: { file: "stats", keys: 5, readOnly: true },
 } as const;
 
 declare module "ioredis" {
@@ -178,7 +197,9 @@ declare module "ioredis" {
     tmCancel(...args: RedisValue[]): Result<unknown, Context>;
     tmRetry(...args: RedisValue[]): Result<unknown, Context>;
     tmReap(...args: RedisValue[]): Result<unknown, Context>;
+    tmPause(...args: RedisValue[]): Result<unknown, Context>;
     tmGet(...args: RedisValue[]): Result<unknown, Context>;
+    tmLocate(...args: RedisValue[]): Result<unknown, Context>;
     tmList(...args: RedisValue[]): Result<unknown, Context>;
     tmPeek(...args: RedisValue[]): Result<unknown, Context>;
     tmEvents(...args: RedisValue[]): Result<unknown, Context>;
@@ -192,8 +213,6 @@ const BATCH = 500;
 const QUEUE_CACHE_SIZE = 100_000;
 /** How many watched tasks' folded event state to remember for incremental reads. */
 const FOLD_CACHE_SIZE = 1000;
-/** Ready tasks stats() inspects to find the oldest. */
-const STATS_WINDOW = 200;
 /** Largest page {@link TaskStore.list} returns. */
 const MAX_PAGE = 1000;
 /** Lists never scan more than this many ids per call. */
@@ -289,7 +308,6 @@ export class TaskStore {
   private keys(queue: string) {
     const q = `${this.prefix}:{${queue}}:`;
     return {
-      ready: `${q}ready`,
       delayed: `${q}delayed`,
       running: `${q}running`,
       done: `${q}done`,
@@ -300,8 +318,8 @@ export class TaskStore {
     };
   }
 
-  private get ixKey(): string {
-    return `${this.prefix}:ix`;
+  private get queuesKey(): string {
+    return `${this.prefix}:queues`;
   }
 
   /** The ARGV header every script starts with (see lib.lua). */
@@ -318,11 +336,17 @@ export class TaskStore {
     this.queueOf.set(id, queue);
   }
 
-  /** Groups items by their task's queue (cached, else from P:ix). Unknown tasks go to `unknown`. */
+  /**
+   * Groups items by their task's queue (cached, else found by the queue tag that ends the id, see
+   * locate.lua). Ids no queue can hold go to `unknown`.
+   */
   private async byQueue<T extends { id: string }>(items: readonly T[]): Promise<{ groups: Map<string, { item: T; index: number }[]>; unknown: number[] }> {
     const missing = [...new Set(items.filter((it) => !this.queueOf.has(it.id)).map((it) => it.id))];
     if (missing.length > 0) {
-      const queues = await this.redis.hmget(this.ixKey, ...missing);
+      const replies = await Promise.all(
+        chunks(missing, BATCH).map((part) => this.timed("Locate", this.redis.tmLocate(this.queuesKey, ...this.header("", 0), ...part))),
+      );
+      const queues = replies.flatMap((r) => arr(r).map(strOrNull));
       missing.forEach((id, i) => {
         const q = queues[i];
         if (q !== null && q !== undefined) this.remember(id, q);
@@ -374,6 +398,7 @@ export class TaskStore {
     const groups = new Map<string, number[]>();
     tasks.forEach((t, i) => {
       checkQueue(t.queue);
+      if (!t.id.endsWith(queueTag(t.queue))) throw new Error(`task id ${t.id} does not end with the tag of queue ${t.queue}`);
       let g = groups.get(t.queue);
       if (g === undefined) groups.set(t.queue, (g = []));
       g.push(i);
@@ -382,36 +407,30 @@ export class TaskStore {
     for (const [queue, indexes] of groups) {
       const k = this.keys(queue);
       for (const part of chunks(indexes, BATCH)) {
-        const args: RedisValue[] = [k.ready, k.delayed, `${this.prefix}:queues`, this.ixKey, ...this.header(queue, now)];
-        for (const i of part) {
+        const args: RedisValue[] = [k.delayed, this.queuesKey, ...this.header(queue, now), queueTag(queue)];
+        const made = part.map((i) => {
           const t = tasks[i] as NewTask;
-          args.push(
-            t.id,
-            t.tenant,
-            t.idempotencyKey,
-            Math.floor(t.runAtMs),
-            t.priority,
-            t.type,
-            t.affinityKey,
-            t.maxAttempts,
-            Math.floor(t.resultTtlMs),
-            encodeSpec(t),
-            t.concurrencyKey,
-            Math.max(0, Math.floor(t.concurrencyLimit)),
-            t.traceparent ?? "",
-          );
-        }
+          const s = storedFromNew({ ...t, runAtMs: Math.floor(t.runAtMs), resultTtlMs: Math.floor(t.resultTtlMs) }, now);
+          const fields = Object.entries(s.hash).flat();
+          args.push(t.id, t.tenant, t.idempotencyKey, Math.floor(t.runAtMs), t.priority, s.bigSpec, fields.length, ...fields);
+          return s;
+        });
         calls.push(
           this.timed("Submit", this.redis.tmSubmit(...args)).then((reply) => {
             const results = arr(reply);
             part.forEach((i, j) => {
               const t = tasks[i] as NewTask;
               const r = arr(results[j]);
-              if (str(r[0]) === "n") {
-                this.remember(t.id, t.queue);
-                out[i] = { task: taskFromStored(storedFromNew(t, now)), existing: false };
-              } else {
-                out[i] = { task: this.toTask(stored(r[1])), existing: true };
+              switch (str(r[0])) {
+                case "n":
+                  this.remember(t.id, t.queue);
+                  out[i] = { task: taskFromStored(made[j] as StoredTask), existing: false };
+                  break;
+                case "e":
+                  out[i] = { task: this.toTask(stored(r[1])), existing: true };
+                  break;
+                default:
+                  throw new Error(`task id ${t.id} is taken`);
               }
             });
           }),
@@ -431,7 +450,7 @@ export class TaskStore {
   async getMany(ids: readonly string[]): Promise<(Task | undefined)[]> {
     const out: (Task | undefined)[] = [];
     const replies = await Promise.all(
-      chunks(ids, BATCH).map((part) => this.timed("Get", this.redis.tmGet(this.ixKey, ...this.header("", 0), ...part))),
+      chunks(ids, BATCH).map((part) => this.timed("Get", this.redis.tmGet(this.queuesKey, ...this.header("", 0), ...part))),
     );
     for (const reply of replies) {
       for (const x of arr(reply)) {
@@ -463,7 +482,7 @@ export class TaskStore {
     const reply = arr(
       await this.timed("List", this.redis.tmList(
         `${this.prefix}:tn:${tenant}`,
-        this.ixKey,
+        this.queuesKey,
         ...this.header("", 0),
         after,
         size,
@@ -484,8 +503,9 @@ export class TaskStore {
 
   /** Names of the queues that ever had a task or were paused, sorted. */
   async queues(): Promise<string[]> {
-    const names = await this.redis.smembers(`${this.prefix}:queues`);
-    return names.sort();
+    const names = await this.redis.hkeys(this.queuesKey);
+    // Fields starting with "}" map queue tags to names (lib.lua register_queue).
+    return names.filter((n) => !n.startsWith("}")).sort();
   }
 
   /**
@@ -498,10 +518,7 @@ export class TaskStore {
   async setPaused(queue: string, paused: boolean): Promise<void> {
     checkQueue(queue);
     const k = this.keys(queue);
-    const m = this.redis.multi().sadd(`${this.prefix}:queues`, queue);
-    if (paused) m.set(k.paused, "1");
-    else m.del(k.paused);
-    await m.exec();
+    await this.timed("Pause", this.redis.tmPause(k.paused, this.queuesKey, ...this.header(queue, 0), queueTag(queue), paused ? "1" : "0"));
   }
 
   /**
@@ -515,7 +532,7 @@ export class TaskStore {
     if (limit < 1) return [];
     const k = this.keys(queue);
     const reply = arr(
-      await this.timed("Peek", this.redis.tmPeek(k.ready, k.cc, k.paused, ...this.header(queue, 0), Math.floor(limit), this.maxPeekSkip)),
+      await this.timed("Peek", this.redis.tmPeek(k.cc, k.paused, ...this.header(queue, 0), Math.floor(limit), this.maxPeekSkip)),
     );
     const out: { id: string; type: string; affinityKey: string }[] = [];
     for (let i = 0; i + 2 < reply.length; i += 3) {
@@ -543,7 +560,6 @@ export class TaskStore {
     const replies = await Promise.all(
       chunks(claims, BATCH).map((part) =>
         this.timed("Claim", this.redis.tmClaim(
-          k.ready,
           k.running,
           k.cc,
           k.paused,
@@ -623,7 +639,7 @@ export class TaskStore {
 
   private async report(items: readonly { id: string; args: RedisValue[] }[], now: number): Promise<void> {
     await this.perQueue(items, async (queue, part) => {
-      await this.timed("Report", this.redis.tmReport(this.keys(queue).ready, ...this.header(queue, now), ...part.flatMap(({ item }) => item.args)));
+      await this.timed("Report", this.redis.tmReport(this.keys(queue).running, ...this.header(queue, now), ...part.flatMap(({ item }) => item.args)));
     });
   }
 
@@ -679,7 +695,6 @@ export class TaskStore {
     await this.perQueue(refs, async (queue, part) => {
       const k = this.keys(queue);
       const reply = await this.timed("Requeue", this.redis.tmRequeue(
-        k.ready,
         k.running,
         k.done,
         k.dead,
@@ -702,7 +717,7 @@ export class TaskStore {
   async promoteDue(queue: string, now: number, limit: number): Promise<number> {
     if (limit < 1) return 0;
     const k = this.keys(queue);
-    return int(await this.timed("Promote", this.redis.tmPromote(k.delayed, k.ready, k.rw, ...this.header(queue, now), Math.floor(limit))));
+    return int(await this.timed("Promote", this.redis.tmPromote(k.delayed, k.rw, ...this.header(queue, now), Math.floor(limit))));
   }
 
   /**
@@ -714,7 +729,6 @@ export class TaskStore {
     const k = this.keys(queue);
     return pairs(
       await this.timed("Expire", this.redis.tmExpire(
-        k.ready,
         k.running,
         k.done,
         k.dead,
@@ -742,7 +756,7 @@ export class TaskStore {
     if (queue === undefined) return undefined;
     const k = this.keys(queue);
     const reply = arr(
-      await this.timed("Cancel", this.redis.tmCancel(k.ready, k.delayed, k.done, k.dead, k.rw, ...this.header(queue, now), tenant, id, reason === "" ? "cancelled" : reason)),
+      await this.timed("Cancel", this.redis.tmCancel(k.delayed, k.done, k.dead, k.rw, ...this.header(queue, now), tenant, id, reason === "" ? "cancelled" : reason)),
     );
     const code = str(reply[0]);
     if (code === "x") return undefined;
@@ -760,7 +774,7 @@ export class TaskStore {
     const [queue] = await this.queuesOf([id]);
     if (queue === undefined) return { error: "not_found" };
     const k = this.keys(queue);
-    const reply = arr(await this.timed("Retry", this.redis.tmRetry(k.ready, k.done, k.dead, ...this.header(queue, now), tenant, id)));
+    const reply = arr(await this.timed("Retry", this.redis.tmRetry(k.done, k.dead, ...this.header(queue, now), tenant, id)));
     switch (str(reply[0])) {
       case "x":
         return { error: "not_found" };
@@ -775,7 +789,7 @@ export class TaskStore {
   async reapExpired(queue: string, now: number, limit: number): Promise<number> {
     if (limit < 1) return 0;
     const k = this.keys(queue);
-    return int(await this.timed("Reap", this.redis.tmReap(k.done, k.dead, this.ixKey, ...this.header(queue, now), Math.floor(limit))));
+    return int(await this.timed("Reap", this.redis.tmReap(k.done, k.dead, ...this.header(queue, now), Math.floor(limit))));
   }
 
   /**
@@ -799,7 +813,8 @@ export class TaskStore {
     }
     const r = await this.readEvents(id, 0, true);
     if (r === undefined) return [];
-    // The list starts at sequence 2 unless trimmed; the first event is rebuilt from the hash.
+    // The entries start at sequence 2 unless the list was trimmed; the first event is rebuilt
+    // from the hash.
     const entries = (r.entries[0]?.n ?? 2) === 2 ? [submitEntry(r.stored.hash), ...r.entries] : r.entries;
     const first = entries[0] as EventEntry;
     const { events, state } = foldEvents(foldBase(taskFromStored(r.stored), first.n), entries, r.result);
@@ -824,15 +839,19 @@ export class TaskStore {
   }
 
   private async readEvents(id: string, fromSeq: number, full: boolean) {
-    const reply = await this.timed("Events", this.redis.tmEvents(this.ixKey, ...this.header("", 0), id, fromSeq, full ? "1" : "0"));
+    const reply = await this.timed("Events", this.redis.tmEvents(this.queuesKey, ...this.header("", 0), id, fromSeq, full ? "1" : "0"));
     if (reply === null || reply === false) return undefined;
     const a = arr(reply);
     const s = stored(a[0]);
     this.remember(s.id, s.queue);
+    // The stored entries, then the ones the hash implies (see task-codec.ts impliedEntries).
+    const entries = arr(a[1]).map((e) => parseEventEntry(str(e)));
+    const lastStored = entries[entries.length - 1]?.n ?? 0;
+    for (const e of impliedEntries(s.hash)) if (e.n > fromSeq && e.n > lastStored) entries.push(e);
     return {
       stored: s,
       result: s.result === null ? undefined : (JSON.parse(s.result) as JsonObject),
-      entries: arr(a[1]).map((e) => parseEventEntry(str(e))),
+      entries,
     };
   }
 
@@ -861,7 +880,7 @@ export class TaskStore {
       names.map(async (name) => {
         const k = this.keys(name);
         const r = arr(
-          await this.timed("Stats", this.redis.tmStats(k.ready, k.running, k.delayed, k.dead, k.rw, k.paused, ...this.header(name, now), STATS_WINDOW)),
+          await this.timed("Stats", this.redis.tmStats(k.running, k.delayed, k.dead, k.rw, k.paused, ...this.header(name, now))),
         ).map(int);
         const [queued = 0, running = 0, waiting = 0, retryWait = 0, dead = 0, oldest = -1, paused = 0] = r;
         const s = create(QueueStatsSchema, {

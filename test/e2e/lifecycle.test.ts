@@ -660,7 +660,7 @@ describe("result TTL: Redis memory stays bounded", () => {
       expect(cursor).toBe("0");
       const p = mesh.redisPrefix;
       const esc = (s: string): string => s.replace(/[.*+?^${}()|[\]\\]/g, "\\$&");
-      const queueLevel = new RegExp(`^${esc(p)}:\\{[^}]+\\}:(ready|delayed|running|done|dead|rw|cc|paused)$`);
+      const queueLevel = new RegExp(`^${esc(p)}:\\{[^}]+\\}:(ready:[1-4]|delayed|running|done|dead|rw|cc|paused)$`);
       const global = new Set([`${p}:queues`, `${p}:wstat`, `${p}:sch:due`, `${p}:sch:pend`]);
       // Per API key (the gateway's rate-limit buckets, which expire), not per task.
       const perKey = (k: string): boolean => k.startsWith(`${p}:rl:`);
@@ -668,7 +668,7 @@ describe("result TTL: Redis memory stays bounded", () => {
       expect(perTask, `keys left under ${p}: ${JSON.stringify(keys.sort())}`).toEqual([]);
       for (const k of [`${p}:ix`, `${p}:tn:default`]) expect(keys).not.toContain(k);
       // Nothing of the queue's is left waiting, running, done or dead.
-      for (const set of ["ready", "delayed", "running", "done", "dead"]) expect(keys).not.toContain(`${p}:{${queue}}:${set}`);
+      for (const set of ["ready:1", "ready:2", "ready:3", "ready:4", "delayed", "running", "done", "dead"]) expect(keys).not.toContain(`${p}:{${queue}}:${set}`);
     } finally {
       redis.disconnect();
     }

@@ -382,7 +382,9 @@ describe("ScheduleTicker", () => {
     const [stored] = await main.tasks.submit([task], now);
     expect(stored?.existing).toBe(false);
     // The claimer dies here, before finish(). Its task then finishes and is reaped early.
-    await main.redis.hdel(`${prefix}:ix`, task.id);
+    const taskKeys = await main.redis.keys(`${prefix}:*:${task.id}`);
+    expect(taskKeys.length).toBeGreaterThan(0);
+    await main.redis.del(...taskKeys);
     const r = await main.ticker.tick(now + LEASE);
     expect(r.created).toBe(0);
     expect(await main.redis.zcard(`${prefix}:sch:pend`)).toBe(0);

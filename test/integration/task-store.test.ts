@@ -1,17 +1,18 @@
 import { Redis } from "ioredis";
-import { monotonicFactory } from "ulid";
 import { afterEach, beforeEach, describe, expect, inject, it, vi } from "vitest";
 import { timestampMs } from "@bufbuild/protobuf/wkt";
 import { TaskStatus, type Task } from "../../gen/taskmesh/v1/task_pb.js";
 import { silentLogger } from "../../lib/logger.js";
-import { TaskStore, type NewTask, type TaskStoreOptions } from "../../services/scheduler/task-store.js";
+import { taskIdFactory } from "../../services/scheduler/submit.js";
+import { DEFAULT_BACKOFF, queueTag } from "../../services/scheduler/task-codec.js";
+import { readyScore, TaskStore, type NewTask, type TaskStoreOptions } from "../../services/scheduler/task-store.js";
 import { uniquePrefix } from "../support/ids.js";
 import { waitFor } from "../support/wait.js";
 
 const T0 = 1_700_000_000_000;
 const AGING = 1000;
 const LEASE = 30_000;
-const nextId = monotonicFactory();
+const nextId = taskIdFactory();
 
 let redis: Redis;
 let prefix: string;
@@ -26,7 +27,7 @@ function makeStore(opts: Partial<TaskStoreOptions> = {}): TaskStore {
 
 function task(over: Partial<NewTask> = {}): NewTask {
   return {
-    id: nextId(),
+    id: nextId(over.queue ?? "default", Date.now()),
     tenant: "acme",
     type: "noop",
     queue: "default",
@@ -130,7 +131,7 @@ describe("submit and get", () => {
     expect(got[0]?.queue).toBe("q1");
     expect(got[1]).toBeUndefined();
     expect(got[2]?.queue).toBe("q2");
-    expect(await redis.zcard(k("q0", "ready"))).toBe(10);
+    expect(await redis.llen(k("q0", "ready:2"))).toBe(10);
   });
 
   it("handles batches larger than one script call, end to end", async () => {
@@ -440,7 +441,7 @@ describe("cancel", () => {
     expect(r?.running).toBeUndefined();
     expect(r?.task.status).toBe(TaskStatus.CANCELLED);
     expect(r?.task.error).toMatchObject({ code: "CANCELLED", message: "not needed", retryable: false });
-    expect(await redis.zcard(k("default", "ready"))).toBe(0);
+    expect(await redis.llen(k("default", "ready:2"))).toBe(0);
     expect(await redis.zscore(k("default", "dead"), t.id)).not.toBeNull();
     expect(await redis.zscore(k("default", "done"), t.id)).not.toBeNull();
     expect(await mustGet(t.id)).toEqual(r?.task);
@@ -560,8 +561,7 @@ describe("reapExpired", () => {
 
     for (const id of [ok.id, bad.id]) {
       expect(await store.get(id)).toBeUndefined();
-      expect(await redis.hexists(`${prefix}:ix`, id)).toBe(0);
-      expect(await redis.zscore(`${prefix}:tn:acme`, id)).toBeNull();
+      expect(await redis.lpos(`${prefix}:tn:acme`, id)).toBeNull();
       expect(await redis.zscore(k("default", "dead"), id)).toBeNull();
       expect(await redis.zscore(k("default", "done"), id)).toBeNull();
       expect((await prefixKeys()).filter((key) => key.includes(id))).toEqual([]);
@@ -570,7 +570,7 @@ describe("reapExpired", () => {
     // What is left: the live task and the queue-wide keys.
     const left = (await prefixKeys()).filter((key) => !key.includes(live.id)).sort();
     expect(left).toEqual(
-      [`${prefix}:idem:acme:i`, `${prefix}:ix`, `${prefix}:queues`, `${prefix}:tn:acme`, k("default", "ready")].sort(),
+      [`${prefix}:idem:acme:i`, `${prefix}:queues`, `${prefix}:tn:acme`, k("default", "ready:2")].sort(),
     );
     expect(await store.events(ok.id, 0)).toEqual([]);
   });
@@ -766,6 +766,157 @@ describe("list", () => {
   });
 });
 
+describe("compact layout", () => {
+  /** A task with nothing but defaults: no spec to store. */
+  const plain = (over: Partial<NewTask> = {}): NewTask => task({ payload: {}, backoff: { ...DEFAULT_BACKOFF }, ...over });
+  const keysOf = async (id: string): Promise<string[]> => (await prefixKeys()).filter((key) => key.includes(id)).sort();
+
+  it("keeps a task in one small hash from submit to its end, with no event list when nothing but its run happened", async () => {
+    const [r] = await store.submit([plain()], T0);
+    const t = r!.task;
+    const tk = k("default", `t:${t.id}`);
+    expect(await keysOf(t.id)).toEqual([tk]);
+    expect(await redis.call("OBJECT", "ENCODING", tk)).toBe("listpack");
+    expect(await redis.hgetall(tk)).toEqual({ s: String(TaskStatus.QUEUED), c: String(T0), n: "acme", y: "noop" });
+    expect(await mustGet(t.id)).toEqual(t);
+
+    await store.claim("default", [{ id: t.id, workerId: "w1" }], T0 + 10, LEASE);
+    await store.complete([{ id: t.id, attempt: 1, outcome: { kind: "succeeded", result: { ok: true } } }], T0 + 20);
+    // A short result stays in the hash; the claim and the end are implied by the hash.
+    expect(await keysOf(t.id)).toEqual([tk]);
+    expect(await redis.call("OBJECT", "ENCODING", tk)).toBe("listpack");
+    const done = await mustGet(t.id);
+    expect(done.result).toEqual({ ok: true });
+    const events = await store.events(t.id, 0);
+    expect(events.map((e) => [Number(e.sequence), timestampMs(e.time!), e.task?.status])).toEqual([
+      [1, T0, TaskStatus.QUEUED],
+      [2, T0 + 10, TaskStatus.RUNNING],
+      [3, T0 + 20, TaskStatus.SUCCEEDED],
+    ]);
+    expect(events[1]?.event).toMatchObject({ value: { from: TaskStatus.QUEUED, to: TaskStatus.RUNNING, attempt: 1, workerId: "w1" } });
+    expect(events[1]?.task).toMatchObject({ status: TaskStatus.RUNNING, workerId: "w1", result: undefined });
+    expect(events[2]?.task).toEqual(done);
+    expect(await store.events(t.id, 2)).toEqual(events.slice(2));
+  });
+
+  it("stores the implied events unchanged when a later event needs the list", async () => {
+    const t = await submitOne({ maxAttempts: 1 });
+    await store.claim("default", [{ id: t.id, workerId: "w" }], T0 + 1, LEASE);
+    const running = await store.events(t.id, 0);
+    await store.complete([{ id: t.id, attempt: 1, outcome: { kind: "failed", code: "E", message: "m", retryable: false } }], T0 + 2);
+    const failed = await store.events(t.id, 0);
+    expect(failed.slice(0, 2)).toEqual(running);
+    expect(failed[2]?.event).toMatchObject({ value: { from: TaskStatus.RUNNING, to: TaskStatus.FAILED, error: { code: "E" } } });
+    expect(await redis.exists(k("default", `ev:${t.id}`))).toBe(0);
+
+    await store.retry("acme", t.id, T0 + 3);
+    const retried = await store.events(t.id, 0);
+    expect(retried.slice(0, 3)).toEqual(failed);
+    expect(await redis.llen(k("default", `ev:${t.id}`))).toBe(3);
+    await store.claim("default", [{ id: t.id, workerId: "w2" }], T0 + 4, LEASE);
+    await store.log([{ id: t.id, attempt: 2, line: "hi" }], T0 + 5);
+    const logged = await store.events(t.id, 0);
+    expect(logged.slice(0, 4)).toEqual(retried);
+    expect(logged.map((e) => Number(e.sequence))).toEqual([1, 2, 3, 4, 5, 6]);
+    expect(logged[4]?.event).toMatchObject({ value: { to: TaskStatus.RUNNING, attempt: 2, workerId: "w2" } });
+    expect(logged[5]?.task).toEqual(await mustGet(t.id));
+  });
+
+  it("keeps the dispatch order whatever order tasks enter the ready lists in", async () => {
+    // A deterministic shuffle of tasks with random enqueue times and priorities, each submitted
+    // with its own clock (replicas whose clocks differ), then half of them claimed and re-queued.
+    let seed = 42;
+    const rnd = (): number => ((seed = (seed * 1103515245 + 12345) % 2 ** 31) / 2 ** 31);
+    const made: { id: string; enq: number; priority: 1 | 2 | 3 | 4 }[] = [];
+    for (let i = 0; i < 150; i++) {
+      const enq = T0 + Math.floor(rnd() * 20 * AGING);
+      const priority = (1 + Math.floor(rnd() * 4)) as 1 | 2 | 3 | 4;
+      const t = await submitOne({ priority }, enq);
+      made.push({ id: t.id, enq, priority });
+    }
+    const expected = (): string[] =>
+      [...made]
+        .sort((a, b) => readyScore(a.enq, a.priority, AGING) - readyScore(b.enq, b.priority, AGING) || (a.id < b.id ? -1 : 1))
+        .map((m) => m.id);
+    expect((await store.peekReady("default", 1000)).map((p) => p.id)).toEqual(expected());
+    expect((await store.peekReady("default", 7)).map((p) => p.id)).toEqual(expected().slice(0, 7));
+    const some = made.filter(() => rnd() < 0.5).map((m) => m.id);
+    const claimed = await store.claim("default", some.map((id) => ({ id, workerId: "w" })), T0 + 30 * AGING, LEASE);
+    expect(claimed).toHaveLength(some.length);
+    const left = new Set(some);
+    expect((await store.peekReady("default", 1000)).map((p) => p.id)).toEqual(expected().filter((id) => !left.has(id)));
+    expect(await store.requeue(claimed.map((c) => ({ id: c.id, attempt: c.attempt })), "gone", T0 + 31 * AGING)).toBe(some.length);
+    expect((await store.peekReady("default", 1000)).map((p) => p.id)).toEqual(expected());
+    // Cancelling takes a task out from anywhere in line.
+    const order = expected();
+    const cancelled = [order[0]!, order[37]!, order[90]!, order[149]!];
+    for (const id of cancelled) expect((await store.cancel("acme", id, "x", T0 + 32 * AGING))?.task.status).toBe(TaskStatus.CANCELLED);
+    expect((await store.peekReady("default", 1000)).map((p) => p.id)).toEqual(order.filter((id) => !cancelled.includes(id)));
+    made.splice(0, made.length, ...made.filter((m) => !cancelled.includes(m.id)));
+    const [stats] = await store.stats(T0 + 40 * AGING);
+    expect(stats?.queued).toBe(146n);
+    expect(Number(stats?.oldestQueuedAge?.seconds)).toBe(Math.floor((T0 + 40 * AGING - Math.min(...made.map((m) => m.enq))) / 1000));
+  });
+
+  it("finds a task by its id when two queues share a tag", async () => {
+    const byTag = new Map<string, string>();
+    let pair: [string, string] | undefined;
+    for (let i = 0; pair === undefined; i++) {
+      const q = `q${i}`;
+      const other = byTag.get(queueTag(q));
+      if (other !== undefined) pair = [other, q];
+      else byTag.set(queueTag(q), q);
+    }
+    const [qa, qb] = pair;
+    const a = await submitOne({ queue: qa });
+    const b = await submitOne({ queue: qb });
+    expect(a.id.slice(-2)).toBe(b.id.slice(-2));
+    expect((await store.getMany([a.id, b.id])).map((t) => t?.queue)).toEqual([qa, qb]);
+    // A fresh store has no cached queues: it finds them from the ids.
+    const fresh = makeStore();
+    expect((await fresh.renew([{ id: b.id, attempt: 1 }], T0, LEASE)).stale).toEqual([{ id: b.id, attempt: 1 }]);
+    expect((await fresh.cancel("acme", b.id, "x", T0))?.task.queue).toBe(qb);
+    expect((await fresh.events(a.id, 0)).map((e) => e.task?.queue)).toEqual([qa]);
+    expect((await fresh.list("acme", {}, 10, "")).tasks.map((t) => t.queue)).toEqual([qb, qa]);
+    expect(await fresh.queues()).toEqual([qa, qb].sort());
+  });
+
+  it("lists ids that arrive out of order (another replica's clock) newest first, and forgets reaped ones", async () => {
+    const behind = taskIdFactory();
+    const first = Array.from({ length: 5 }, () => task({ resultTtlMs: 1000 }));
+    await store.submit(first, T0);
+    // Made a second earlier by a replica whose clock is behind, stored after the first ones.
+    const late = Array.from({ length: 4 }, () => task({ id: behind("default", Date.now() - 1000) }));
+    await store.submit(late, T0);
+    const newestFirst = [...first, ...late].map((t) => t.id).sort().reverse();
+    expect(newestFirst.slice(0, 5)).toEqual(first.map((t) => t.id).reverse());
+    const seen: string[] = [];
+    let token = "";
+    do {
+      const page = await store.list("acme", {}, 2, token);
+      seen.push(...page.tasks.map((t) => t.id));
+      token = page.nextPageToken;
+    } while (token !== "");
+    expect(seen).toEqual(newestFirst);
+    expect(await redis.lrange(`${prefix}:tn:acme`, 0, -1)).toEqual([...newestFirst].reverse());
+
+    const gone = [first[1]!, first[3]!];
+    await store.claim("default", gone.map((t) => ({ id: t.id, workerId: "w" })), T0, LEASE);
+    await store.complete(gone.map((t) => ({ id: t.id, attempt: 1, outcome: { kind: "succeeded", result: {} } })), T0);
+    expect(await store.reapExpired("default", T0 + 1000, 10)).toBe(2);
+    const left = newestFirst.filter((id) => !gone.some((t) => t.id === id));
+    expect((await store.list("acme", {}, 100, "")).tasks.map((t) => t.id)).toEqual(left);
+  });
+
+  it("refuses an id without its queue's tag, and an id that is taken", async () => {
+    await expect(store.submit([task({ id: nextId("other", Date.now()) })], T0)).rejects.toThrow(/tag/);
+    const t = task();
+    await store.submit([t], T0);
+    await expect(store.submit([{ ...t, tenant: "globex" }], T0)).rejects.toThrow(/taken/);
+    expect((await mustGet(t.id)).tenant).toBe("acme");
+  });
+});
+
 describe("stats", () => {
   it("reports depths by status and the oldest queued age", async () => {
     await store.submit([task({ priority: 1 })], T0);
@@ -799,7 +950,7 @@ describe("concurrency limits", () => {
     expect(first.map((c) => c.id)).toEqual([keyed[0]!.id, keyed[1]!.id, ...free.map((t) => t.id)]);
     expect(await running("acct-1")).toBe(2);
     // The blocked ones stay ready, in order, and are not offered by peek.
-    expect(await redis.zrange(k("default", "ready"), "0", "-1")).toEqual(keyed.slice(2).map((t) => t.id));
+    expect(await redis.lrange(k("default", "ready:2"), 0, -1)).toEqual(keyed.slice(2).map((t) => t.id));
     expect(await store.peekReady("default", 10)).toEqual([]);
     expect((await mustGet(keyed[2]!.id)).status).toBe(TaskStatus.QUEUED);
     expect(await store.claim("default", all, T0 + 2, LEASE)).toEqual([]);

@@ -3,7 +3,8 @@ import { durationFromMs, timestampFromMs } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError } from "@connectrpc/connect";
 import { describe, expect, it } from "vitest";
 import { Priority, SubmitTaskRequestSchema } from "../../gen/taskmesh/v1/task_pb.js";
-import { DEFAULT_SUBMIT, toNewTask } from "../../services/scheduler/submit.js";
+import { DEFAULT_SUBMIT, taskIdFactory, toNewTask } from "../../services/scheduler/submit.js";
+import { queueTag } from "../../services/scheduler/task-codec.js";
 
 const known = new Set(["noop", "sleep"]);
 const now = 1_800_000_000_000;
@@ -39,6 +40,23 @@ describe("toNewTask", () => {
   it("gives time-sortable ids", () => {
     const ids = Array.from({ length: 100 }, () => toNewTask(req({ type: "noop" }), "t", known, DEFAULT_SUBMIT, now).id);
     expect([...ids].sort()).toEqual(ids);
+  });
+
+  it("ends every id with its queue's tag, and starts it with the time like a ULID", () => {
+    const t = toNewTask(req({ type: "noop", queue: "emails" }), "t", known, DEFAULT_SUBMIT, now);
+    expect(t.id.endsWith(queueTag("emails"))).toBe(true);
+    const next = taskIdFactory(() => 0);
+    const a = next("default", now);
+    // 10 characters of milliseconds (Crockford base 32), then randomness, then the tag.
+    const decoded = [...a.slice(0, 10)].reduce((v, ch) => v * 32 + "0123456789ABCDEFGHJKMNPQRSTVWXYZ".indexOf(ch), 0);
+    expect(decoded).toBe(now);
+    expect(a).toBe(`${a.slice(0, 10)}${"0".repeat(14)}${queueTag("default")}`);
+    // Same millisecond (or a clock going back): the random part goes up by one.
+    expect(next("other", now)).toBe(`${a.slice(0, 10)}${"0".repeat(13)}1${queueTag("other")}`);
+    expect(next("default", now - 5)).toBe(`${a.slice(0, 10)}${"0".repeat(13)}2${queueTag("default")}`);
+    const later = next("default", now + 1);
+    expect(later > a).toBe(true);
+    expect(later.slice(0, 10)).not.toBe(a.slice(0, 10));
   });
 
   it("maps priorities and turns delay and run_at into a run time", () => {

@@ -1,3 +1,4 @@
+import { readFileSync } from "node:fs";
 import { describe, expect, it } from "vitest";
 import { timestampMs } from "@bufbuild/protobuf/wkt";
 import { TaskStatus, type Task } from "../../gen/taskmesh/v1/task_pb.js";
@@ -8,10 +9,15 @@ import {
   foldBase,
   foldEvents,
   hashFromFlat,
+  impliedEntries,
   parseEventEntry,
+  queueTag,
   storedFromNew,
   submitEntry,
   taskFromStored,
+  DEFAULT_BACKOFF,
+  INLINE_MAX,
+  STORED_DEFAULTS,
   type EventEntry,
   type NewTask,
 } from "../../services/scheduler/task-codec.js";
@@ -46,6 +52,9 @@ const entries = (...raw: string[]): EventEntry[] => raw.map(parseEventEntry);
 describe("spec encoding", () => {
   it("omits defaults and round-trips every field", () => {
     expect(encodeSpec(newTask())).toBe('{"b":[1000,60000,2,0.1]}');
+    // Nothing to store at all for a task with every default.
+    expect(encodeSpec(newTask({ backoff: { ...DEFAULT_BACKOFF } }))).toBe("");
+    expect(decodeSpec("")).toMatchObject({ backoff: DEFAULT_BACKOFF });
     const t = newTask({
       payload: { a: [1, { b: null }] },
       labels: { env: "prod" },
@@ -78,7 +87,52 @@ describe("spec encoding", () => {
   });
 
   it("reads a missing spec as defaults", () => {
-    expect(decodeSpec(null)).toMatchObject({ payload: {}, labels: {}, timeoutMs: 0, idempotencyKey: "" });
+    expect(decodeSpec(null)).toMatchObject({ payload: {}, labels: {}, timeoutMs: 0, idempotencyKey: "", backoff: DEFAULT_BACKOFF });
+  });
+});
+
+describe("compact hash", () => {
+  it("stores a default task in four short fields", () => {
+    const s = storedFromNew(newTask({ backoff: { ...DEFAULT_BACKOFF } }), T0);
+    expect(s.hash).toEqual({ s: String(TaskStatus.QUEUED), c: String(T0), n: "acme", y: "noop" });
+    expect(s.spec).toBeNull();
+    expect(s.bigSpec).toBe("");
+    const t = taskFromStored(s);
+    expect(t).toMatchObject({
+      priority: STORED_DEFAULTS.priority,
+      maxAttempts: STORED_DEFAULTS.maxAttempts,
+      backoff: { multiplier: 2, jitter: 0.2 },
+    });
+    expect(timestampMs(t.createdAt!)).toBe(T0);
+    expect(timestampMs(t.scheduledAt!)).toBe(T0);
+    expect(Number(t.resultTtl?.seconds) * 1000).toBe(STORED_DEFAULTS.resultTtlMs);
+  });
+
+  it("stores what differs from the defaults, and a long spec outside the hash", () => {
+    const s = storedFromNew(newTask({ priority: 4, maxAttempts: 1, resultTtlMs: 5000, affinityKey: "k", payload: { a: 1 } }), T0);
+    expect(s.hash).toMatchObject({ p: "4", m: "1", l: "5000", af: "k", d: '{"p":{"a":1},"b":[1000,60000,2,0.1]}' });
+    expect(s.bigSpec).toBe("");
+    expect(taskFromStored(s)).toMatchObject({ priority: 4, maxAttempts: 1, affinityKey: "k", payload: { a: 1 } });
+    const long = storedFromNew(newTask({ payload: { s: "x".repeat(INLINE_MAX) } }), T0);
+    expect(long.hash["d"]).toBe("");
+    expect(long.bigSpec).toBe(long.spec);
+    expect(taskFromStored(long).payload).toEqual({ s: "x".repeat(INLINE_MAX) });
+  });
+
+  it("agrees with the Lua scripts on what absent fields mean", () => {
+    const lua = (name: string): string => readFileSync(new URL(`../../services/scheduler/lua/${name}.lua`, import.meta.url), "utf8");
+    const d = STORED_DEFAULTS;
+    expect(lua("lib")).toContain(`local DEF_PRI, DEF_MAX, DEF_TTL = ${d.priority}, ${d.maxAttempts}, ${d.resultTtlMs}\n`);
+    const b = DEFAULT_BACKOFF;
+    expect(lua("complete")).toContain(`or {${b.initialMs}, ${b.maxMs}, ${b.multiplier}, ${b.jitter}}`);
+    expect(lua("complete")).toContain(`local INLINE_MAX = ${INLINE_MAX}\n`);
+  });
+
+  it("tags ids with two Crockford characters per queue", () => {
+    expect(queueTag("default")).toMatch(/^[0-9A-HJKMNP-TV-Z]{2}$/);
+    expect(queueTag("default")).toBe(queueTag("default"));
+    const tags = new Set(Array.from({ length: 200 }, (_, i) => queueTag(`q${i}`)));
+    expect(tags.size).toBeGreaterThan(150);
   });
 });
 
@@ -106,8 +160,8 @@ describe("stored task", () => {
       ...s,
       hash: {
         ...s.hash,
-        ...hashFromFlat(["st", "6", "att", "2", "wk", "w1", "sta", String(T0 + 5), "fin", String(T0 + 9), "prog", "40", "pmsg", "hm"]),
-        err: '{"code":"E","message":"m","retryable":false}',
+        ...hashFromFlat(["s", "6", "a", "2", "w", "w1", "b", String(T0 + 5), "f", String(T0 + 9), "g", "40", "gm", "hm"]),
+        x: '{"code":"E","message":"m","retryable":false}',
       },
       result: '{"x":1}',
     });
@@ -219,6 +273,26 @@ describe("event folding", () => {
     const delayed = storedFromNew(newTask({ runAtMs: T0 + 50 }), T0);
     const { state } = foldEvents(foldBase(taskFromStored(delayed), 1), [submitEntry(delayed.hash)], undefined);
     expect(state).toEqual(taskFromStored(delayed));
+  });
+
+  it("rebuilds the implied claim and end of the current attempt from the hash", () => {
+    const base = storedFromNew(newTask(), T0).hash;
+    expect(impliedEntries(base)).toEqual([]);
+    const running = { ...base, s: "3", a: "1", w: "w1", b: String(T0 + 5), q: "2" };
+    const claim: EventEntry = { n: 2, t: T0 + 5, k: "s", a: 1, f: TaskStatus.QUEUED, s: TaskStatus.RUNNING, w: "w1" };
+    expect(impliedEntries(running)).toEqual([claim]);
+    const done = { ...running, s: "5", f: String(T0 + 9), q: "3" };
+    const end: EventEntry = { n: 3, t: T0 + 9, k: "s", a: 1, f: TaskStatus.RUNNING, s: TaskStatus.SUCCEEDED };
+    expect(impliedEntries(done)).toEqual([claim, end]);
+    // Progress was stored (qe 4): only the end is implied, with its error.
+    const failed = { ...running, s: "6", f: String(T0 + 9), q: "5", qe: "4", x: '{"code":"E","message":"m","retryable":false}' };
+    expect(impliedEntries(failed)).toEqual([
+      { n: 5, t: T0 + 9, k: "s", a: 1, f: TaskStatus.RUNNING, s: TaskStatus.FAILED, e: { code: "E", message: "m", retryable: false } },
+    ]);
+    expect(impliedEntries({ ...running, qe: "2" })).toEqual([]);
+    // Folded after the submit event, they give the stored state.
+    const { state } = foldEvents(foldBase(taskFromStored({ ...storedFromNew(newTask(), T0), hash: done }), 1), [submitEntry(done), ...impliedEntries(done)], undefined);
+    expect(state).toEqual(taskFromStored({ ...storedFromNew(newTask(), T0), hash: done }));
   });
 
   it("rejects malformed entries", () => {

@@ -1,33 +1,38 @@
--- claim: hands QUEUED tasks of queue Q to workers. A task not (or no longer) in the ready set
--- is skipped, so two claims of the same task cannot both succeed. Nothing is claimed while the
--- queue is paused. A task whose concurrency key is at the task's limit (see cc_blocked) is
--- skipped too and stays in the ready set at its place; items are taken in the order given, so
--- of several tasks of one key the earlier ones win the free places.
--- KEYS: 1 ready, 2 running, 3 concurrency counts, 4 paused flag
+-- claim: hands QUEUED tasks of queue Q to workers. A task not (or no longer) QUEUED is skipped,
+-- so two claims of the same task cannot both succeed. Nothing is claimed while the queue is
+-- paused. A task whose concurrency key is at the task's limit (see cc_blocked) is skipped too
+-- and stays in line at its place; items are taken in the order given, so of several tasks of
+-- one key the earlier ones win the free places. A task is QUEUED exactly while it is in its
+-- ready list: the claimed ones leave their lists together at the end (ready_remove_many).
+-- KEYS: 1 running, 2 concurrency counts, 3 paused flag
 -- ARGV[6] lease ms; ARGV[7..]: per task 2 values: id, worker id.
--- Returns per claimed task: {id, attempt, type, tenant, spec JSON, traceparent ('' = none),
--- ms when it became ready ('' = unknown)}.
-if redis.call('EXISTS', KEYS[4]) == 1 then return {} end
+-- Returns per claimed task: {id, attempt, type, tenant, spec JSON (false = none), traceparent
+-- ('' = none), ms when it became ready}.
+-- The claim is an implied event (see lib.lua): it only bumps the event number.
+if redis.call('EXISTS', KEYS[3]) == 1 then return {} end
 local lease = NOW + tonumber(ARGV[6])
 local out = {}
+local leaving, counts = {}, {}
 for i = 7, #ARGV, 2 do
   local id, wid = ARGV[i], ARGV[i + 1]
-  if redis.call('ZSCORE', KEYS[1], id) then
-    local tk = tkey(id)
-    local f = redis.call('HMGET', tk, 'st', 'att', 'typ', 'ten', 'ck', 'cl', 'tp', 'enq')
-    if tonumber(f[1]) ~= QUEUED then
-      -- The ready set holds only QUEUED tasks; anything else found there is dropped.
-      redis.call('ZREM', KEYS[1], id)
-    elseif not cc_blocked(KEYS[3], f[5], f[6], 0) then
-      redis.call('ZREM', KEYS[1], id)
-      local att = (tonumber(f[2]) or 0) + 1
-      redis.call('HSET', tk, 'st', RUNNING, 'att', att, 'wk', wid, 'sta', NOW_S, 'lease', lease)
-      redis.call('HDEL', tk, 'prog', 'pmsg')
-      redis.call('ZADD', KEYS[2], lease, id)
-      cc_take(KEYS[3], f[5])
-      status_event(id, tk, QUEUED, RUNNING, att, ',"w":' .. cjson.encode(wid))
-      out[#out + 1] = {id, att, f[3], f[4], redis.call('GET', dkey(id)), f[7] or '', f[8] or ''}
-    end
+  local tk = tkey(id)
+  local f = redis.call('HMGET', tk, 's', 'a', 'y', 'n', 'ck', 'cl', 'tp', 'e', 'c', 'p', 'd', 'q', 'qe')
+  if tonumber(f[1]) == QUEUED and not cc_blocked(KEYS[2], f[5], f[6], 0) then
+    local p = tonumber(f[10]) or DEF_PRI
+    if not leaving[p] then leaving[p], counts[p] = {}, 0 end
+    leaving[p][id] = true
+    counts[p] = counts[p] + 1
+    local q = tonumber(f[12]) or 1
+    if q ~= (tonumber(f[13]) or 1) then flush_events(id, tk) end
+    local att = (tonumber(f[2]) or 0) + 1
+    local seq = q + 1
+    redis.call('HSET', tk, 's', RUNNING, 'a', att, 'w', wid, 'b', NOW_S, 'q', seq)
+    redis.call('HDEL', tk, 'g', 'gm')
+    redis.call('ZADD', KEYS[1], lease, id)
+    cc_take(KEYS[2], f[5])
+    redis.call('PUBLISH', P .. ':ev:' .. id, seq)
+    out[#out + 1] = {id, att, f[3], f[4], spec_of(QP, id, f[11]), f[7] or '', f[8] or f[9]}
   end
 end
+for p, ids in pairs(leaving) do ready_remove_many(p, ids, counts[p]) end
 return out

@@ -1,12 +1,13 @@
--- taskmesh task store: helpers prepended to every script (see task-store.ts).
+-- taskmesh task store: helpers prepended to every script (see task-store.ts for the key layout
+-- and task-codec.ts for the fields of a task's hash).
 --
 -- Every script gets the same ARGV header:
 --   ARGV[1] key prefix P, ARGV[2] queue name Q, ARGV[3] now (ms), ARGV[4] max events per task,
 --   ARGV[5] aging ms per priority level; script arguments start at ARGV[6].
--- Queue-wide keys (ready, delayed, ...) arrive in KEYS. Per-task keys are built here from P and Q,
--- as BullMQ does: they share the queue's hash tag {Q}, so they live in the same Redis Cluster slot
--- as the declared keys. The global keys (P:ix, P:tn:<tenant>, P:idem:...) do not: they are the
--- known obstacle to running on Redis Cluster.
+-- Queue-wide keys (running, delayed, ...) arrive in KEYS. Per-task keys and the queue's ready
+-- lists are built here from P and Q, as BullMQ does: they share the queue's hash tag {Q}, so they
+-- live in the same Redis Cluster slot as the declared keys. The global keys (P:queues,
+-- P:tn:<tenant>, P:idem:...) do not: they are the known obstacle to running on Redis Cluster.
 --
 -- Task status numbers are taskmesh.v1.TaskStatus values.
 
@@ -18,6 +19,11 @@ local MAX_EVENTS = tonumber(ARGV[4])
 local AGING = tonumber(ARGV[5])
 
 local QUEUED, DELAYED, RUNNING, RETRY_WAIT, SUCCEEDED, FAILED, CANCELLED = 1, 2, 3, 4, 5, 6, 7
+-- What an absent hash field means (task-codec.ts STORED_DEFAULTS): priority, max attempts,
+-- result TTL ms.
+local DEF_PRI, DEF_MAX, DEF_TTL = 2, 3, 86400000
+
+local QUEUES = P .. ':queues'
 
 local function qprefix(queue)
   return P .. ':{' .. queue .. '}:'
@@ -27,29 +33,264 @@ local function tkey(id) return QP .. 't:' .. id end
 local function dkey(id) return QP .. 'd:' .. id end
 local function rkey(id) return QP .. 'r:' .. id end
 local function evkey(id) return QP .. 'ev:' .. id end
-
--- Ready order: lower score first. Each priority level above LOW is worth AGING ms of waiting.
-local function ready_score(enq, pri)
-  return tonumber(enq) - (tonumber(pri) - 1) * AGING
-end
+local function readyk(pri) return QP .. 'ready:' .. pri end
+local function tnkey(tenant) return P .. ':tn:' .. tenant end
 
 local function is_terminal(st)
   return st == SUCCEEDED or st == FAILED or st == CANCELLED
 end
 
--- The task's error as stored in field `err` and in events: {code, message, retryable}.
+-- ---- queues and task ids ----
+-- The last two characters of a task id are its queue's tag (task-codec.ts queueTag). P:queues
+-- maps each queue name to its tag, and '}' .. tag to the names of the queues with that tag,
+-- joined by '}' (which no queue name contains). So the queue of an id is found without a
+-- per-task index.
+
+local function register_queue(queue, tag)
+  if redis.call('HGET', QUEUES, queue) ~= tag then
+    redis.call('HSET', QUEUES, queue, tag)
+    local names = redis.call('HGET', QUEUES, '}' .. tag)
+    redis.call('HSET', QUEUES, '}' .. tag, names and (names .. '}' .. queue) or queue)
+  end
+end
+
+local tag_memo = {}
+local function queues_of_tag(tag)
+  local qs = tag_memo[tag]
+  if not qs then
+    qs = {}
+    local names = redis.call('HGET', QUEUES, '}' .. tag)
+    if names then
+      for name in string.gmatch(names, '[^}]+') do qs[#qs + 1] = name end
+    end
+    tag_memo[tag] = qs
+  end
+  return qs
+end
+
+-- The queue that holds task `id`, or false. With one queue for the id's tag (the usual case) the
+-- task is not looked up: callers find out themselves whether it exists.
+local function queue_of(id)
+  local qs = queues_of_tag(string.sub(id, -2))
+  if #qs == 1 then return qs[1] end
+  for _, q in ipairs(qs) do
+    if redis.call('EXISTS', qprefix(q) .. 't:' .. id) == 1 then return q end
+  end
+  return false
+end
+
+-- ---- lists kept in order ----
+
+-- Pushes `items` onto list k (RPUSH keeps their order at the tail; LPUSH puts the last one at
+-- the head), in chunks because unpack has a limit.
+local function push_all(cmd, k, items)
+  for i = 1, #items, 1000 do
+    redis.call(cmd, k, unpack(items, i, math.min(i + 999, #items)))
+  end
+end
+
+-- Inserts el into list k, kept in ascending order by less(a, b), after every element that does
+-- not sort after it. O(1) at either end (the usual cases: a new task at the tail, a re-queued
+-- one at the head); otherwise it scans inward from both ends in turn, so the cost is the
+-- distance to the nearer end, and only the elements between that end and the place move.
+local SCAN_CHUNK = 32
+local function sorted_insert(k, el, less)
+  local tail = redis.call('LINDEX', k, -1)
+  if not tail or not less(el, tail) then
+    redis.call('RPUSH', k, el)
+    return
+  end
+  local head = redis.call('LINDEX', k, 0)
+  if less(el, head) then
+    redis.call('LPUSH', k, el)
+    return
+  end
+  -- head <= el < tail: the place is inside. `after` elements at the tail sort after el;
+  -- `before` elements at the head do not.
+  local after, before = 1, 1
+  while true do
+    local xs = redis.call('LRANGE', k, -(after + SCAN_CHUNK), -(after + 1))
+    for i = #xs, 1, -1 do
+      if less(el, xs[i]) then
+        after = after + 1
+      else
+        local moved = redis.call('RPOP', k, after)
+        local back = {el}
+        for j = #moved, 1, -1 do back[#back + 1] = moved[j] end
+        push_all('RPUSH', k, back)
+        return
+      end
+    end
+    local ys = redis.call('LRANGE', k, before, before + SCAN_CHUNK - 1)
+    for i = 1, #ys do
+      if not less(el, ys[i]) then
+        before = before + 1
+      else
+        local moved = redis.call('LPOP', k, before)
+        redis.call('LPUSH', k, el)
+        local back = {}
+        for j = #moved, 1, -1 do back[#back + 1] = moved[j] end
+        push_all('LPUSH', k, back)
+        return
+      end
+    end
+  end
+end
+
+-- Removes el from list k, kept in ascending order by less (see sorted_insert): O(1) at either
+-- end; elsewhere a binary search (LINDEX is cheap) finds its place and LREM scans from the
+-- nearer end. Returns 1 if it was there, else 0.
+local function sorted_remove(k, el, less)
+  local head = redis.call('LINDEX', k, 0)
+  if not head then return 0 end
+  if head == el then
+    redis.call('LPOP', k)
+    return 1
+  end
+  if redis.call('LINDEX', k, -1) == el then
+    redis.call('RPOP', k)
+    return 1
+  end
+  local n = redis.call('LLEN', k)
+  local lo, hi = 1, n - 1
+  while lo < hi do
+    local mid = math.floor((lo + hi) / 2)
+    if less(redis.call('LINDEX', k, mid), el) then lo = mid + 1 else hi = mid end
+  end
+  return redis.call('LREM', k, lo < n / 2 and 1 or -1, el)
+end
+
+local function str_less(a, b) return a < b end
+
+-- A tenant's list of task ids (ids sort by creation time): what ListTasks pages through.
+local function tenant_add(tenant, id)
+  sorted_insert(tnkey(tenant), id, str_less)
+end
+local function tenant_remove(tenant, id)
+  -- Tasks mostly expire in the order they were made: the oldest is usually at the head.
+  sorted_remove(tnkey(tenant), id, str_less)
+end
+
+-- ---- ready lists ----
+-- A queue's QUEUED tasks are in one list per priority, `ready:<priority>`, each in the order of
+-- (enqueue time, id). The dispatch order merges them by (enqueue time - (priority - 1) * AGING,
+-- id): see task-store.ts readyScore. The enqueue time is hash field `e`, or `c` when absent.
+
+local enq_memo = {}
+local function enq_of(id)
+  local v = enq_memo[id]
+  if not v then
+    local f = redis.call('HMGET', tkey(id), 'e', 'c')
+    v = tonumber(f[1] or f[2]) or 0
+    enq_memo[id] = v
+  end
+  return v
+end
+
+local function ready_less(a, b)
+  local ea, eb = enq_of(a), enq_of(b)
+  if ea ~= eb then return ea < eb end
+  return a < b
+end
+
+-- Puts task `id`, QUEUED at `enq` (ms) with priority `pri`, into its place in line. The caller
+-- writes `enq` to the hash (field `e`, omitted when equal to `c`).
+local function ready_add(id, enq, pri)
+  enq_memo[id] = tonumber(enq)
+  sorted_insert(readyk(tonumber(pri) or DEF_PRI), id, ready_less)
+end
+
+-- Takes task `id` (still with its hash) out of its ready list; returns 1 if it was there, else 0.
+local function ready_remove(id, pri)
+  return sorted_remove(readyk(tonumber(pri) or DEF_PRI), id, ready_less)
+end
+
+-- Takes the ids in set `ids` (id -> true; `n` of them) out of the ready list of priority `pri`
+-- in one pass from the head: reads the list up to the last of them (in growing chunks, starting
+-- with n elements: claimed tasks are usually the first ones) and writes that prefix back
+-- without them. Cheaper than one LREM per id when tasks that stay (blocked by their
+-- concurrency key, or of a type no worker takes) sit in front of the claimed ones.
+local function ready_remove_many(pri, ids, n)
+  local k = readyk(pri)
+  if n == 1 then
+    for id in pairs(ids) do redis.call('LREM', k, 1, id) end
+    return
+  end
+  local kept, pos, chunk = {}, 0, n
+  local limit = n + 10000
+  while n > 0 and pos < limit do
+    local xs = redis.call('LRANGE', k, pos, pos + chunk - 1)
+    if #xs == 0 then break end
+    for _, x in ipairs(xs) do
+      if ids[x] then
+        ids[x] = nil
+        n = n - 1
+      else
+        kept[#kept + 1] = x
+      end
+    end
+    pos = pos + #xs
+    chunk = math.min(chunk * 2, 1024)
+  end
+  redis.call('LTRIM', k, pos, -1)
+  local back = {}
+  for j = #kept, 1, -1 do back[#back + 1] = kept[j] end
+  push_all('LPUSH', k, back)
+  -- Any not found in the first `limit` elements (further back than any claim takes them).
+  if n > 0 then
+    for id in pairs(ids) do redis.call('LREM', k, 1, id) end
+  end
+end
+
+-- The task's error as stored in field `x` and in events: {code, message, retryable}.
 local function err_json(code, message, retryable)
   return '{"code":' .. cjson.encode(code) .. ',"message":' .. cjson.encode(message) ..
     ',"retryable":' .. (retryable and 'true' or 'false') .. '}'
 end
 
--- Appends one event to the task's capped list and wakes watchers. `body` is the JSON members
--- after seq and time, e.g. '"k":"s","f":1,"s":3,"a":1'.
-local function append_event(id, tk, body)
-  local seq = redis.call('HINCRBY', tk, 'seq', 1)
+-- ---- events ----
+-- Field `q` is the task's last event number (absent: 1, the submit event, which is never
+-- stored: task-codec.ts rebuilds it from fields c and r). Events 2..`qe` are in the list
+-- P:{Q}:ev:<id> (capped: the oldest are trimmed). Events qe+1..q are implied by the hash and
+-- not stored (absent qe: 1): the claim of the current attempt (QUEUED -> RUNNING at `b` by `w`,
+-- attempt `a`) and the end of that attempt (RUNNING -> `s` at `f`, error `x`). So a task that
+-- runs once and ends has no event list at all. Any other event first writes the implied ones
+-- to the list (flush_events, while the hash still holds what they were built from), then
+-- itself. task-codec.ts impliedEntries rebuilds them exactly as flush_events writes them.
+
+local function push_events(id, entries)
   local ek = evkey(id)
-  local len = redis.call('RPUSH', ek, '{"n":' .. seq .. ',"t":' .. NOW_S .. ',' .. body .. '}')
+  local len = redis.call('RPUSH', ek, unpack(entries))
   if len > MAX_EVENTS then redis.call('LTRIM', ek, -MAX_EVENTS, -1) end
+end
+
+local function flush_events(id, tk)
+  local f = redis.call('HMGET', tk, 'q', 'qe', 's', 'a', 'w', 'b', 'f', 'x')
+  local q, qe = tonumber(f[1]) or 1, tonumber(f[2]) or 1
+  if q <= qe then return end
+  local st = tonumber(f[3])
+  local att = f[4] or '0'
+  local es = {}
+  if q - qe >= 2 or st == RUNNING then
+    es[#es + 1] = '{"n":' .. (qe + 1) .. ',"t":' .. (f[6] or '0') .. ',"k":"s","f":1,"s":3,"a":' .. att ..
+      ',"w":' .. cjson.encode(f[5] or '') .. '}'
+  end
+  if is_terminal(st) then
+    es[#es + 1] = '{"n":' .. q .. ',"t":' .. (f[7] or '0') .. ',"k":"s","f":3,"s":' .. st .. ',"a":' .. att ..
+      (f[8] and (',"e":' .. f[8]) or '') .. '}'
+  end
+  if #es > 0 then push_events(id, es) end
+  redis.call('HSET', tk, 'qe', q)
+end
+
+-- Appends one event to the task's list and wakes watchers. `body` is the JSON members after
+-- seq and time, e.g. '"k":"s","f":1,"s":3,"a":1'. Callers flush_events before they change the
+-- hash; the call here only covers a caller that had nothing to change first.
+local function append_event(id, tk, body)
+  flush_events(id, tk)
+  local seq = (tonumber(redis.call('HGET', tk, 'q')) or 1) + 1
+  redis.call('HSET', tk, 'q', seq, 'qe', seq)
+  push_events(id, {'{"n":' .. seq .. ',"t":' .. NOW_S .. ',' .. body .. '}'})
   redis.call('PUBLISH', P .. ':ev:' .. id, seq)
   return seq
 end
@@ -61,20 +302,33 @@ end
 
 -- Ends a task: terminal status, finished time, kept in `done` until its result TTL passes;
 -- FAILED and CANCELLED also enter the dead-letter set. The caller has removed it from the
--- ready, delayed and running sets.
+-- ready list, delayed and running sets. The end of a running attempt is an implied event
+-- unless events other than its claim came after the last stored one.
 local function finish(id, tk, from, to, att, ttl, err, done_key, dead_key)
-  redis.call('HSET', tk, 'st', to, 'fin', NOW_S)
-  redis.call('HDEL', tk, 'lease', 'cxl')
-  local extra = ''
-  if err then
-    redis.call('HSET', tk, 'err', err)
-    extra = ',"e":' .. err
-  else
-    redis.call('HDEL', tk, 'err')
+  local f = redis.call('HMGET', tk, 'q', 'qe')
+  local q, qe = tonumber(f[1]) or 1, tonumber(f[2]) or 1
+  local implied = from == RUNNING and q - qe <= 1
+  if not implied then flush_events(id, tk) end
+  local set = {'s', to, 'f', NOW_S}
+  if implied then
+    set[#set + 1] = 'q'
+    set[#set + 1] = q + 1
   end
-  redis.call('ZADD', done_key, NOW + (tonumber(ttl) or 0), id)
+  if err then
+    set[#set + 1] = 'x'
+    set[#set + 1] = err
+    redis.call('HDEL', tk, 'cx')
+  else
+    redis.call('HDEL', tk, 'cx', 'x')
+  end
+  redis.call('HSET', tk, unpack(set))
+  redis.call('ZADD', done_key, NOW + (tonumber(ttl) or DEF_TTL), id)
   if to ~= SUCCEEDED then redis.call('ZADD', dead_key, NOW, id) end
-  status_event(id, tk, from, to, att, extra)
+  if implied then
+    redis.call('PUBLISH', P .. ':ev:' .. id, q + 1)
+  else
+    status_event(id, tk, from, to, att, err and (',"e":' .. err) or '')
+  end
 end
 
 -- Per-key concurrency. The queue's hash `cc` (a KEYS entry of the scripts that need it) maps a
@@ -96,14 +350,14 @@ local function cc_blocked(k_cc, ck, cl, extra)
   return (tonumber(redis.call('HGET', k_cc, ck)) or 0) + extra >= limit
 end
 
--- Puts a RUNNING task back in the ready set at its old enqueue time (the front of its priority).
+-- Puts a RUNNING task back in line at its old enqueue time (the front of its priority).
 -- Instead it ends CANCELLED if a cancel was requested meanwhile, or FAILED with
 -- TOO_MANY_REQUEUES (dead-lettered) when it was already re-queued max_rq times: a task that
 -- keeps killing its worker must not go round forever. Field `rq` counts the re-queues.
--- k: {ready, running, done, dead, cc} keys. Returns true when re-queued.
+-- k: {running, done, dead, cc} keys. Returns true when re-queued.
 -- The caller has checked that the task is RUNNING at attempt att.
 local function requeue_running(id, tk, att, code, message, max_rq, k)
-  local f = redis.call('HMGET', tk, 'pri', 'enq', 'cxl', 'ttl', 'ck', 'rq')
+  local f = redis.call('HMGET', tk, 'p', 'e', 'cx', 'l', 'ck', 'rq', 'c')
   redis.call('ZREM', k.running, id)
   cc_release(k.cc, f[5])
   if f[3] then
@@ -116,18 +370,33 @@ local function requeue_running(id, tk, att, code, message, max_rq, k)
     finish(id, tk, RUNNING, FAILED, att, f[4], err_json('TOO_MANY_REQUEUES', msg, false), k.done, k.dead)
     return false
   end
+  flush_events(id, tk)
   local err = err_json(code, message, true)
-  redis.call('HSET', tk, 'st', QUEUED, 'err', err, 'rq', rq + 1)
-  redis.call('HDEL', tk, 'lease')
-  redis.call('ZADD', k.ready, ready_score(f[2] or NOW_S, f[1] or 2), id)
+  redis.call('HSET', tk, 's', QUEUED, 'x', err, 'rq', rq + 1)
+  ready_add(id, f[2] or f[7] or NOW_S, f[1])
   status_event(id, tk, RUNNING, QUEUED, att, ',"e":' .. err)
   return true
 end
 
+-- The spec JSON of a task whose hash field `d` is `d` ('' = in the key d:<id>; false = none).
+local function spec_of(qp, id, d)
+  if d == '' then return redis.call('GET', qp .. 'd:' .. id) end
+  return d
+end
+
 -- One task as scripts return it: {id, queue, HGETALL, spec JSON or false, result JSON or false}.
+-- Fields `d` (spec) and `o` (result) hold the JSON itself, or '' when it is too long for the
+-- hash and has a key of its own.
 local function load_task(queue, id)
   local qp = qprefix(queue)
   local h = redis.call('HGETALL', qp .. 't:' .. id)
   if #h == 0 then return false end
-  return {id, queue, h, redis.call('GET', qp .. 'd:' .. id), redis.call('GET', qp .. 'r:' .. id)}
+  local spec, res = false, false
+  for i = 1, #h, 2 do
+    local name = h[i]
+    if name == 'd' then spec = h[i + 1] elseif name == 'o' then res = h[i + 1] end
+  end
+  spec = spec_of(qp, id, spec)
+  if res == '' then res = redis.call('GET', qp .. 'r:' .. id) end
+  return {id, queue, h, spec, res}
 end

@@ -1,16 +1,16 @@
--- requeue: running attempts whose worker is gone go back to the ready set (fenced by attempt).
--- KEYS: 1 ready, 2 running, 3 done, 4 dead, 5 concurrency counts
+-- requeue: running attempts whose worker is gone go back in line (fenced by attempt).
+-- KEYS: 1 running, 2 done, 3 dead, 4 concurrency counts
 -- ARGV[6] error code, ARGV[7] message, ARGV[8] max re-queues per task;
 -- ARGV[9..]: per task 2 values: id, attempt.
 -- Returns how many were re-queued (cancel-requested ones end CANCELLED instead, and ones already
 -- re-queued max times end FAILED: see requeue_running).
-local k = {ready = KEYS[1], running = KEYS[2], done = KEYS[3], dead = KEYS[4], cc = KEYS[5]}
+local k = {running = KEYS[1], done = KEYS[2], dead = KEYS[3], cc = KEYS[4]}
 local max_rq = tonumber(ARGV[8])
 local n = 0
 for i = 9, #ARGV, 2 do
   local id, att = ARGV[i], ARGV[i + 1]
   local tk = tkey(id)
-  local f = redis.call('HMGET', tk, 'st', 'att')
+  local f = redis.call('HMGET', tk, 's', 'a')
   if tonumber(f[1]) == RUNNING and f[2] == att then
     if requeue_running(id, tk, att, ARGV[6], ARGV[7], max_rq, k) then
       n = n + 1
