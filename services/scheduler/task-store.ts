@@ -122,6 +122,27 @@ export interface ClaimedTask {
   readyAtMs: number;
 }
 
+/** What {@link TaskStore.submit} returns per task. */
+export interface SubmitResult {
+  /** The task as stored (QUEUED or DELAYED when new), or the earlier one of its idempotency key. */
+  task: Task;
+  /** True when the idempotency key found an earlier task (nothing was stored). */
+  existing: boolean;
+  /** Set when the task was claimed for its planned worker in the same call (see DirectClaims). */
+  claimed?: ClaimedTask;
+}
+
+/**
+ * Direct claims at submit (the leader's fast lane): `workers[i]` is the worker the dispatcher
+ * would pick for task i (undefined: none), with a slot reserved. The store claims the task for
+ * it in the same Lua call when that changes no order (due now, queue not paused, nothing of the
+ * queue QUEUED, concurrency key has room); otherwise the task queues as usual.
+ */
+export interface DirectClaims {
+  workers: ReadonlyArray<string | undefined>;
+  leaseMs: number;
+}
+
 /** One attempt of a task: what worker reports are fenced by. */
 export interface TaskRef {
   id: string;
@@ -163,7 +184,7 @@ export function readyScore(enqMs: number, priority: number, agingMsPerLevel: num
 }
 
 const SCRIPTS = {
-  tmSubmit: { file: "submit", keys: 2 },
+  tmSubmit: { file: "submit", keys: 5 },
   tmClaim: { file: "claim", keys: 3 },
   tmRenew: { file: "renew", keys: 1 },
   tmReport: { file: "report", keys: 1 },
@@ -392,9 +413,10 @@ export class TaskStore {
    * the earlier task is returned instead, flagged `existing`. New tasks are QUEUED, or DELAYED
    * when `runAtMs` is later than `now`; each gets its first event.
    */
-  async submit(tasks: readonly NewTask[], now: number): Promise<{ task: Task; existing: boolean }[]> {
+  async submit(tasks: readonly NewTask[], now: number, direct?: DirectClaims): Promise<SubmitResult[]> {
     now = Math.floor(now);
-    const out: { task: Task; existing: boolean }[] = new Array(tasks.length);
+    const out: SubmitResult[] = new Array(tasks.length);
+    const leaseMs = direct === undefined ? 0 : Math.max(1, Math.floor(direct.leaseMs));
     const groups = new Map<string, number[]>();
     tasks.forEach((t, i) => {
       checkQueue(t.queue);
@@ -407,12 +429,22 @@ export class TaskStore {
     for (const [queue, indexes] of groups) {
       const k = this.keys(queue);
       for (const part of chunks(indexes, BATCH)) {
-        const args: RedisValue[] = [k.delayed, this.queuesKey, ...this.header(queue, now), queueTag(queue)];
+        const args: RedisValue[] = [
+          k.delayed,
+          this.queuesKey,
+          k.running,
+          k.cc,
+          k.paused,
+          ...this.header(queue, now),
+          queueTag(queue),
+          leaseMs,
+        ];
         const made = part.map((i) => {
           const t = tasks[i] as NewTask;
           const s = storedFromNew({ ...t, runAtMs: Math.floor(t.runAtMs), resultTtlMs: Math.floor(t.resultTtlMs) }, now);
           const fields = Object.entries(s.hash).flat();
-          args.push(t.id, t.tenant, t.idempotencyKey, Math.floor(t.runAtMs), t.priority, s.bigSpec, fields.length, ...fields);
+          const worker = direct?.workers[i] ?? "";
+          args.push(t.id, t.tenant, t.idempotencyKey, Math.floor(t.runAtMs), t.priority, s.bigSpec, worker, fields.length, ...fields);
           return s;
         });
         calls.push(
@@ -425,6 +457,14 @@ export class TaskStore {
                 case "n":
                   this.remember(t.id, t.queue);
                   out[i] = { task: taskFromStored(made[j] as StoredTask), existing: false };
+                  break;
+                case "c":
+                  this.remember(t.id, t.queue);
+                  out[i] = {
+                    task: taskFromStored(made[j] as StoredTask),
+                    existing: false,
+                    claimed: this.claimedFrom(r, t.id, queue, direct?.workers[i] ?? ""),
+                  };
                   break;
                 case "e":
                   out[i] = { task: this.toTask(stored(r[1])), existing: true };
@@ -439,6 +479,28 @@ export class TaskStore {
     }
     await Promise.all(calls);
     return out;
+  }
+
+  /**
+   * Task `id` claimed for `workerId` as claim.lua (and a direct claim of submit.lua) returns it:
+   * {id (or 'c'), attempt, type, tenant, spec JSON, traceparent, ready ms}.
+   */
+  private claimedFrom(a: unknown[], id: string, queue: string, workerId: string): ClaimedTask {
+    const spec = decodeSpec(strOrNull(a[4]));
+    const traceparent = strOrNull(a[5]) ?? "";
+    return {
+      id,
+      attempt: int(a[1]),
+      type: strOrNull(a[2]) ?? "",
+      payload: spec.payload,
+      timeoutMs: spec.timeoutMs,
+      queue,
+      tenant: strOrNull(a[3]) ?? "",
+      labels: spec.labels,
+      workerId,
+      ...(traceparent !== "" ? { traceparent } : {}),
+      readyAtMs: Number(strOrNull(a[6]) ?? "0") || 0,
+    };
   }
 
   /** One task by id, in whatever queue, or undefined. The caller checks the tenant. */
@@ -575,22 +637,8 @@ export class TaskStore {
       for (const x of arr(reply)) {
         const a = arr(x);
         const id = str(a[0]);
-        const spec = decodeSpec(strOrNull(a[4]));
-        const traceparent = strOrNull(a[5]) ?? "";
         this.remember(id, queue);
-        out.push({
-          id,
-          attempt: int(a[1]),
-          type: strOrNull(a[2]) ?? "",
-          payload: spec.payload,
-          timeoutMs: spec.timeoutMs,
-          queue,
-          tenant: strOrNull(a[3]) ?? "",
-          labels: spec.labels,
-          workerId: workerOf.get(id) ?? "",
-          ...(traceparent !== "" ? { traceparent } : {}),
-          readyAtMs: Number(strOrNull(a[6]) ?? "0") || 0,
-        });
+        out.push(this.claimedFrom(a, id, queue, workerOf.get(id) ?? ""));
       }
     }
     return out;

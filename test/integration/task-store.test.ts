@@ -434,6 +434,70 @@ describe("claim and results", () => {
   });
 });
 
+describe("direct claims at submit", () => {
+  const direct = (n: number, worker: string | undefined = "w1") => ({ workers: Array.from({ length: n }, () => worker), leaseMs: LEASE });
+
+  it("claims a new task for its planned worker in the submit call when nothing is queued", async () => {
+    const t = task({ labels: { a: "b" }, timeoutMs: 1234 });
+    const [r] = await store.submit([t], T0, direct(1));
+    // The answer is the task as submitted (QUEUED); the claim is beside it.
+    expect(r?.task.status).toBe(TaskStatus.QUEUED);
+    expect(r?.claimed).toEqual({
+      id: t.id,
+      attempt: 1,
+      type: "noop",
+      payload: t.payload,
+      timeoutMs: 1234,
+      queue: "default",
+      tenant: "acme",
+      labels: { a: "b" },
+      workerId: "w1",
+      readyAtMs: T0,
+    });
+    const got = await mustGet(t.id);
+    expect(got.status).toBe(TaskStatus.RUNNING);
+    expect(got.workerId).toBe("w1");
+    expect(Number(await redis.zscore(k("default", "running"), t.id))).toBe(T0 + LEASE);
+    expect(await store.peekReady("default", 10)).toEqual([]);
+    // Nobody else can claim it, and it completes like any claimed task (fenced by attempt 1).
+    expect(await store.claim("default", [{ id: t.id, workerId: "w2" }], T0 + 1, LEASE)).toEqual([]);
+    expect(await store.complete([{ id: t.id, attempt: 1, outcome: { kind: "succeeded", result: { ok: 1 } } }], T0 + 5)).toEqual(["applied"]);
+    const events = await store.events(t.id, 0);
+    expect(events.map((e) => e.task?.status)).toEqual([TaskStatus.QUEUED, TaskStatus.RUNNING, TaskStatus.SUCCEEDED]);
+    expect(events[1]?.event).toMatchObject({ value: { from: TaskStatus.QUEUED, to: TaskStatus.RUNNING, attempt: 1, workerId: "w1" } });
+  });
+
+  it("queues instead whenever claiming would change an order: tasks waiting, paused, delayed, key at its limit", async () => {
+    // A task already waiting goes first: the new one queues behind it.
+    const waiting = await submitOne();
+    const [behind] = await store.submit([task()], T0 + 1, direct(1));
+    expect(behind?.claimed).toBeUndefined();
+    expect((await store.peekReady("default", 10)).map((c) => c.id)).toEqual([waiting.id, behind?.task.id]);
+    // Within one batch: the first task queues (no worker planned), so the second queues too.
+    const other = "q2";
+    const pair = [task({ queue: other }), task({ queue: other })];
+    const res = await store.submit(pair, T0, { workers: [undefined, "w1"], leaseMs: LEASE });
+    expect(res.map((x) => x.claimed)).toEqual([undefined, undefined]);
+    // Both planned and nothing waiting: both are claimed, in order.
+    const both = await store.submit([task({ queue: "q3" }), task({ queue: "q3" })], T0, direct(2));
+    expect(both.map((x) => x.claimed?.attempt)).toEqual([1, 1]);
+    // Paused queue.
+    await store.setPaused("q4", true);
+    const [paused] = await store.submit([task({ queue: "q4" })], T0, direct(1));
+    expect(paused?.claimed).toBeUndefined();
+    expect((await mustGet(paused!.task.id)).status).toBe(TaskStatus.QUEUED);
+    // Delayed.
+    const [later] = await store.submit([task({ queue: "q5", runAtMs: T0 + 60_000 })], T0, direct(1));
+    expect(later?.claimed).toBeUndefined();
+    expect((await mustGet(later!.task.id)).status).toBe(TaskStatus.DELAYED);
+    // Concurrency key at its limit: the second one queues.
+    const keyed = [task({ queue: "q6", concurrencyKey: "k", concurrencyLimit: 1 }), task({ queue: "q6", concurrencyKey: "k", concurrencyLimit: 1 })];
+    const kr = await store.submit(keyed, T0, direct(2));
+    expect(kr.map((x) => x.claimed !== undefined)).toEqual([true, false]);
+    expect((await mustGet(keyed[1]!.id)).status).toBe(TaskStatus.QUEUED);
+  });
+});
+
 describe("cancel", () => {
   it("cancels a queued task at once", async () => {
     const t = await submitOne();

@@ -1,20 +1,37 @@
--- submit: stores new tasks of queue Q, honouring idempotency keys.
--- KEYS: 1 delayed, 2 P:queues
+-- submit: stores new tasks of queue Q, honouring idempotency keys, and hands a new task straight
+-- to a worker when the leader asked for that and nothing is waiting before it.
+-- KEYS: 1 delayed, 2 P:queues, 3 running, 4 concurrency counts, 5 paused flag
 -- ARGV[6] Q's tag (the last two characters of its task ids; see lib.lua register_queue).
--- ARGV[7..]: per task 7 values and then its hash: id, tenant, idempotency key, run-at ms
+-- ARGV[7] lease ms of a direct claim (0: the caller asks for none).
+-- ARGV[8..]: per task 8 values and then its hash: id, tenant, idempotency key, run-at ms
 --   (0 = now), priority, spec JSON for the key d:<id> ('' = none: a short spec is in the hash),
---   n, then n values: the hash's fields and values (task-codec.ts hashOfNew).
--- Returns per task: {'n'} when created, {'e', task} when an earlier task with the same
--- (tenant, idempotency key) still exists (see load_task), {'x'} when the id is taken.
+--   worker id for a direct claim ('' = none), n, then n values: the hash's fields and values
+--   (task-codec.ts hashOfNew).
+-- Returns per task: {'n'} when created and queued (or delayed), {'c', attempt, type, tenant,
+-- spec JSON, traceparent, ready ms} when created and claimed for its worker at once (as claim.lua
+-- returns a claimed task), {'e', task} when an earlier task with the same (tenant, idempotency
+-- key) still exists (see load_task), {'x'} when the id is taken.
+-- A direct claim happens only when it changes no order: the task is due now, the queue is not
+-- paused, no task of the queue is QUEUED (all its ready lists are empty, so none would have gone
+-- first) and its concurrency key has room. Otherwise the task queues as usual.
 -- The first event (seq 1, status QUEUED or DELAYED) is not written to the event list: it follows
--- from fields c and r, and task-codec.ts rebuilds it.
+-- from fields c and r, and task-codec.ts rebuilds it; a direct claim is the implied event 2, as
+-- in claim.lua.
 local out = {}
 register_queue(Q, ARGV[6])
-local i = 7
+local lease_ms = tonumber(ARGV[7])
+local direct = lease_ms > 0 and redis.call('EXISTS', KEYS[5]) == 0
+local function nothing_queued()
+  for p = 1, 4 do
+    if redis.call('LLEN', readyk(p)) > 0 then return false end
+  end
+  return true
+end
+local i = 8
 while i <= #ARGV do
   local id, tenant, ikey = ARGV[i], ARGV[i + 1], ARGV[i + 2]
-  local run_at, pri, big_spec = tonumber(ARGV[i + 3]), ARGV[i + 4], ARGV[i + 5]
-  local first, n = i + 7, tonumber(ARGV[i + 6])
+  local run_at, pri, big_spec, wid = tonumber(ARGV[i + 3]), ARGV[i + 4], ARGV[i + 5], ARGV[i + 6]
+  local first, n = i + 8, tonumber(ARGV[i + 7])
   i = first + n
   local existing = false
   local idem_key = false
@@ -38,14 +55,29 @@ while i <= #ARGV do
     if idem_key then redis.call('SET', idem_key, id, 'PX', 86400000) end
     redis.call('HSET', tk, unpack(ARGV, first, first + n - 1))
     if big_spec ~= '' then redis.call('SET', dkey(id), big_spec) end
+    local claimed = false
     if run_at > NOW then
       redis.call('ZADD', KEYS[1], run_at, id)
     else
-      ready_add(id, NOW, pri)
+      if wid ~= '' and direct and nothing_queued() then
+        local f = redis.call('HMGET', tk, 'y', 'n', 'ck', 'cl', 'tp', 'd')
+        if not cc_blocked(KEYS[4], f[3], f[4], 0) then
+          redis.call('HSET', tk, 's', RUNNING, 'a', 1, 'w', wid, 'b', NOW_S, 'q', 2)
+          redis.call('ZADD', KEYS[3], NOW + lease_ms, id)
+          cc_take(KEYS[4], f[3])
+          claimed = {'c', 1, f[1], f[2], spec_of(QP, id, f[6]), f[5] or '', NOW_S}
+        end
+      end
+      if not claimed then ready_add(id, NOW, pri) end
     end
     tenant_add(tenant, id)
     redis.call('PUBLISH', P .. ':ev:' .. id, 1)
-    out[#out + 1] = {'n'}
+    if claimed then
+      redis.call('PUBLISH', P .. ':ev:' .. id, 2)
+      out[#out + 1] = claimed
+    else
+      out[#out + 1] = {'n'}
+    end
   end
 end
 return out
