@@ -4,6 +4,31 @@ import type { ClaimedTask, TaskStore } from "./task-store.js";
 import type { WorkerSession } from "./worker-session.js";
 import type { SchedulerMetrics } from "../../lib/metrics.js";
 
+/** A ready task as peeked. */
+type Candidate = { id: string; type: string; affinityKey: string };
+
+/** Tasks peeked ahead of the round that claims them. */
+interface Ahead {
+  /** `Date.now()` when peeked. */
+  at: number;
+  /** How many were asked for: fewer came back when the queue has no more. */
+  limit: number;
+  /** Undefined when the peek failed. */
+  candidates: Promise<Candidate[] | undefined>;
+}
+
+/** How long tasks peeked ahead stay usable (ms). */
+const AHEAD_MS = 50;
+
+/** What a dispatch round will claim from one queue. */
+interface Plan {
+  claims: { id: string; workerId: string }[];
+  /** Tasks per worker. */
+  planned: Map<string, number>;
+  /** Candidates no worker could take. */
+  passed: number;
+}
+
 /** Options for {@link Dispatcher}. */
 export interface DispatcherOptions {
   store: TaskStore;
@@ -48,10 +73,9 @@ export class Dispatcher {
   kick(queues?: Iterable<string>): void {
     if (queues !== undefined) {
       for (const q of queues) {
-        if (!this.queues.includes(q)) {
-          this.queuesReadAt = 0;
-          break;
-        }
+        // New tasks may come before the ones peeked ahead (priority): peek afresh.
+        this.ahead.delete(q);
+        if (!this.queues.includes(q)) this.queuesReadAt = 0;
       }
     }
     this.kicked = true;
@@ -65,6 +89,7 @@ export class Dispatcher {
     if (this.running) return;
     this.running = true;
     this.stopped = false;
+    this.ahead.clear();
     this.loop = this.run();
   }
 
@@ -136,6 +161,7 @@ export class Dispatcher {
     }
     for (const [workerId, n] of planned) sessions.get(workerId)?.release(n - (byWorker.get(workerId)?.length ?? 0));
     const now = Date.now();
+    const { metrics } = this.opts;
     for (const [workerId, tasks] of byWorker) {
       const s = sessions.get(workerId);
       if (s === undefined) {
@@ -145,18 +171,53 @@ export class Dispatcher {
         continue;
       }
       s.assign(tasks, true);
+      // Every claimed task is of `queue`.
+      metrics.dispatched.inc({ queue }, tasks.length);
+      const labels = { queue };
       for (const t of tasks) {
-        this.opts.metrics.dispatched.inc({ queue: t.queue });
-        if (t.readyAtMs > 0) this.opts.metrics.queueWaitSeconds.observe({ queue: t.queue }, Math.max(0, now - t.readyAtMs) / 1000);
+        if (t.readyAtMs > 0) metrics.queueWaitSeconds.observe(labels, Math.max(0, now - t.readyAtMs) / 1000);
       }
     }
     // Unused reservations are back: another round may fill them.
     if (claimed.length < claims.length) this.kick();
   }
 
+  /** Queues whose last peek had tasks no worker could take: they are peeked wider. */
+  private readonly wideQueues = new Set<string>();
+
+  /**
+   * Picks a worker for each candidate, in order, until `want` are planned: by the ring (affinity
+   * key or task id, task type, bounded load) among the workers with free slots for the queue.
+   */
+  private plan(queue: string, candidates: readonly Candidate[], want: number): Plan {
+    const { sessions, ring } = this.opts;
+    const planned = new Map<string, number>();
+    const load = (id: string): number => {
+      const s = sessions.get(id);
+      return (s === undefined ? 0 : s.inflight.size + s.reserved) + (planned.get(id) ?? 0);
+    };
+    const canAccept = (id: string): boolean => {
+      const s = sessions.get(id);
+      return s !== undefined && s.serves(queue) && s.free - (planned.get(id) ?? 0) > 0;
+    };
+    const claims: { id: string; workerId: string }[] = [];
+    let passed = 0;
+    for (const c of candidates) {
+      if (claims.length >= want) break;
+      const workerId = ring.pick(c.affinityKey === "" ? c.id : c.affinityKey, c.type, load, canAccept);
+      if (workerId === undefined) {
+        passed++;
+        continue;
+      }
+      planned.set(workerId, (planned.get(workerId) ?? 0) + 1);
+      claims.push({ id: c.id, workerId });
+    }
+    return { claims, planned, passed };
+  }
+
   /** One pass over the queues; returns how many tasks were sent. */
   async round(): Promise<number> {
-    const { sessions, store, ring } = this.opts;
+    const { sessions, store } = this.opts;
     let free = 0;
     for (const s of sessions.values()) free += s.free;
     if (free === 0) return 0;
@@ -166,39 +227,106 @@ export class Dispatcher {
     const batch = this.opts.batchSize ?? 500;
     let sent = 0;
     const start = this.queueCursor++ % queues.length;
-    for (let i = 0; i < queues.length && free > 0; i++) {
-      const queue = queues[(start + i) % queues.length] as string;
-      const want = Math.min(free, batch);
-      // Peek a wider window than the free slots, so tasks no worker can take right now do not
-      // block the ones behind them.
-      const candidates = await store.peekReady(queue, Math.min(want * 4, 1000));
-      if (candidates.length === 0) continue;
-      const planned = new Map<string, number>();
-      const load = (id: string): number => {
-        const s = sessions.get(id);
-        return (s === undefined ? 0 : s.inflight.size + s.reserved) + (planned.get(id) ?? 0);
-      };
-      const canAccept = (id: string): boolean => {
-        const s = sessions.get(id);
-        return s !== undefined && s.serves(queue) && s.free - (planned.get(id) ?? 0) > 0;
-      };
-      const claims: { id: string; workerId: string }[] = [];
-      for (const c of candidates) {
-        if (claims.length >= want) break;
-        const workerId = ring.pick(c.affinityKey === "" ? c.id : c.affinityKey, c.type, load, canAccept);
-        if (workerId === undefined) continue;
-        planned.set(workerId, (planned.get(workerId) ?? 0) + 1);
-        claims.push({ id: c.id, workerId });
+    // While this round waits for tasks peeked ahead, the workers hold the results they report
+    // back from the store, so that its claims reach Redis first (see WorkerSession.hold).
+    let held: WorkerSession[] | undefined;
+    const claimsOfRound: Promise<void>[] = [];
+    try {
+      for (let i = 0; i < queues.length && free > 0; i++) {
+        const queue = queues[(start + i) % queues.length] as string;
+        const want = Math.min(free, batch);
+        // Peek as many as wanted and one more (it tells whether more are waiting), or use what
+        // was peeked ahead. When some of them no worker can take right now (a type nobody here
+        // runs, workers full), peek a window 4× as wide so that they do not block the ones
+        // behind them, and keep peeking wide on this queue until a round passes nothing over.
+        const wide = this.wideQueues.has(queue);
+        let ahead = this.takeAhead(queue, now);
+        if (ahead !== undefined && held === undefined) {
+          held = [...sessions.values()];
+          for (const s of held) s.hold();
+        }
+        let plan: Plan;
+        let found: number;
+        for (;;) {
+          let limit: number;
+          let candidates: Candidate[] | undefined;
+          if (ahead !== undefined) {
+            limit = ahead.limit;
+            candidates = await ahead.candidates;
+            ahead = undefined;
+            if (candidates === undefined) continue;
+          } else {
+            limit = Math.min(want * (wide ? 4 : 1) + 1, 1000);
+            candidates = await store.peekReady(queue, limit);
+          }
+          plan = this.plan(queue, candidates, want);
+          found = candidates.length;
+          const wider = Math.min(want * 4 + 1, 1000);
+          if (plan.claims.length < want && plan.passed > 0 && found === limit && limit < wider) {
+            ahead = { at: now, limit: wider, candidates: store.peekReady(queue, wider) };
+            continue;
+          }
+          break;
+        }
+        if (plan.passed > 0) this.wideQueues.add(queue);
+        else this.wideQueues.delete(queue);
+        const { claims, planned } = plan;
+        if (claims.length === 0) continue;
+        // Reserve the slots now and let the claim run without waiting for it: the next peek goes
+        // down the same Redis connection after it, so it already sees these tasks claimed, and the
+        // reservations keep every worker within its free slots meanwhile.
+        for (const [workerId, n] of planned) sessions.get(workerId)?.reserve(n);
+        const claiming = this.finishClaim(queue, claims, planned);
+        // More were waiting than claimed: the slots just filled will want the next ones. Peeked
+        // right behind the claim (same pipeline, so it sees the queue without the claimed tasks).
+        if (found > claims.length) this.peekAhead(queue, Math.min(claims.length * 4, batch));
+        this.track(claiming);
+        claimsOfRound.push(claiming);
+        sent += claims.length;
+        free -= claims.length;
       }
-      if (claims.length === 0) continue;
-      // Reserve the slots now and let the claim run without waiting for it: the next peek goes
-      // down the same Redis connection after it, so it already sees these tasks claimed, and the
-      // reservations keep every worker within its free slots meanwhile.
-      for (const [workerId, n] of planned) sessions.get(workerId)?.reserve(n);
-      this.track(this.finishClaim(queue, claims, planned));
-      sent += claims.length;
-      free -= claims.length;
+    } finally {
+      if (held !== undefined) {
+        const sessionsHeld = held;
+        const unhold = (): void => {
+          for (const s of sessionsHeld) s.unhold();
+        };
+        if (claimsOfRound.length === 0) unhold();
+        else void Promise.allSettled(claimsOfRound).then(unhold);
+      }
     }
     return sent;
+  }
+
+  /**
+   * Candidates peeked ahead, per queue: the next tasks in line, read right behind a claim (so
+   * without the claimed ones) while the workers run what was claimed, so that the round that
+   * fills the slots they free claims at once instead of peeking first. Kept {@link AHEAD_MS} at
+   * most; dropped when the queue gets new tasks (they may come first). A candidate that is gone
+   * by then is simply not claimed.
+   */
+  private readonly ahead = new Map<string, Ahead>();
+
+  private takeAhead(queue: string, now: number): Ahead | undefined {
+    const a = this.ahead.get(queue);
+    if (a === undefined) return undefined;
+    this.ahead.delete(queue);
+    return now - a.at <= AHEAD_MS ? a : undefined;
+  }
+
+  /**
+   * Peeks ahead, without waiting, up to `most` of the queue's tasks but no more than its workers
+   * have slots (4× as many on a queue peeked wide), and one more.
+   */
+  private peekAhead(queue: string, most: number): void {
+    let slots = 0;
+    for (const s of this.opts.sessions.values()) if (s.state === "ready" && s.serves(queue)) slots += s.capacity;
+    const limit = Math.min(Math.min(slots, most) * (this.wideQueues.has(queue) ? 4 : 1) + 1, 1000);
+    if (limit < 2) return;
+    const candidates = this.opts.store.peekReady(queue, limit).catch((err: unknown) => {
+      this.log.warn({ err, queue }, "peek ahead failed");
+      return undefined;
+    });
+    this.ahead.set(queue, { at: Date.now(), limit, candidates });
   }
 }

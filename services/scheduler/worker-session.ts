@@ -8,12 +8,30 @@ import {
   type WorkerMessage,
   WorkerService,
   type TaskAssignment,
+  type TaskRef,
 } from "../../gen/taskmesh/v1/worker_service_pb.js";
 import { AsyncQueue } from "../../lib/async-queue.js";
 import { delay } from "../../lib/lifecycle.js";
 import type { WorkerRecord } from "../../lib/keys.js";
 import type { SchedulerMetrics } from "../../lib/metrics.js";
-import type { ClaimedTask, TaskStore } from "./task-store.js";
+import type { ClaimedTask, TaskOutcome, TaskStore } from "./task-store.js";
+
+/** An attempt assigned to the worker and not finished yet. */
+export interface Inflight {
+  readonly attempt: number;
+  readonly type: string;
+  /** `performance.now()` when it was sent; NaN for attempts adopted from an earlier leader. */
+  readonly at: number;
+}
+
+/**
+ * Longest an acknowledgement waits for assignments to ride on. Short: a worker shutting down
+ * waits for its last acknowledgements before it leaves.
+ */
+const ACK_DELAY_MS = 5;
+
+/** Longest results wait for a claim under way before they are written anyway (ms). */
+const COMPLETE_WAIT_MS = 50;
 
 /** The session's link state. */
 export type SessionState = "connecting" | "ready" | "down" | "closed";
@@ -49,11 +67,18 @@ export class WorkerSession {
   /** Slots as last reported by the worker itself. */
   private slots: number;
   private taskTypes: string[];
-  /** task id → attempt of everything assigned and not yet finished. */
-  readonly inflight = new Map<string, number>();
-  /** task id → its type and when it was sent, for the run-time metric. */
-  private readonly sent = new Map<string, { type: string; at: number }>();
+  /**
+   * task id → everything assigned and not yet finished: its attempt, and its type and when it was
+   * sent (for the run-time metric).
+   */
+  readonly inflight = new Map<string, Inflight>();
   private out: AsyncQueue<SchedulerMessage> | undefined;
+  /**
+   * Acknowledgements of recorded results not sent yet: they ride on the next assignments (a busy
+   * worker gets those a moment later anyway), or go alone after {@link ACK_DELAY_MS}.
+   */
+  private acks: TaskRef[] = [];
+  private ackTimer: NodeJS.Timeout | undefined;
   private abort: AbortController | undefined;
   private lastHeard = 0;
   private nonce = 0n;
@@ -103,9 +128,61 @@ export class WorkerSession {
     this.reserved += n;
   }
 
+  /**
+   * Holds back the results received (see {@link toComplete}) while a dispatch round is about to
+   * claim for its workers; {@link unhold} once its claims are answered.
+   */
+  hold(): void {
+    this.holds++;
+  }
+
+  /** Ends a {@link hold}. */
+  unhold(): void {
+    this.holds = Math.max(0, this.holds - 1);
+    if (this.holds === 0 && this.reserved === 0) this.completeNow();
+  }
+
+  private holds = 0;
+
   /** Gives back `n` held slots (claims that did not succeed). */
   release(n: number): void {
     this.reserved = Math.max(0, this.reserved - n);
+    // The claim came back: results held for it go now.
+    this.completeNow();
+  }
+
+  /**
+   * Results received and not yet written to the store. They are written once the claim for the
+   * slots they freed has gone to Redis and come back (or at once when no claim is under way):
+   * the task store's calls share one connection, which runs one pipeline at a time and answers
+   * a pipeline as a whole, so a claim sent together with a batch of results would wait for
+   * those too, and the worker with it.
+   */
+  private toComplete: {
+    results: { id: string; attempt: number; outcome: TaskOutcome }[];
+    acked: TaskRef[];
+    out: AsyncQueue<SchedulerMessage> | undefined;
+    now: number;
+  }[] = [];
+  private completeScheduled = false;
+  private completeTimer: NodeJS.Timeout | undefined;
+
+  /** Writes the results received to the store; acknowledges them to the worker when recorded. */
+  private completeNow(): void {
+    if (this.completeTimer !== undefined) {
+      clearTimeout(this.completeTimer);
+      this.completeTimer = undefined;
+    }
+    if (this.toComplete.length === 0) return;
+    const batches = this.toComplete;
+    this.toComplete = [];
+    for (const { results, acked, out, now } of batches) {
+      this.opts.store.complete(results, now).then(
+        // Applied or stale, the worker may forget them now.
+        () => this.ack(acked, out),
+        (err: unknown) => this.storeFailed(err),
+      );
+    }
   }
 
   /** Configured slots. */
@@ -131,7 +208,16 @@ export class WorkerSession {
 
   /** Sends claimed tasks in one message; `reserved` when their slots were reserved beforehand. */
   assign(tasks: ClaimedTask[], reserved = false): void {
-    if (reserved) this.release(tasks.length);
+    if (reserved) this.reserved = Math.max(0, this.reserved - tasks.length);
+    try {
+      this.send(tasks);
+    } finally {
+      // The claim came back: results held for it go now.
+      this.completeNow();
+    }
+  }
+
+  private send(tasks: ClaimedTask[]): void {
     const out = this.out;
     if (out === undefined || this.state !== "ready") {
       // The stream went down between claim and send: give the attempts back at once.
@@ -141,14 +227,15 @@ export class WorkerSession {
     const assignments: TaskAssignment[] = [];
     const at = performance.now();
     for (const t of tasks) {
-      this.inflight.set(t.id, t.attempt);
-      this.sent.set(t.id, { type: t.type, at });
+      this.inflight.set(t.id, { attempt: t.attempt, type: t.type, at });
       assignments.push({
         $typeName: "taskmesh.v1.TaskAssignment",
         taskId: t.id,
         attempt: t.attempt,
         type: t.type,
-        payload: t.payload,
+        // An empty payload is left out: the worker reads a missing one as {} (no Struct to
+        // encode and decode for the many tasks that have none).
+        payload: isEmpty(t.payload) ? undefined : t.payload,
         timeoutMs: BigInt(t.timeoutMs),
         queue: t.queue,
         tenant: t.tenant,
@@ -156,7 +243,31 @@ export class WorkerSession {
         traceparent: t.traceparent ?? "",
       });
     }
-    out.push(create(SchedulerMessageSchema, { epoch: this.opts.epoch, assignments }));
+    out.push(create(SchedulerMessageSchema, { epoch: this.opts.epoch, assignments, acked: this.takeAcks() }));
+  }
+
+  /** Queues acknowledgements for the worker (see {@link acks}). */
+  private ack(refs: TaskRef[], out: AsyncQueue<SchedulerMessage> | undefined): void {
+    // Acks belong to the stream the results came on: a new stream gets the results again.
+    if (out === undefined || out !== this.out) return;
+    for (const r of refs) this.acks.push(r);
+    this.ackTimer ??= setTimeout(() => this.flushAcks(), ACK_DELAY_MS);
+  }
+
+  private takeAcks(): TaskRef[] {
+    if (this.ackTimer !== undefined) {
+      clearTimeout(this.ackTimer);
+      this.ackTimer = undefined;
+    }
+    const acks = this.acks;
+    if (acks.length > 0) this.acks = [];
+    return acks;
+  }
+
+  private flushAcks(): void {
+    this.ackTimer = undefined;
+    const acked = this.takeAcks();
+    if (acked.length > 0) this.out?.push(create(SchedulerMessageSchema, { epoch: this.opts.epoch, acked }));
   }
 
   /** Asks the worker to abort an attempt. */
@@ -171,9 +282,8 @@ export class WorkerSession {
 
   /** Forgets an attempt the store re-queued on its own (lease expiry), telling the worker to stop it. */
   forget(taskId: string, attempt: number): void {
-    if (this.inflight.get(taskId) === attempt) {
+    if (this.inflight.get(taskId)?.attempt === attempt) {
       this.inflight.delete(taskId);
-      this.sent.delete(taskId);
       this.cancel(taskId, attempt, "lease expired");
       this.opts.onCapacity();
     }
@@ -213,6 +323,7 @@ export class WorkerSession {
         out.end();
         abort.abort();
         this.out = undefined;
+        this.takeAcks();
       }
       if (this.isClosed()) return;
       await this.streamDown("worker stream broken");
@@ -227,12 +338,12 @@ export class WorkerSession {
   }
 
   private async streamDown(reason: string): Promise<void> {
+    this.completeNow();
     const wasReady = this.state === "ready";
     this.state = "down";
     if (wasReady) this.opts.onStateChange(this);
-    const refs = [...this.inflight].map(([id, attempt]) => ({ id, attempt }));
+    const refs = [...this.inflight].map(([id, f]) => ({ id, attempt: f.attempt }));
     this.inflight.clear();
-    this.sent.clear();
     if (refs.length > 0) await this.requeue(refs, reason);
   }
 
@@ -269,36 +380,49 @@ export class WorkerSession {
         .catch((err: unknown) => this.storeFailed(err));
     }
     if (msg.results.length > 0) {
-      const results = msg.results.map((r) => {
-        if (this.inflight.get(r.taskId) === r.attempt) this.inflight.delete(r.taskId);
+      const metrics = this.opts.metrics;
+      const finished = new Counts();
+      const t = performance.now();
+      const results: { id: string; attempt: number; outcome: TaskOutcome }[] = [];
+      const acked: TaskRef[] = [];
+      for (const r of msg.results) {
         const o = r.outcome;
-        const outcome =
-          r.cancelled
-            ? { kind: "cancelled" as const, reason: o.case === "error" ? o.value.message : "cancelled" }
-            : o.case === "result"
-              ? { kind: "succeeded" as const, result: o.value }
-              : {
-                  kind: "failed" as const,
-                  code: o.case === "error" ? o.value.code : "UNKNOWN",
-                  message: o.case === "error" ? o.value.message : "no outcome",
-                  retryable: o.case === "error" ? o.value.retryable : true,
-                };
-        const sent = this.sent.get(r.taskId);
-        if (sent !== undefined) {
-          this.sent.delete(r.taskId);
-          this.opts.metrics.attemptsFinished.inc({ type: sent.type, outcome: outcome.kind });
-          this.opts.metrics.runSeconds.observe({ type: sent.type }, (performance.now() - sent.at) / 1000);
+        const outcome: TaskOutcome = r.cancelled
+          ? { kind: "cancelled", reason: o.case === "error" ? o.value.message : "cancelled" }
+          : o.case === "result"
+            ? { kind: "succeeded", result: o.value }
+            : {
+                kind: "failed",
+                code: o.case === "error" ? o.value.code : "UNKNOWN",
+                message: o.case === "error" ? o.value.message : "no outcome",
+                retryable: o.case === "error" ? o.value.retryable : true,
+              };
+        const f = this.inflight.get(r.taskId);
+        if (f !== undefined && f.attempt === r.attempt) {
+          this.inflight.delete(r.taskId);
+          // Attempts adopted from an earlier leader have no send time (nor type) here.
+          if (!Number.isNaN(f.at)) {
+            finished.add(f.type, outcome.kind);
+            metrics.runSeconds.observe({ type: f.type }, (t - f.at) / 1000);
+          }
         }
-        return { id: r.taskId, attempt: r.attempt, outcome };
-      });
+        results.push({ id: r.taskId, attempt: r.attempt, outcome });
+        acked.push({ $typeName: "taskmesh.v1.TaskRef", taskId: r.taskId, attempt: r.attempt });
+      }
+      finished.each((type, outcome, n) => metrics.attemptsFinished.inc({ type, outcome }, n));
       this.opts.onCapacity();
-      const out = this.out;
-      const acked = msg.results.map((r) => ({ taskId: r.taskId, attempt: r.attempt }));
-      store.complete(results, now).then(
-        // Applied or stale, the worker may forget them now.
-        () => out?.push(create(SchedulerMessageSchema, { epoch: this.opts.epoch, acked })),
-        (err: unknown) => this.storeFailed(err),
-      );
+      this.toComplete.push({ results, acked, out: this.out, now });
+      if (!this.completeScheduled) {
+        this.completeScheduled = true;
+        setImmediate(() => {
+          this.completeScheduled = false;
+          // A claim for the freed slots is on its way to Redis (reserved), or about to be (held):
+          // let it go first; its answer (assign or release) writes the results, or at the latest
+          // the safety net does.
+          if (this.reserved === 0 && this.holds === 0) this.completeNow();
+          else this.completeTimer ??= setTimeout(() => this.completeNow(), COMPLETE_WAIT_MS);
+        });
+      }
     }
     if (msg.heartbeat !== undefined) {
       if (msg.heartbeat.slots > 0 && msg.heartbeat.slots !== this.slots) {
@@ -310,10 +434,7 @@ export class WorkerSession {
       if (running.length > 0) {
         store.renew(running, now, this.opts.leaseMs()).then(({ stale }) => {
           for (const st of stale) {
-            if (this.inflight.get(st.id) === st.attempt) {
-              this.inflight.delete(st.id);
-              this.sent.delete(st.id);
-            }
+            if (this.inflight.get(st.id)?.attempt === st.attempt) this.inflight.delete(st.id);
             this.cancel(st.id, st.attempt, "stale attempt");
           }
         }, (err: unknown) => this.storeFailed(err));
@@ -332,7 +453,7 @@ export class WorkerSession {
       const staleSet = new Set(stale.map((x) => `${x.id}/${x.attempt}`));
       for (const r of refs) {
         if (staleSet.has(`${r.id}/${r.attempt}`)) this.cancel(r.id, r.attempt, "stale attempt");
-        else this.inflight.set(r.id, r.attempt);
+        else this.inflight.set(r.id, { attempt: r.attempt, type: "", at: Number.NaN });
       }
     }
     this.state = "ready";
@@ -356,14 +477,45 @@ export class WorkerSession {
     const wasReady = this.state === "ready";
     this.state = "closed";
     clearInterval(this.pinger);
+    this.completeNow();
+    this.flushAcks();
     this.out?.end();
     this.abort?.abort();
     if (wasReady) this.opts.onStateChange(this);
     if (requeue) {
-      const refs = [...this.inflight].map(([id, attempt]) => ({ id, attempt }));
+      const refs = [...this.inflight].map(([id, f]) => ({ id, attempt: f.attempt }));
       this.inflight.clear();
       if (refs.length > 0) await this.requeue(refs, "worker left");
     }
-    this.sent.clear();
+  }
+}
+
+/** True for `{}` (no own keys). */
+function isEmpty(o: object): boolean {
+  for (const _ in o) return false;
+  return true;
+}
+
+/** Attempts finished per (type, outcome) within one worker message: one counter call each. */
+class Counts {
+  private readonly byKey = new Map<string, { type: string; outcome: string; n: number }>();
+  private last: { type: string; outcome: string; n: number } | undefined;
+
+  add(type: string, outcome: string): void {
+    // A message's results are mostly of one type and outcome.
+    const last = this.last;
+    if (last !== undefined && last.type === type && last.outcome === outcome) {
+      last.n++;
+      return;
+    }
+    const key = `${type}\u0000${outcome}`;
+    let c = this.byKey.get(key);
+    if (c === undefined) this.byKey.set(key, (c = { type, outcome, n: 0 }));
+    c.n++;
+    this.last = c;
+  }
+
+  each(fn: (type: string, outcome: string, n: number) => void): void {
+    for (const c of this.byKey.values()) fn(c.type, c.outcome, c.n);
   }
 }

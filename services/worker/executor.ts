@@ -1,6 +1,6 @@
 import { SpanKind, SpanStatusCode, type Span } from "@opentelemetry/api";
 import type { Logger } from "pino";
-import { currentTraceparent, withSpan } from "../../lib/tracing.js";
+import { currentTraceparent, tracingEnabled, withSpan } from "../../lib/tracing.js";
 import { CancelledError, TaskFailure, type JsonObject, type JsonValue, type TaskContext, type TaskHandler } from "./task-api.js";
 
 /** One attempt of a task, as the scheduler hands it over. */
@@ -58,13 +58,29 @@ type ExecutorState = "running" | "draining" | "stopped";
 interface Running {
   readonly a: Assignment;
   readonly key: string;
-  readonly controller: AbortController;
+  /**
+   * Made when the handler first reads `ctx.signal` (most short handlers never do: an AbortSignal
+   * costs more than a short handler's whole run); made already aborted if that is after the abort.
+   */
+  controller: AbortController | undefined;
+  /** Set when the attempt is aborted (cancel, timeout, shutdown): the signal's reason. */
+  abortReason: TaskFailure | CancelledError | undefined;
   deadline: NodeJS.Timeout | undefined;
   grace: NodeJS.Timeout | undefined;
   /** Set once `finished` has been emitted: later reports of the handler are dropped. */
   done: boolean;
   /** How the attempt ended, once it has. */
-  outcome?: Outcome;
+  outcome: Outcome | undefined;
+}
+
+/** The attempt's AbortSignal, made on first use; already aborted if the attempt was. */
+function signalOf(run: Running): AbortSignal {
+  let c = run.controller;
+  if (c === undefined) {
+    c = run.controller = new AbortController();
+    if (run.abortReason !== undefined) c.abort(run.abortReason);
+  }
+  return c.signal;
 }
 
 const keyOf = (taskId: string, attempt: number): string => `${taskId}\u0000${attempt}`;
@@ -124,49 +140,79 @@ export class Executor {
     if (this.runs.has(key) || this.runs.size >= this.slotCount) return false;
     const handler = this.handlers.get(a.type);
     if (handler === undefined) {
-      this.emit("finished", () =>
+      try {
         this.events.finished(a.taskId, a.attempt, {
           kind: "failed",
           code: "UNKNOWN_TASK_TYPE",
           message: `this worker has no handler for task type ${JSON.stringify(a.type)}`,
           retryable: false,
-        }),
-      );
+        });
+      } catch (err) {
+        this.listenerThrew(err, "finished");
+      }
       return true;
     }
 
-    const run: Running = { a, key, controller: new AbortController(), deadline: undefined, grace: undefined, done: false };
+    const run: Running = {
+      a,
+      key,
+      controller: undefined,
+      abortReason: undefined,
+      deadline: undefined,
+      grace: undefined,
+      done: false,
+      outcome: undefined,
+    };
     this.runs.set(key, run);
     if (a.timeoutMs > 0) {
-      run.deadline = setTimeout(() => {
-        this.abort(run, new TaskFailure("TIMEOUT", `attempt exceeded its ${a.timeoutMs} ms timeout`, true));
-      }, a.timeoutMs);
+      run.deadline = setTimeout(() => this.timedOut(run), a.timeoutMs);
       run.deadline.unref();
     }
-    this.emit("accepted", () => this.events.accepted(a));
+    try {
+      this.events.accepted(a);
+    } catch (err) {
+      this.listenerThrew(err, "accepted");
+    }
+    if (tracingEnabled()) this.runTraced(run, handler);
+    else void this.invoke(run, handler, a.traceparent);
+    return true;
+  }
 
-    // The handler runs inside the attempt's span (a child of the submitter's trace), so its logs
-    // and its outgoing calls carry the trace; the span ends when the handler settles.
+  /** Runs the handler (on a later microtask: `start` returns before any of its code runs). */
+  private async invoke(run: Running, handler: TaskHandler, traceparent: string | undefined): Promise<void> {
+    const ctx = this.contextFor(run, traceparent);
+    await undefined;
+    let value: JsonValue | undefined;
+    try {
+      value = await handler(run.a.payload, ctx);
+    } catch (err) {
+      this.settleFailed(run, err);
+      return;
+    }
+    this.settleOk(run, value);
+  }
+
+  /**
+   * The handler runs inside the attempt's span (a child of the submitter's trace), so its logs
+   * and its outgoing calls carry the trace; the span ends when the handler settles.
+   */
+  private runTraced(run: Running, handler: TaskHandler): void {
+    const a = run.a;
     const attributes = { "taskmesh.task.id": a.taskId, "taskmesh.task.attempt": a.attempt, "taskmesh.task.type": a.type };
     void withSpan(
       `task ${a.type}`,
       a.traceparent,
       async (span) => {
-        const ctx = this.contextFor(run, currentTraceparent() ?? a.traceparent);
-        // The handler starts on a later microtask: `start` returns before any of its code runs.
-        await Promise.resolve();
-        let r: { ok: true; value: JsonValue | undefined } | { ok: false; err: unknown };
-        try {
-          r = { ok: true, value: await handler(a.payload, ctx) };
-        } catch (err) {
-          r = { ok: false, err };
-        }
-        this.settle(run, r);
+        await this.invoke(run, handler, currentTraceparent() ?? a.traceparent);
         if (run.outcome !== undefined) recordOutcome(span, run.outcome);
       },
       { kind: SpanKind.CONSUMER, attributes },
     );
-    return true;
+  }
+
+  /** The deadline passed: abort with a retryable TIMEOUT. */
+  private timedOut(run: Running): void {
+    this.abort(run, new TaskFailure("TIMEOUT", `attempt exceeded its ${run.a.timeoutMs} ms timeout`, true));
   }
 
   /**
@@ -190,10 +236,10 @@ export class Executor {
       this.state = "draining";
       if (!(await this.waitIdle(graceMs))) {
         for (const run of this.runs.values()) {
-          if (!run.controller.signal.aborted) this.abort(run, new CancelledError("shutdown"));
+          if (run.abortReason === undefined) this.abort(run, new CancelledError("shutdown"));
         }
         if (!(await this.waitIdle(this.abortGraceMs))) {
-          for (const run of [...this.runs.values()]) this.finish(run, outcomeOfAbort(run.controller.signal.reason));
+          for (const run of [...this.runs.values()]) this.finish(run, outcomeOfAbort(run.abortReason));
         }
       }
       this.state = "stopped";
@@ -206,36 +252,57 @@ export class Executor {
     return this.drain(0);
   }
 
+  /**
+   * The handler's context. Methods and a getter, not arrow properties: this runs once per attempt
+   * and must stay cheap (no AbortSignal until the handler asks for one).
+   */
   private contextFor(run: Running, traceparent: string | undefined): TaskContext {
+    const ex = this;
     const { taskId, attempt } = run.a;
     return {
       taskId,
       attempt,
-      signal: run.controller.signal,
+      get signal(): AbortSignal {
+        return signalOf(run);
+      },
       traceparent,
       // Reports are also debug lines of the worker's log, written in the handler's context: they
       // carry the attempt's trace id.
-      progress: (percent: number, message?: string): void => {
+      progress(percent: number, message?: string): void {
         if (run.done || typeof percent !== "number" || Number.isNaN(percent)) return;
         const p = Math.min(100, Math.max(0, Math.round(percent)));
-        this.log.debug({ taskId, attempt, progress: p, message }, "task progress");
-        this.emit("progress", () => this.events.progress(taskId, attempt, p, message ?? ""));
+        if (ex.debug) ex.log.debug({ taskId, attempt, progress: p, message }, "task progress");
+        try {
+          ex.events.progress(taskId, attempt, p, message ?? "");
+        } catch (err) {
+          ex.listenerThrew(err, "progress");
+        }
       },
-      log: (line: string): void => {
+      log(line: string): void {
         if (run.done) return;
         const s = String(line);
         const cut = s.length > MAX_LOG_LINE ? s.slice(0, MAX_LOG_LINE) : s;
-        this.log.debug({ taskId, attempt, line: cut }, "task log");
-        this.emit("log", () => this.events.log(taskId, attempt, cut));
+        if (ex.debug) ex.log.debug({ taskId, attempt, line: cut }, "task log");
+        try {
+          ex.events.log(taskId, attempt, cut);
+        } catch (err) {
+          ex.listenerThrew(err, "log");
+        }
       },
     };
   }
 
+  /** Debug lines are built only when the level is on (checked per call: the level may change). */
+  private get debug(): boolean {
+    return this.log.isLevelEnabled("debug");
+  }
+
   private abort(run: Running, reason: TaskFailure | CancelledError): void {
-    if (run.done || run.controller.signal.aborted) return;
+    if (run.done || run.abortReason !== undefined) return;
     if (run.deadline !== undefined) clearTimeout(run.deadline);
     run.deadline = undefined;
-    run.controller.abort(reason);
+    run.abortReason = reason;
+    run.controller?.abort(reason);
     run.grace = setTimeout(() => {
       if (run.done) return;
       this.log.warn(
@@ -247,22 +314,15 @@ export class Executor {
     run.grace.unref();
   }
 
-  private settle(run: Running, r: { ok: true; value: JsonValue | undefined } | { ok: false; err: unknown }): void {
-    if (run.done) {
-      this.log.debug({ taskId: run.a.taskId, attempt: run.a.attempt }, "late report of an abandoned attempt dropped");
-      return;
-    }
-    // Once aborted, the abort decides the outcome whatever the handler did after.
-    const signal = run.controller.signal;
-    if (signal.aborted) {
-      this.finish(run, outcomeOfAbort(signal.reason));
-      return;
-    }
-    if (r.ok) {
-      this.finish(run, toResult(r.value));
-      return;
-    }
-    const err = r.err;
+  /** The handler returned `value`. */
+  private settleOk(run: Running, value: JsonValue | undefined): void {
+    if (this.settledLate(run)) return;
+    this.finish(run, toResult(value));
+  }
+
+  /** The handler threw `err`. */
+  private settleFailed(run: Running, err: unknown): void {
+    if (this.settledLate(run)) return;
     if (TaskFailure.is(err)) {
       this.finish(run, { kind: "failed", code: err.code, message: err.message, retryable: err.retryable });
     } else {
@@ -275,6 +335,22 @@ export class Executor {
     }
   }
 
+  /**
+   * True if the handler's own outcome no longer counts: the attempt was abandoned (its report is
+   * dropped), or aborted (the abort decides the outcome whatever the handler did after).
+   */
+  private settledLate(run: Running): boolean {
+    if (run.done) {
+      this.log.debug({ taskId: run.a.taskId, attempt: run.a.attempt }, "late report of an abandoned attempt dropped");
+      return true;
+    }
+    if (run.abortReason !== undefined) {
+      this.finish(run, outcomeOfAbort(run.abortReason));
+      return true;
+    }
+    return false;
+  }
+
   private finish(run: Running, outcome: Outcome): void {
     if (run.done) return;
     run.done = true;
@@ -282,8 +358,12 @@ export class Executor {
     if (run.deadline !== undefined) clearTimeout(run.deadline);
     if (run.grace !== undefined) clearTimeout(run.grace);
     this.runs.delete(run.key);
-    this.emit("finished", () => this.events.finished(run.a.taskId, run.a.attempt, outcome));
-    if (this.runs.size === 0) {
+    try {
+      this.events.finished(run.a.taskId, run.a.attempt, outcome);
+    } catch (err) {
+      this.listenerThrew(err, "finished");
+    }
+    if (this.runs.size === 0 && this.idleWaiters.length > 0) {
       const waiters = this.idleWaiters;
       this.idleWaiters = [];
       for (const w of waiters) w();
@@ -307,13 +387,9 @@ export class Executor {
     });
   }
 
-  /** Calls a listener, so that a throwing listener cannot break the executor's bookkeeping. */
-  private emit(event: keyof ExecutorEvents, fn: () => void): void {
-    try {
-      fn();
-    } catch (err) {
-      this.log.error({ err, event }, "executor event listener threw");
-    }
+  /** A throwing listener must not break the executor's bookkeeping: it is logged and ignored. */
+  private listenerThrew(err: unknown, event: keyof ExecutorEvents): void {
+    this.log.error({ err, event }, "executor event listener threw");
   }
 }
 
@@ -338,7 +414,7 @@ function recordOutcome(span: Span, outcome: Outcome): void {
   }
 }
 
-function outcomeOfAbort(reason: unknown): Outcome {
+function outcomeOfAbort(reason: TaskFailure | CancelledError | undefined): Outcome {
   if (reason instanceof CancelledError) return { kind: "cancelled", reason: reason.reason };
   if (TaskFailure.is(reason)) return { kind: "failed", code: reason.code, message: reason.message, retryable: reason.retryable };
   return { kind: "cancelled", reason: "aborted" };
@@ -351,7 +427,7 @@ function outcomeOfAbort(reason: unknown): Outcome {
  * (cycles, BigInt) fails the attempt with INVALID_RESULT, not retried.
  */
 function toResult(value: JsonValue | undefined): Outcome {
-  if (value === undefined) return { kind: "succeeded", result: {} };
+  if (value === undefined || isEmptyPlainObject(value)) return { kind: "succeeded", result: {} };
   let json: unknown;
   try {
     const text = JSON.stringify(value);
@@ -368,4 +444,11 @@ function toResult(value: JsonValue | undefined): Outcome {
     return { kind: "succeeded", result: json as JsonObject };
   }
   return { kind: "succeeded", result: { value: json as JsonValue } };
+}
+
+/** A plain object with no enumerable keys: its JSON round trip is `{}`, no need to make it. */
+function isEmptyPlainObject(value: JsonValue): boolean {
+  if (typeof value !== "object" || value === null || Object.getPrototypeOf(value) !== Object.prototype) return false;
+  for (const _ in value) return false;
+  return true;
 }

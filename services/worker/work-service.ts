@@ -3,6 +3,7 @@ import { Code, ConnectError, type ConnectRouter, type ServiceImpl } from "@conne
 import type { Logger } from "pino";
 import {
   type SchedulerMessage,
+  type TaskAccepted,
   type TaskProgress,
   type TaskResult,
   type WorkerMessage,
@@ -42,6 +43,11 @@ export class WorkSession {
   private active: ActiveStream | undefined;
   private pending = create(WorkerMessageSchema);
   private pendingCount = 0;
+  /**
+   * Accepted reports not flushed yet, by `taskId/attempt`: an attempt that finishes before the
+   * flush needs none (its result says more; short tasks are most of a busy worker's traffic).
+   */
+  private readonly acceptedPending = new Map<string, TaskAccepted>();
   /** Latest progress per attempt: coalesced, only the newest value matters. */
   private readonly progress = new Map<string, TaskProgress>();
   /** Results sent or to send, until acknowledged: `taskId/attempt` → result. */
@@ -66,11 +72,15 @@ export class WorkSession {
   /** Executor callbacks: wire these into the executor's `events`. */
   readonly events = {
     accepted: (a: { taskId: string; attempt: number }): void => {
-      this.pending.accepted.push({ $typeName: "taskmesh.v1.TaskAccepted", taskId: a.taskId, attempt: a.attempt });
+      this.acceptedPending.set(refKey(a.taskId, a.attempt), {
+        $typeName: "taskmesh.v1.TaskAccepted",
+        taskId: a.taskId,
+        attempt: a.attempt,
+      });
       this.schedule();
     },
     progress: (taskId: string, attempt: number, percent: number, message: string): void => {
-      this.progress.set(`${taskId}/${attempt}`, {
+      this.progress.set(refKey(taskId, attempt), {
         $typeName: "taskmesh.v1.TaskProgress",
         taskId,
         attempt,
@@ -84,11 +94,13 @@ export class WorkSession {
       this.schedule();
     },
     finished: (taskId: string, attempt: number, outcome: Outcome): void => {
+      const key = refKey(taskId, attempt);
       const result = resultMessage(taskId, attempt, outcome);
-      this.unacked.set(`${taskId}/${attempt}`, result);
+      this.acceptedPending.delete(key);
+      this.unacked.set(key, result);
       this.pending.results.push(result);
       this.schedule();
-      this.startBacklog();
+      if (this.backlog.length > 0) this.startBacklog();
     },
   };
 
@@ -125,16 +137,17 @@ export class WorkSession {
     if (stream === undefined) return;
     if (this.pendingCount === 0 && this.progress.size === 0) return;
     const msg = this.pending;
-    // An attempt that finished within the same flush needs no separate "accepted": its result says
-    // more (short tasks are most of a busy worker's traffic).
-    if (msg.accepted.length > 0 && msg.results.length > 0) {
-      const done = new Set(msg.results.map((r) => `${r.taskId}/${r.attempt}`));
-      msg.accepted = msg.accepted.filter((a) => !done.has(`${a.taskId}/${a.attempt}`));
+    if (this.acceptedPending.size > 0) {
+      for (const a of this.acceptedPending.values()) msg.accepted.push(a);
+      this.acceptedPending.clear();
     }
-    for (const p of this.progress.values()) msg.progress.push(p);
-    this.progress.clear();
+    if (this.progress.size > 0) {
+      for (const p of this.progress.values()) msg.progress.push(p);
+      this.progress.clear();
+    }
     this.pending = create(WorkerMessageSchema);
     this.pendingCount = 0;
+    if (msg.accepted.length + msg.progress.length + msg.results.length + msg.logs.length === 0) return;
     stream.out.push(msg);
   }
 
@@ -177,7 +190,7 @@ export class WorkSession {
   private handle(msg: SchedulerMessage): void {
     const ex = this.opts.executor;
     if (msg.acked.length > 0) {
-      for (const a of msg.acked) this.unacked.delete(`${a.taskId}/${a.attempt}`);
+      for (const a of msg.acked) this.unacked.delete(refKey(a.taskId, a.attempt));
       if (this.unacked.size === 0 && this.ackWaiters.length > 0) {
         const waiters = this.ackWaiters;
         this.ackWaiters = [];
@@ -200,7 +213,7 @@ export class WorkSession {
         type: a.type,
         payload: (a.payload ?? {}) as JsonObject,
         timeoutMs: Number(a.timeoutMs),
-        ...(a.traceparent !== "" ? { traceparent: a.traceparent } : {}),
+        traceparent: a.traceparent !== "" ? a.traceparent : undefined,
       };
       // Refused with a free slot means this attempt already runs here: nothing to do.
       if (!ex.start(assignment) && ex.used >= ex.slots) this.backlog.push(assignment);
@@ -288,10 +301,16 @@ export class WorkSession {
   }
 }
 
+/** Map key of an attempt. */
+function refKey(taskId: string, attempt: number): string {
+  return `${taskId}/${attempt}`;
+}
+
 function resultMessage(taskId: string, attempt: number, outcome: Outcome): TaskResult {
   switch (outcome.kind) {
     case "succeeded":
-      return create(TaskResultSchema, { taskId, attempt, outcome: { case: "result", value: outcome.result } });
+      // The common case, built as the message itself (what `create` would make of it).
+      return { $typeName: "taskmesh.v1.TaskResult", taskId, attempt, outcome: { case: "result", value: outcome.result }, cancelled: false };
     case "failed":
       return create(TaskResultSchema, {
         taskId,

@@ -244,6 +244,72 @@ describe("Executor", () => {
     expect(await outcomeOf(rec, "c")).toEqual({ kind: "cancelled", reason: "stop" });
   });
 
+  it("gives a handler that reads its signal only after an abort one already aborted, with the reason", async () => {
+    const d = deaf();
+    const { ex, rec } = executor({ deaf: d.handler }, 1, 30);
+    ex.start(task("c", "deaf"));
+    await waitFor(() => d.ctx());
+    expect(ex.cancel("c", 1, "user asked")).toBe(true);
+    const signal = d.ctx().signal;
+    expect(signal.aborted).toBe(true);
+    expect(signal.reason).toBeInstanceOf(CancelledError);
+    expect((signal.reason as CancelledError).reason).toBe("user asked");
+    expect(d.ctx().signal).toBe(signal);
+    expect(await outcomeOf(rec, "c")).toEqual({ kind: "cancelled", reason: "user asked" });
+  });
+
+  it("fires a signal read before the abort, once, and the same one on every read", async () => {
+    const g = gate();
+    const { ex, rec } = executor({ wait: g.handler });
+    ex.start(task("t", "wait", { timeoutMs: 30 }));
+    await waitFor(() => g.contexts.length === 1);
+    const ctx = g.contexts[0] as TaskContext;
+    expect(ctx.signal).toBe(ctx.signal);
+    expect(ctx.signal.aborted).toBe(false);
+    let fired = 0;
+    ctx.signal.addEventListener("abort", () => fired++);
+    expect(await outcomeOf(rec, "t")).toMatchObject({ kind: "failed", code: "TIMEOUT" });
+    expect(fired).toBe(1);
+    expect(ctx.signal.aborted).toBe(true);
+  });
+
+  it("keeps the context's fields when a handler spreads it", async () => {
+    let seen: Partial<TaskContext> = {};
+    const { ex, rec } = executor({
+      spread: async (_p, ctx) => {
+        seen = { ...ctx };
+        return {};
+      },
+    });
+    ex.start(task("s", "spread", { attempt: 3, traceparent: "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01" }));
+    await outcomeOf(rec, "s");
+    expect(seen.taskId).toBe("s");
+    expect(seen.attempt).toBe(3);
+    expect(seen.traceparent).toBe("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01");
+    expect(seen.signal).toBeInstanceOf(AbortSignal);
+    expect(typeof seen.progress).toBe("function");
+    expect(typeof seen.log).toBe("function");
+  });
+
+  it("reports an empty object result as {} and keeps what JSON makes of others", async () => {
+    class WithToJson {
+      toJSON(): JsonValue {
+        return { made: true };
+      }
+    }
+    const { ex, rec } = executor({
+      empty: async () => ({}),
+      dated: async () => new WithToJson() as unknown as JsonValue,
+      nested: async () => ({ a: undefined, b: [undefined] }) as unknown as JsonValue,
+    }, 3);
+    ex.start(task("e", "empty"));
+    ex.start(task("d", "dated"));
+    ex.start(task("n", "nested"));
+    expect(await outcomeOf(rec, "e")).toEqual({ kind: "succeeded", result: {} });
+    expect(await outcomeOf(rec, "d")).toEqual({ kind: "succeeded", result: { made: true } });
+    expect(await outcomeOf(rec, "n")).toEqual({ kind: "succeeded", result: { b: [null] } });
+  });
+
   it("drain waits for running attempts and then refuses new work", async () => {
     const { ex, rec } = executor({
       short: async (_p, ctx) => {

@@ -1,0 +1,214 @@
+import { Registry } from "prom-client";
+import { describe, expect, it } from "vitest";
+import { silentLogger } from "../../lib/logger.js";
+import { schedulerMetrics } from "../../lib/metrics.js";
+import { Dispatcher } from "../../services/scheduler/dispatcher.js";
+import { Ring } from "../../services/scheduler/ring.js";
+import type { ClaimedTask, TaskStore } from "../../services/scheduler/task-store.js";
+import type { WorkerSession } from "../../services/scheduler/worker-session.js";
+import { waitFor } from "../support/wait.js";
+
+interface Ready {
+  id: string;
+  type: string;
+  affinityKey: string;
+}
+
+/** The part of TaskStore the dispatcher uses, over one in-memory queue `q`, recording its calls. */
+class FakeStore {
+  ready: Ready[] = [];
+  /** Every call in order: `peek <limit>` or `claim <n>`. */
+  readonly calls: string[] = [];
+
+  add(n: number, type = "noop", prefix = "t"): void {
+    for (let i = 0; i < n; i++) this.ready.push({ id: `${prefix}${this.ready.length}-${i}`, type, affinityKey: "" });
+  }
+
+  async queues(): Promise<string[]> {
+    return ["q"];
+  }
+
+  async peekReady(_queue: string, limit: number): Promise<Ready[]> {
+    this.calls.push(`peek ${limit}`);
+    return this.ready.slice(0, limit).map((r) => ({ ...r }));
+  }
+
+  async claim(queue: string, claims: readonly { id: string; workerId: string }[]): Promise<ClaimedTask[]> {
+    this.calls.push(`claim ${claims.length}`);
+    const out: ClaimedTask[] = [];
+    for (const c of claims) {
+      const i = this.ready.findIndex((r) => r.id === c.id);
+      if (i < 0) continue;
+      const [r] = this.ready.splice(i, 1) as [Ready];
+      out.push({ id: r.id, attempt: 1, type: r.type, payload: {}, timeoutMs: 0, queue, tenant: "t", labels: {}, workerId: c.workerId, readyAtMs: 0 });
+    }
+    return out;
+  }
+
+  async requeue(): Promise<number> {
+    return 0;
+  }
+}
+
+/** The part of WorkerSession the dispatcher uses. */
+class FakeSession {
+  state = "ready";
+  record = { draining: false, queues: [] as string[] };
+  readonly inflight = new Map<string, number>();
+  reserved = 0;
+  readonly assigned: string[] = [];
+  /** Most tasks this worker ever had at once (running plus being claimed). */
+  peak = 0;
+
+  constructor(
+    readonly id: string,
+    readonly capacity: number,
+  ) {}
+
+  get free(): number {
+    return Math.max(0, this.capacity - this.inflight.size - this.reserved);
+  }
+
+  serves(): boolean {
+    return true;
+  }
+
+  reserve(n: number): void {
+    this.reserved += n;
+    this.peak = Math.max(this.peak, this.inflight.size + this.reserved);
+  }
+
+  release(n: number): void {
+    this.reserved = Math.max(0, this.reserved - n);
+  }
+
+  holds = 0;
+
+  hold(): void {
+    this.holds++;
+  }
+
+  unhold(): void {
+    this.holds--;
+  }
+
+  assign(tasks: ClaimedTask[], reserved = false): void {
+    if (reserved) this.release(tasks.length);
+    for (const t of tasks) {
+      this.inflight.set(t.id, t.attempt);
+      this.assigned.push(t.id);
+    }
+    this.peak = Math.max(this.peak, this.inflight.size + this.reserved);
+  }
+
+  /** The worker finishes its `n` oldest attempts. */
+  finish(n: number): void {
+    for (const id of [...this.inflight.keys()].slice(0, n)) this.inflight.delete(id);
+  }
+}
+
+function setup(workers: { id: string; slots: number; types?: string[] }[]) {
+  const store = new FakeStore();
+  const ring = new Ring();
+  const sessions = new Map<string, FakeSession>();
+  for (const w of workers) {
+    sessions.set(w.id, new FakeSession(w.id, w.slots));
+    ring.add(w.id, w.types ?? ["noop"]);
+  }
+  const dispatcher = new Dispatcher({
+    store: store as unknown as TaskStore,
+    ring,
+    sessions: sessions as unknown as ReadonlyMap<string, WorkerSession>,
+    leaseMs: () => 10_000,
+    metrics: schedulerMetrics(new Registry()),
+    logger: silentLogger(),
+  });
+  return { store, sessions, dispatcher };
+}
+
+describe("Dispatcher", () => {
+  it("claims no more tasks than a worker's free slots, in queue order", async () => {
+    const { store, sessions, dispatcher } = setup([{ id: "w", slots: 10 }]);
+    store.add(100);
+    const order = store.ready.map((r) => r.id);
+    const w = sessions.get("w") as FakeSession;
+    expect(await dispatcher.round()).toBe(10);
+    await waitFor(() => w.assigned.length === 10);
+    // One more than the free slots is peeked: it tells that more are waiting.
+    expect(store.calls.slice(0, 2)).toEqual(["peek 11", "claim 10"]);
+    expect(w.assigned).toEqual(order.slice(0, 10));
+    expect(await dispatcher.round()).toBe(0);
+    expect(w.peak).toBe(10);
+  });
+
+  it("peeks the next tasks while the worker runs, and claims them without a peek when slots free", async () => {
+    const { store, sessions, dispatcher } = setup([{ id: "w", slots: 10 }]);
+    store.add(30);
+    const order = store.ready.map((r) => r.id);
+    const w = sessions.get("w") as FakeSession;
+    await dispatcher.round();
+    // The peek ahead goes out right behind the claim.
+    await waitFor(() => store.calls.length === 3);
+    expect(store.calls).toEqual(["peek 11", "claim 10", "peek 11"]);
+    w.finish(10);
+    expect(await dispatcher.round()).toBe(10);
+    await waitFor(() => store.calls.length === 5);
+    expect(store.calls.slice(3)).toEqual(["claim 10", "peek 11"]);
+    w.finish(4);
+    expect(await dispatcher.round()).toBe(4);
+    await waitFor(() => w.assigned.length === 24);
+    expect(w.assigned).toEqual(order.slice(0, 24));
+    expect(w.peak).toBe(10);
+    // The worker held its results back while those rounds claimed, and no longer does.
+    await waitFor(() => w.holds === 0);
+  });
+
+  it("peeks afresh when the queue got new tasks (they may come first)", async () => {
+    const { store, sessions, dispatcher } = setup([{ id: "w", slots: 2 }]);
+    store.add(10);
+    const w = sessions.get("w") as FakeSession;
+    await dispatcher.round();
+    await waitFor(() => store.calls.length === 3);
+    // A task of a higher priority arrives at the head of the queue.
+    store.ready.unshift({ id: "urgent", type: "noop", affinityKey: "" });
+    dispatcher.kick(["q"]);
+    w.finish(2);
+    await dispatcher.round();
+    await waitFor(() => w.assigned.length === 4);
+    expect(store.calls.slice(3, 5)).toEqual(["peek 3", "claim 2"]);
+    expect(w.assigned[2]).toBe("urgent");
+  });
+
+  it("peeks wider when tasks at the head are of a type no worker runs, so they do not block the rest", async () => {
+    const { store, sessions, dispatcher } = setup([{ id: "w", slots: 3 }]);
+    store.add(5, "nobody", "x");
+    store.add(10, "noop", "n");
+    const w = sessions.get("w") as FakeSession;
+    expect(await dispatcher.round()).toBe(3);
+    await waitFor(() => w.assigned.length === 3);
+    expect(store.calls.slice(0, 3)).toEqual(["peek 4", "peek 13", "claim 3"]);
+    expect(w.assigned.every((id) => id.startsWith("n"))).toBe(true);
+    // The queue stays peeked wide while the head is blocked.
+    await waitFor(() => store.calls.length === 4);
+    expect(store.calls[3]).toBe("peek 13");
+  });
+
+  it("spreads tasks over workers without exceeding any worker's free slots", async () => {
+    const { store, sessions, dispatcher } = setup([
+      { id: "a", slots: 3 },
+      { id: "b", slots: 5 },
+    ]);
+    store.add(50);
+    const a = sessions.get("a") as FakeSession;
+    const b = sessions.get("b") as FakeSession;
+    for (let i = 0; i < 5; i++) {
+      await dispatcher.round();
+      await waitFor(() => a.reserved === 0 && b.reserved === 0);
+      a.finish(2);
+      b.finish(1);
+    }
+    expect(a.peak).toBeLessThanOrEqual(3);
+    expect(b.peak).toBeLessThanOrEqual(5);
+    expect(new Set([...a.assigned, ...b.assigned]).size).toBe(a.assigned.length + b.assigned.length);
+  });
+});
