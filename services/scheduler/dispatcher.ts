@@ -1,6 +1,6 @@
 import type { Logger } from "pino";
 import type { Ring } from "./ring.js";
-import type { ClaimedTask, TaskStore } from "./task-store.js";
+import type { ClaimedTask, DirectClaims, NewTask, SubmitResult, TaskStore } from "./task-store.js";
 import type { WorkerSession } from "./worker-session.js";
 import type { SchedulerMetrics } from "../../lib/metrics.js";
 
@@ -27,6 +27,13 @@ interface Plan {
   planned: Map<string, number>;
   /** Candidates no worker could take. */
   passed: number;
+}
+
+/** Direct claims planned for one submit (see {@link Dispatcher.planDirect}). */
+export interface DirectPlan {
+  claims: DirectClaims;
+  /** Gets the store's answer (undefined when the call failed): sends the claimed, frees the rest. */
+  settle(results: readonly SubmitResult[] | undefined): void;
 }
 
 /** Options for {@link Dispatcher}. */
@@ -180,6 +187,70 @@ export class Dispatcher {
     }
     // Unused reservations are back: another round may fill them.
     if (claimed.length < claims.length) this.kick();
+  }
+
+  /**
+   * The fast lane at submit, on the leader: picks a worker for each new task that is due, as a
+   * round would (ring, task type, bounded load, free slots), and reserves its slot. The store
+   * then claims each task for its worker in the submit call itself when that changes no order
+   * (nothing of the queue waiting, not paused, concurrency key has room; TaskStore.submit), which
+   * saves the peek and the claim of a round: the task is on its way to the worker before the
+   * client has its answer. `settle` sends what was claimed and gives the other slots back.
+   */
+  planDirect(tasks: readonly NewTask[], now: number): DirectPlan | undefined {
+    if (this.stopped) return undefined;
+    const { sessions } = this.opts;
+    const byQueue = new Map<string, number[]>();
+    tasks.forEach((t, i) => {
+      if (t.runAtMs > now) return;
+      let g = byQueue.get(t.queue);
+      if (g === undefined) byQueue.set(t.queue, (g = []));
+      g.push(i);
+    });
+    const workers: (string | undefined)[] = new Array<string | undefined>(tasks.length).fill(undefined);
+    const reserved = new Map<string, number>();
+    for (const [queue, indexes] of byQueue) {
+      const candidates = indexes.map((i) => {
+        const t = tasks[i] as NewTask;
+        return { id: t.id, type: t.type, affinityKey: t.affinityKey };
+      });
+      const { claims, planned } = this.plan(queue, candidates, candidates.length);
+      if (claims.length === 0) continue;
+      const workerOf = new Map(claims.map((c) => [c.id, c.workerId]));
+      for (const i of indexes) workers[i] = workerOf.get((tasks[i] as NewTask).id);
+      // Reserved at once, so the next queue's plan (and any round meanwhile) sees them taken.
+      for (const [workerId, n] of planned) {
+        sessions.get(workerId)?.reserve(n);
+        reserved.set(workerId, (reserved.get(workerId) ?? 0) + n);
+      }
+    }
+    if (reserved.size === 0) return undefined;
+    return {
+      claims: { workers, leaseMs: this.opts.leaseMs() },
+      settle: (results) => {
+        const byWorker = new Map<string, ClaimedTask[]>();
+        for (const r of results ?? []) {
+          const c = r.claimed;
+          if (c === undefined) continue;
+          let list = byWorker.get(c.workerId);
+          if (list === undefined) byWorker.set(c.workerId, (list = []));
+          list.push(c);
+        }
+        for (const [workerId, n] of reserved) sessions.get(workerId)?.release(n - (byWorker.get(workerId)?.length ?? 0));
+        for (const [workerId, list] of byWorker) {
+          const s = sessions.get(workerId);
+          if (s === undefined) {
+            // The worker left meanwhile: its claims go back in line (else their leases expire).
+            void this.opts.store
+              .requeue(list.map((t) => ({ id: t.id, attempt: t.attempt })), "worker gone", Date.now())
+              .catch((err: unknown) => this.log.error({ err }, "re-queue after a lost worker failed; leases will expire"));
+            continue;
+          }
+          s.assign(list, true);
+          for (const t of list) this.opts.metrics.dispatched.inc({ queue: t.queue });
+        }
+      },
+    };
   }
 
   /** Queues whose last peek had tasks no worker could take: they are peeked wider. */

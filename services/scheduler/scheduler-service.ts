@@ -23,7 +23,8 @@ import type { Membership } from "../../lib/membership.js";
 import { LIMITS, TENANT_HEADER } from "../../lib/task-types.js";
 import { currentTraceparent } from "../../lib/tracing.js";
 import { toNewTask, type SubmitDefaults } from "./submit.js";
-import type { TaskStore } from "./task-store.js";
+import type { DirectPlan } from "./dispatcher.js";
+import type { NewTask, SubmitResult, TaskStore } from "./task-store.js";
 import type { SchedulerMetrics } from "../../lib/metrics.js";
 
 /** What the SchedulerService implementation needs from its replica. */
@@ -35,6 +36,13 @@ export interface SchedulerServiceDeps {
   defaults: () => SubmitDefaults;
   /** Called after tasks were stored, so the leader dispatches them (locally or via Redis). */
   onSubmitted: (queues: Set<string>) => void;
+  /**
+   * On the leader: plans direct claims for tasks about to be stored (the dispatcher's fast lane:
+   * a worker picked and a slot reserved per task, see TaskStore.submit); `settle` gets the
+   * store's answer (undefined when the call failed) and hands the claimed tasks to their
+   * workers. Undefined, or a plan of undefined, for none.
+   */
+  planDirect?: (tasks: readonly NewTask[], now: number) => DirectPlan | undefined;
   /** Tells the leader (wherever it runs) to abort a running attempt on its worker. */
   requestCancel: (workerId: string, taskId: string, attempt: number, reason: string) => Promise<void>;
   /** Scheduler replicas and which one leads. */
@@ -90,8 +98,21 @@ export function schedulerService(deps: SchedulerServiceDeps): ServiceImpl<typeof
     // The SubmitTask(s) span (tracingInterceptor) becomes the parent of every attempt's span.
     const traceparent = currentTraceparent();
     const tasks = reqs.map((r, i) => toNewTask(r, tenant, known, defaults, now, batch ? `tasks[${i}].` : "", traceparent));
-    const stored = await store.submit(tasks, now);
-    deps.onSubmitted(new Set(tasks.map((t) => t.queue)));
+    const plan = deps.planDirect?.(tasks, now);
+    let stored: SubmitResult[];
+    try {
+      stored = await store.submit(tasks, now, plan?.claims);
+    } catch (err) {
+      plan?.settle(undefined);
+      throw err;
+    }
+    plan?.settle(stored);
+    // Tasks not claimed directly wait for the dispatcher.
+    let queued: Set<string> | undefined;
+    for (let i = 0; i < tasks.length; i++) {
+      if (stored[i]?.claimed === undefined) (queued ??= new Set()).add((tasks[i] as NewTask).queue);
+    }
+    if (queued !== undefined) deps.onSubmitted(queued);
     let created = 0;
     for (const s of stored) if (!s.existing) created++;
     if (created > 0) deps.metrics.submitted.inc(created);

@@ -336,6 +336,8 @@ export async function startScheduler(opts: SchedulerOptions): Promise<Scheduler>
     workers,
     knownTypes: () => knownTypes,
     defaults: () => defaults,
+    // The leader hands new tasks to workers in the submit call when nothing waits before them.
+    planDirect: (tasks, now) => (leadership.isLeader ? dispatcher.planDirect(tasks, now) : undefined),
     onSubmitted: (queues) =>
       void control({ t: "wake", q: [...queues] }).catch((err: unknown) => log.warn({ err }, "wake failed")),
     requestCancel: (w, taskId, attempt, reason) => control({ t: "cancel", w, id: taskId, a: attempt, r: reason }),

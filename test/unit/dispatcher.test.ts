@@ -4,7 +4,7 @@ import { silentLogger } from "../../lib/logger.js";
 import { schedulerMetrics } from "../../lib/metrics.js";
 import { Dispatcher } from "../../services/scheduler/dispatcher.js";
 import { Ring } from "../../services/scheduler/ring.js";
-import type { ClaimedTask, TaskStore } from "../../services/scheduler/task-store.js";
+import type { ClaimedTask, NewTask, SubmitResult, TaskStore } from "../../services/scheduler/task-store.js";
 import type { WorkerSession } from "../../services/scheduler/worker-session.js";
 import { waitFor } from "../support/wait.js";
 
@@ -210,5 +210,58 @@ describe("Dispatcher", () => {
     expect(a.peak).toBeLessThanOrEqual(3);
     expect(b.peak).toBeLessThanOrEqual(5);
     expect(new Set([...a.assigned, ...b.assigned]).size).toBe(a.assigned.length + b.assigned.length);
+  });
+
+  it("plans direct claims at submit within free slots and type, then sends the claimed and frees the rest", async () => {
+    const { sessions, dispatcher } = setup([
+      { id: "a", slots: 2 },
+      { id: "b", slots: 1, types: ["other"] },
+    ]);
+    const newTask = (id: string, type = "noop", runAtMs = 0) =>
+      ({ id, type, queue: "q", affinityKey: "", runAtMs }) as unknown as NewTask;
+    // Not leading (never started): no plan.
+    expect(dispatcher.planDirect([newTask("x")], 1000)).toBeUndefined();
+    dispatcher.start();
+    try {
+      const tasks = [newTask("t1"), newTask("t2"), newTask("t3"), newTask("o1", "other"), newTask("late", "noop", 5000)];
+      const plan = dispatcher.planDirect(tasks, 1000);
+      if (plan === undefined) throw new Error("no plan");
+      // Two noop slots on a, one "other" slot on b; t3 finds no slot and the delayed one is not due.
+      expect(plan.claims.workers).toEqual(["a", "a", undefined, "b", undefined]);
+      const a = sessions.get("a") as FakeSession;
+      const b = sessions.get("b") as FakeSession;
+      expect([a.reserved, b.reserved]).toEqual([2, 1]);
+      // The store claimed t1 and o1 only (say t2 found tasks waiting before it).
+      const claimed = (id: string, workerId: string): ClaimedTask => ({
+        id,
+        attempt: 1,
+        type: "noop",
+        payload: {},
+        timeoutMs: 0,
+        queue: "q",
+        tenant: "t",
+        labels: {},
+        workerId,
+        readyAtMs: 0,
+      });
+      const results = tasks.map((t) => ({
+        task: {} as SubmitResult["task"],
+        existing: false,
+        ...(t.id === "t1" ? { claimed: claimed("t1", "a") } : t.id === "o1" ? { claimed: claimed("o1", "b") } : {}),
+      }));
+      plan.settle(results);
+      expect(a.assigned).toEqual(["t1"]);
+      expect(b.assigned).toEqual(["o1"]);
+      expect([a.reserved, b.reserved]).toEqual([0, 0]);
+      // A failed store call gives every reservation back.
+      const again = dispatcher.planDirect([newTask("t4")], 1000);
+      expect(a.reserved).toBe(1);
+      again?.settle(undefined);
+      expect(a.reserved).toBe(0);
+      // No free slot for the type: no plan at all.
+      expect(dispatcher.planDirect([newTask("o2", "other")], 1000)).toBeUndefined();
+    } finally {
+      await dispatcher.stop();
+    }
   });
 });
