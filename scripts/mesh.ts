@@ -8,6 +8,7 @@ import { randomBytes } from "node:crypto";
 import { createWriteStream, existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { createConnection, createServer } from "node:net";
 import { join, resolve } from "node:path";
+import { SERVICE_NODE_FLAGS } from "../lib/node-flags.js";
 import { LOCAL_TARGETS_FILE, removePrometheusTargets, writePrometheusTargets } from "./prometheus-targets.js";
 
 const root = resolve(import.meta.dirname, "..");
@@ -111,7 +112,7 @@ process.on("SIGTERM", () => void stopAll(0));
 
 // `node --import tsx` keeps each service one process (the tsx CLI adds a wrapper process).
 const service = (name: string, env: NodeJS.ProcessEnv, main = name): Proc =>
-  start(name, process.execPath, ["--import", "tsx", join(root, "services", main, "main.ts")], env);
+  start(name, process.execPath, [...SERVICE_NODE_FLAGS, "--import", "tsx", join(root, "services", main, "main.ts")], env);
 
 try {
   const external = {

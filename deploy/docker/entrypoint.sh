@@ -19,4 +19,5 @@ case "$service" in
     exit 64
     ;;
 esac
-exec node --import tsx "/app/services/$service/main.ts" "$@"
+# --max-semi-space-size: lib/node-flags.ts (SERVICE_NODE_FLAGS) says why; keep the two in step.
+exec node --max-semi-space-size=64 --import tsx "/app/services/$service/main.ts" "$@"

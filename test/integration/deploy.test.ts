@@ -8,6 +8,7 @@
  */
 import { execFile } from "node:child_process";
 import { copyFile, mkdir, mkdtemp, readFile, readdir, rm, writeFile } from "node:fs/promises";
+import { readFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { createClient } from "@connectrpc/connect";
@@ -15,6 +16,7 @@ import { createGrpcTransport } from "@connectrpc/connect-node";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { Health } from "../../gen/grpc/health/v1/health_pb.js";
 import { silentLogger } from "../../lib/logger.js";
+import { SERVICE_NODE_FLAGS } from "../../lib/node-flags.js";
 import {
   METRIC_NAMES,
   breakerMetrics,
@@ -644,5 +646,7 @@ describe("Dockerfile", () => {
     const r = await tool("sh", [script, "nope"], { env });
     expect(r.code).toBe(64);
     expect(r.stderr).toContain("gateway|scheduler|worker|config");
+    // The image runs the services with the same Node flags as the local launchers.
+    expect(readFileSync(script, "utf8")).toContain(`exec node ${SERVICE_NODE_FLAGS.join(" ")} --import tsx`);
   });
 });

@@ -2,6 +2,7 @@ import { spawn, type ChildProcess } from "node:child_process";
 import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { SERVICE_NODE_FLAGS } from "../../lib/node-flags.js";
 import { freePort } from "./ports.js";
 import { waitFor } from "./wait.js";
 
@@ -37,7 +38,7 @@ export async function startService(
   // TASKMESH_CPU_PROF=<dir> profiles every service process (V8 .cpuprofile files, for benchmarks).
   const prof = process.env.TASKMESH_CPU_PROF;
   const profile = prof === undefined || prof === "" ? [] : ["--cpu-prof", "--cpu-prof-dir", join(prof, name)];
-  const child = spawn(process.execPath, [...profile, "--import", "tsx", main, "--port", String(port), ...args], {
+  const child = spawn(process.execPath, [...SERVICE_NODE_FLAGS, ...profile, "--import", "tsx", main, "--port", String(port), ...args], {
     cwd: root,
     env: { ...process.env, TASKMESH_LOG_LEVEL: process.env.TASKMESH_LOG_LEVEL ?? "info", ...opts.env },
     stdio: ["ignore", "pipe", "pipe"],
