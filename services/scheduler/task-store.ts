@@ -442,9 +442,12 @@ export class TaskStore {
         const made = part.map((i) => {
           const t = tasks[i] as NewTask;
           const s = storedFromNew({ ...t, runAtMs: Math.floor(t.runAtMs), resultTtlMs: Math.floor(t.resultTtlMs) }, now);
-          const fields = Object.entries(s.hash).flat();
           const worker = direct?.workers[i] ?? "";
-          args.push(t.id, t.tenant, t.idempotencyKey, Math.floor(t.runAtMs), t.priority, s.bigSpec, worker, fields.length, ...fields);
+          const at = args.length;
+          args.push(t.id, t.tenant, t.idempotencyKey, Math.floor(t.runAtMs), t.priority, s.bigSpec, worker, 0);
+          // The hash's fields and values, then their count in the slot left for it.
+          for (const key in s.hash) args.push(key, s.hash[key] as string);
+          args[at + 7] = args.length - at - 8;
           return s;
         });
         calls.push(
@@ -455,7 +458,7 @@ export class TaskStore {
               const r = arr(results[j]);
               switch (str(r[0])) {
                 case "n":
-                  this.remember(t.id, t.queue);
+                  // Not remembered: the queue follows from the id's tag, and a claim remembers it.
                   out[i] = { task: taskFromStored(made[j] as StoredTask), existing: false };
                   break;
                 case "c":
