@@ -298,73 +298,53 @@ export class Dispatcher {
     const batch = this.opts.batchSize ?? 500;
     let sent = 0;
     const start = this.queueCursor++ % queues.length;
-    // While this round waits for tasks peeked ahead, the workers hold the results they report
-    // back from the store, so that its claims reach Redis first (see WorkerSession.hold).
-    let held: WorkerSession[] | undefined;
-    const claimsOfRound: Promise<void>[] = [];
-    try {
-      for (let i = 0; i < queues.length && free > 0; i++) {
-        const queue = queues[(start + i) % queues.length] as string;
-        const want = Math.min(free, batch);
-        // Peek as many as wanted and one more (it tells whether more are waiting), or use what
-        // was peeked ahead. When some of them no worker can take right now (a type nobody here
-        // runs, workers full), peek a window 4× as wide so that they do not block the ones
-        // behind them, and keep peeking wide on this queue until a round passes nothing over.
-        const wide = this.wideQueues.has(queue);
-        let ahead = this.takeAhead(queue, now);
-        if (ahead !== undefined && held === undefined) {
-          held = [...sessions.values()];
-          for (const s of held) s.hold();
+    for (let i = 0; i < queues.length && free > 0; i++) {
+      const queue = queues[(start + i) % queues.length] as string;
+      const want = Math.min(free, batch);
+      // Peek as many as wanted and one more (it tells whether more are waiting), or use what
+      // was peeked ahead. When some of them no worker can take right now (a type nobody here
+      // runs, workers full), peek a window 4× as wide so that they do not block the ones
+      // behind them, and keep peeking wide on this queue until a round passes nothing over.
+      const wide = this.wideQueues.has(queue);
+      let ahead = this.takeAhead(queue, now);
+      let plan: Plan;
+      let found: number;
+      for (;;) {
+        let limit: number;
+        let candidates: Candidate[] | undefined;
+        if (ahead !== undefined) {
+          limit = ahead.limit;
+          candidates = await ahead.candidates;
+          ahead = undefined;
+          if (candidates === undefined) continue;
+        } else {
+          limit = Math.min(want * (wide ? 4 : 1) + 1, 1000);
+          candidates = await store.peekReady(queue, limit);
         }
-        let plan: Plan;
-        let found: number;
-        for (;;) {
-          let limit: number;
-          let candidates: Candidate[] | undefined;
-          if (ahead !== undefined) {
-            limit = ahead.limit;
-            candidates = await ahead.candidates;
-            ahead = undefined;
-            if (candidates === undefined) continue;
-          } else {
-            limit = Math.min(want * (wide ? 4 : 1) + 1, 1000);
-            candidates = await store.peekReady(queue, limit);
-          }
-          plan = this.plan(queue, candidates, want);
-          found = candidates.length;
-          const wider = Math.min(want * 4 + 1, 1000);
-          if (plan.claims.length < want && plan.passed > 0 && found === limit && limit < wider) {
-            ahead = { at: now, limit: wider, candidates: store.peekReady(queue, wider) };
-            continue;
-          }
-          break;
+        plan = this.plan(queue, candidates, want);
+        found = candidates.length;
+        const wider = Math.min(want * 4 + 1, 1000);
+        if (plan.claims.length < want && plan.passed > 0 && found === limit && limit < wider) {
+          ahead = { at: now, limit: wider, candidates: store.peekReady(queue, wider) };
+          continue;
         }
-        if (plan.passed > 0) this.wideQueues.add(queue);
-        else this.wideQueues.delete(queue);
-        const { claims, planned } = plan;
-        if (claims.length === 0) continue;
-        // Reserve the slots now and let the claim run without waiting for it: the next peek goes
-        // down the same Redis connection after it, so it already sees these tasks claimed, and the
-        // reservations keep every worker within its free slots meanwhile.
-        for (const [workerId, n] of planned) sessions.get(workerId)?.reserve(n);
-        const claiming = this.finishClaim(queue, claims, planned);
-        // More were waiting than claimed: the slots just filled will want the next ones. Peeked
-        // right behind the claim (same pipeline, so it sees the queue without the claimed tasks).
-        if (found > claims.length) this.peekAhead(queue, Math.min(claims.length * 4, batch));
-        this.track(claiming);
-        claimsOfRound.push(claiming);
-        sent += claims.length;
-        free -= claims.length;
+        break;
       }
-    } finally {
-      if (held !== undefined) {
-        const sessionsHeld = held;
-        const unhold = (): void => {
-          for (const s of sessionsHeld) s.unhold();
-        };
-        if (claimsOfRound.length === 0) unhold();
-        else void Promise.allSettled(claimsOfRound).then(unhold);
-      }
+      if (plan.passed > 0) this.wideQueues.add(queue);
+      else this.wideQueues.delete(queue);
+      const { claims, planned } = plan;
+      if (claims.length === 0) continue;
+      // Reserve the slots now and let the claim run without waiting for it: the next peek goes
+      // down the same Redis connection after it, so it already sees these tasks claimed, and the
+      // reservations keep every worker within its free slots meanwhile.
+      for (const [workerId, n] of planned) sessions.get(workerId)?.reserve(n);
+      const claiming = this.finishClaim(queue, claims, planned);
+      // More were waiting than claimed: the slots just filled will want the next ones. Peeked
+      // right behind the claim (same pipeline, so it sees the queue without the claimed tasks).
+      if (found > claims.length) this.peekAhead(queue, Math.min(claims.length * 4, batch));
+      this.track(claiming);
+      sent += claims.length;
+      free -= claims.length;
     }
     return sent;
   }

@@ -30,9 +30,6 @@ export interface Inflight {
  */
 const ACK_DELAY_MS = 5;
 
-/** Longest results wait for a claim under way before they are written anyway (ms). */
-const COMPLETE_WAIT_MS = 50;
-
 /** The session's link state. */
 export type SessionState = "connecting" | "ready" | "down" | "closed";
 
@@ -128,35 +125,15 @@ export class WorkerSession {
     this.reserved += n;
   }
 
-  /**
-   * Holds back the results received (see {@link toComplete}) while a dispatch round is about to
-   * claim for its workers; {@link unhold} once its claims are answered.
-   */
-  hold(): void {
-    this.holds++;
-  }
-
-  /** Ends a {@link hold}. */
-  unhold(): void {
-    this.holds = Math.max(0, this.holds - 1);
-    if (this.holds === 0 && this.reserved === 0) this.completeNow();
-  }
-
-  private holds = 0;
-
   /** Gives back `n` held slots (claims that did not succeed). */
   release(n: number): void {
     this.reserved = Math.max(0, this.reserved - n);
-    // The claim came back: results held for it go now.
-    this.completeNow();
   }
 
   /**
-   * Results received and not yet written to the store. They are written once the claim for the
-   * slots they freed has gone to Redis and come back (or at once when no claim is under way):
-   * the task store's calls share one connection, which runs one pipeline at a time and answers
-   * a pipeline as a whole, so a claim sent together with a batch of results would wait for
-   * those too, and the worker with it.
+   * Results received and not yet written to the store: the messages of one event-loop turn go
+   * in one batch (the scheduler's Redis connection writes each call at once, no auto-pipelining,
+   * so they never hold back a claim for the slots they freed).
    */
   private toComplete: {
     results: { id: string; attempt: number; outcome: TaskOutcome }[];
@@ -165,14 +142,9 @@ export class WorkerSession {
     now: number;
   }[] = [];
   private completeScheduled = false;
-  private completeTimer: NodeJS.Timeout | undefined;
 
   /** Writes the results received to the store; acknowledges them to the worker when recorded. */
   private completeNow(): void {
-    if (this.completeTimer !== undefined) {
-      clearTimeout(this.completeTimer);
-      this.completeTimer = undefined;
-    }
     if (this.toComplete.length === 0) return;
     const batches = this.toComplete;
     this.toComplete = [];
@@ -209,12 +181,7 @@ export class WorkerSession {
   /** Sends claimed tasks in one message; `reserved` when their slots were reserved beforehand. */
   assign(tasks: ClaimedTask[], reserved = false): void {
     if (reserved) this.reserved = Math.max(0, this.reserved - tasks.length);
-    try {
-      this.send(tasks);
-    } finally {
-      // The claim came back: results held for it go now.
-      this.completeNow();
-    }
+    this.send(tasks);
   }
 
   private send(tasks: ClaimedTask[]): void {
@@ -416,11 +383,7 @@ export class WorkerSession {
         this.completeScheduled = true;
         setImmediate(() => {
           this.completeScheduled = false;
-          // A claim for the freed slots is on its way to Redis (reserved), or about to be (held):
-          // let it go first; its answer (assign or release) writes the results, or at the latest
-          // the safety net does.
-          if (this.reserved === 0 && this.holds === 0) this.completeNow();
-          else this.completeTimer ??= setTimeout(() => this.completeNow(), COMPLETE_WAIT_MS);
+          this.completeNow();
         });
       }
     }

@@ -82,16 +82,6 @@ class FakeSession {
     this.reserved = Math.max(0, this.reserved - n);
   }
 
-  holds = 0;
-
-  hold(): void {
-    this.holds++;
-  }
-
-  unhold(): void {
-    this.holds--;
-  }
-
   assign(tasks: ClaimedTask[], reserved = false): void {
     if (reserved) this.release(tasks.length);
     for (const t of tasks) {
@@ -159,8 +149,6 @@ describe("Dispatcher", () => {
     await waitFor(() => w.assigned.length === 24);
     expect(w.assigned).toEqual(order.slice(0, 24));
     expect(w.peak).toBe(10);
-    // The worker held its results back while those rounds claimed, and no longer does.
-    await waitFor(() => w.holds === 0);
   });
 
   it("peeks afresh when the queue got new tasks (they may come first)", async () => {
