@@ -7,7 +7,7 @@
 import * as http2 from "node:http2";
 import { Code, ConnectError } from "@connectrpc/connect";
 import { findTrailerError } from "@connectrpc/connect/protocol-grpc";
-import { frame, unframe } from "./grpc-fast.js";
+import { frame, unframe, webHeaders } from "./grpc-fast.js";
 
 /** Options for {@link GrpcChannel}. */
 export interface GrpcChannelOptions {
@@ -19,19 +19,6 @@ export interface GrpcChannelOptions {
 function connectionError(err: unknown, address: string): ConnectError {
   const message = err instanceof Error ? err.message : String(err);
   return new ConnectError(`connection to ${address} failed: ${message}`, Code.Unavailable, undefined, undefined, err);
-}
-
-/** Response headers or trailers as web Headers (what connect's status parser reads). */
-function webHeaders(h: http2.IncomingHttpHeaders): Headers {
-  const out = new Headers();
-  for (const key in h) {
-    if (key.charCodeAt(0) === 58) continue;
-    const v = h[key];
-    if (v === undefined) continue;
-    if (Array.isArray(v)) for (const x of v) out.append(key, x);
-    else out.append(key, String(v));
-  }
-  return out;
 }
 
 /** One HTTP/2 connection to `address` (`host:port`) for unary gRPC calls. */

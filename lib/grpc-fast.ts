@@ -264,15 +264,15 @@ function asStatus(err: unknown): ConnectError {
   return new ConnectError("internal error", Code.Internal, undefined, undefined, err);
 }
 
-/** A Headers view of Node's request headers without the HTTP/2 pseudo-headers. */
-function webHeaders(headers: http2.IncomingHttpHeaders): Headers {
+/** Node's HTTP/2 headers (request, response or trailers) as web Headers, without pseudo-headers. */
+export function webHeaders(headers: http2.IncomingHttpHeaders): Headers {
   const h = new Headers();
   for (const key in headers) {
     if (key.charCodeAt(0) === 58 /* ':' */) continue;
     const v = headers[key];
     if (v === undefined) continue;
     if (Array.isArray(v)) for (const x of v) h.append(key, x);
-    else h.append(key, v);
+    else h.append(key, String(v));
   }
   return h;
 }
