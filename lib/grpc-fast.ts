@@ -108,8 +108,6 @@ export interface FastObserver {
 export interface FastServeOptions {
   /** Largest request body accepted (bytes, prefix included); more is RESOURCE_EXHAUSTED. */
   maxRequestBytes: number;
-  /** Longest deadline honoured (ms); larger `grpc-timeout`s are capped. */
-  maxTimeoutMs: number;
   observer: FastObserver;
   /** Calls in progress, so the server can abort them when it closes. */
   inflight: Set<LazyAbort>;
@@ -199,7 +197,7 @@ export function serveFast(
   // When the server shuts down it aborts `abort` only: the handler sees its signal and ends the
   // call itself, so the client learns the real outcome (a write may already have happened).
 
-  const timeout = parseTimeout(headerValue(headers, "grpc-timeout") ?? null, opts.maxTimeoutMs);
+  const timeout = parseTimeout(headerValue(headers, "grpc-timeout") ?? null, Number.MAX_SAFE_INTEGER);
   if (timeout.error !== undefined) {
     fail(timeout.error);
     return;

@@ -207,7 +207,6 @@ export async function startServer(opts: ServerOptions): Promise<RpcServer> {
   for (const [path, handler] of opts.fastUnary ?? []) fast.set(path, handler);
   const fastOptions = {
     maxRequestBytes: opts.maxFastRequestBytes ?? 32 * 1024 * 1024,
-    maxTimeoutMs: Number.MAX_SAFE_INTEGER,
     observer: fastObserver(opts.registry, opts.name, rpcLogger(log)),
     inflight: fastInflight,
   };

@@ -153,38 +153,13 @@ export class Dispatcher {
 
   /** Claims the planned tasks, sends each worker its share, and gives back unused reservations. */
   private async finishClaim(queue: string, claims: { id: string; workerId: string }[], planned: Map<string, number>): Promise<void> {
-    const { sessions, store } = this.opts;
     let claimed: ClaimedTask[] = [];
     try {
-      claimed = await store.claim(queue, claims, Date.now(), this.opts.leaseMs());
+      claimed = await this.opts.store.claim(queue, claims, Date.now(), this.opts.leaseMs());
     } catch (err) {
       this.log.error({ err, queue }, "claim failed");
     }
-    const byWorker = new Map<string, ClaimedTask[]>();
-    for (const t of claimed) {
-      let list = byWorker.get(t.workerId);
-      if (list === undefined) byWorker.set(t.workerId, (list = []));
-      list.push(t);
-    }
-    for (const [workerId, n] of planned) sessions.get(workerId)?.release(n - (byWorker.get(workerId)?.length ?? 0));
-    const now = Date.now();
-    const { metrics } = this.opts;
-    for (const [workerId, tasks] of byWorker) {
-      const s = sessions.get(workerId);
-      if (s === undefined) {
-        await store.requeue(tasks.map((t) => ({ id: t.id, attempt: t.attempt })), "worker gone", now).catch((err: unknown) =>
-          this.log.error({ err }, "re-queue after a lost worker failed; leases will expire"),
-        );
-        continue;
-      }
-      s.assign(tasks, true);
-      // Every claimed task is of `queue`.
-      metrics.dispatched.inc({ queue }, tasks.length);
-      const labels = { queue };
-      for (const t of tasks) {
-        if (t.readyAtMs > 0) metrics.queueWaitSeconds.observe(labels, Math.max(0, now - t.readyAtMs) / 1000);
-      }
-    }
+    await this.deliver(claimed, planned);
     // Unused reservations are back: another round may fill them.
     if (claimed.length < claims.length) this.kick();
   }
@@ -228,29 +203,45 @@ export class Dispatcher {
     return {
       claims: { workers, leaseMs: this.opts.leaseMs() },
       settle: (results) => {
-        const byWorker = new Map<string, ClaimedTask[]>();
-        for (const r of results ?? []) {
-          const c = r.claimed;
-          if (c === undefined) continue;
-          let list = byWorker.get(c.workerId);
-          if (list === undefined) byWorker.set(c.workerId, (list = []));
-          list.push(c);
-        }
-        for (const [workerId, n] of reserved) sessions.get(workerId)?.release(n - (byWorker.get(workerId)?.length ?? 0));
-        for (const [workerId, list] of byWorker) {
-          const s = sessions.get(workerId);
-          if (s === undefined) {
-            // The worker left meanwhile: its claims go back in line (else their leases expire).
-            void this.opts.store
-              .requeue(list.map((t) => ({ id: t.id, attempt: t.attempt })), "worker gone", Date.now())
-              .catch((err: unknown) => this.log.error({ err }, "re-queue after a lost worker failed; leases will expire"));
-            continue;
-          }
-          s.assign(list, true);
-          for (const t of list) this.opts.metrics.dispatched.inc({ queue: t.queue });
-        }
+        const claimed: ClaimedTask[] = [];
+        for (const r of results ?? []) if (r.claimed !== undefined) claimed.push(r.claimed);
+        void this.deliver(claimed, reserved);
       },
     };
+  }
+
+  /**
+   * Sends claimed tasks to their workers (one message each), gives back the reserved slots no
+   * task filled, and re-queues the tasks of a worker that left meanwhile (else their leases
+   * would have to expire first).
+   */
+  private async deliver(claimed: readonly ClaimedTask[], reserved: ReadonlyMap<string, number>): Promise<void> {
+    const { sessions, store, metrics } = this.opts;
+    const byWorker = new Map<string, ClaimedTask[]>();
+    for (const t of claimed) {
+      let list = byWorker.get(t.workerId);
+      if (list === undefined) byWorker.set(t.workerId, (list = []));
+      list.push(t);
+    }
+    for (const [workerId, n] of reserved) sessions.get(workerId)?.release(n - (byWorker.get(workerId)?.length ?? 0));
+    const now = Date.now();
+    const sent = new Map<string, number>();
+    for (const [workerId, tasks] of byWorker) {
+      const s = sessions.get(workerId);
+      if (s === undefined) {
+        await store.requeue(tasks.map((t) => ({ id: t.id, attempt: t.attempt })), "worker gone", now).catch((err: unknown) =>
+          this.log.error({ err }, "re-queue after a lost worker failed; leases will expire"),
+        );
+        continue;
+      }
+      s.assign(tasks, true);
+      for (const t of tasks) {
+        sent.set(t.queue, (sent.get(t.queue) ?? 0) + 1);
+        if (t.readyAtMs > 0) metrics.queueWaitSeconds.observe({ queue: t.queue }, Math.max(0, now - t.readyAtMs) / 1000);
+      }
+    }
+    // Counted once per queue: a labelled counter hashes its labels on every call.
+    for (const [queue, n] of sent) metrics.dispatched.inc({ queue }, n);
   }
 
   /** Queues whose last peek had tasks no worker could take: they are peeked wider. */

@@ -131,9 +131,11 @@ export class WorkerSession {
   }
 
   /**
-   * Results received and not yet written to the store: the messages of one event-loop turn go
-   * in one batch (the scheduler's Redis connection writes each call at once, no auto-pipelining,
-   * so they never hold back a claim for the slots they freed).
+   * Results received and not yet written to the store, one entry per worker message (its
+   * arrival time is the finish time of its tasks; a worker sends at most one message per turn).
+   * Written at the end of the turn they came in, each as one store call; the scheduler's Redis
+   * connection sends every call at once (no auto-pipelining), so they never hold back a claim
+   * for the slots they freed.
    */
   private toComplete: {
     results: { id: string; attempt: number; outcome: TaskOutcome }[];
