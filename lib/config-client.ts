@@ -246,6 +246,7 @@ export class ConfigClient extends EventEmitter<ConfigClientEvents> {
   private saving: Promise<void> | undefined;
   private dirty = false;
   private tmpCounter = 0;
+  private failedSessions = 0;
 
   /** Creates an idle client; call {@link start}. Throws when `namespaces` is empty. */
   constructor(opts: ConfigClientOptions) {
@@ -262,6 +263,11 @@ export class ConfigClient extends EventEmitter<ConfigClientEvents> {
   /** Current state. */
   get state(): ConfigClientState {
     return this.stateValue;
+  }
+
+  /** How many watch sessions ended in a failure (for tests and diagnostics). */
+  get failures(): number {
+    return this.failedSessions;
   }
 
   /** The config service instance followed live right now, or undefined (running on the last-known config). */
@@ -479,6 +485,7 @@ export class ConfigClient extends EventEmitter<ConfigClientEvents> {
       if (this.stop.signal.aborted) return { end: "stopped", synced };
       this.setConnected(undefined);
       this.dropTransport(address);
+      this.failedSessions++;
       const ce = ConnectError.from(err);
       if (ce.code === Code.OutOfRange) {
         this.log.warn({ address, revision: String(this.resume) }, "config revision compacted; reading everything again");
@@ -522,10 +529,14 @@ export class ConfigClient extends EventEmitter<ConfigClientEvents> {
     return t.transport;
   }
 
+  /**
+   * Forgets the connection to an instance after a failure; the next session opens a new one.
+   * It is NOT aborted: a connection that failed (a PING timeout destroys it) emits its 'error'
+   * event a tick later, and aborting the manager first would remove the manager's own error
+   * listener, turning that event into an uncaught exception that kills the process.
+   */
   private dropTransport(address: string): void {
-    const t = this.transports.get(address);
     this.transports.delete(address);
-    t?.manager.abort();
   }
 
   private async loadCache(): Promise<void> {

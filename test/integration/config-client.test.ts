@@ -18,6 +18,7 @@ import { createRegistry } from "../../lib/metrics.js";
 import { startServer, type RpcServer } from "../../lib/server.js";
 import { configRoutes } from "../../services/config/config-service.js";
 import { startEtcd, type Backend } from "../support/backends.js";
+import { startService } from "../support/mesh.js";
 import { uniquePrefix } from "../support/ids.js";
 import { freePort } from "../support/ports.js";
 import { waitFor } from "../support/wait.js";
@@ -279,6 +280,32 @@ describe("ConfigClient", () => {
     addresses = [s.address];
     await waitFor(() => changes.length === 2, { what: "catch up" });
     expect(changes[1]).toBe('worker={"slots":9}');
+  });
+
+  it("survives a config service that stops answering (SIGSTOP) and follows it again once it resumes", async () => {
+    // A real process, so that it can be frozen: its connection stays open but nothing answers,
+    // and only the client's HTTP/2 pings notice. The failure must never escape as an unhandled
+    // 'error' event (it killed every service that followed such a config service).
+    const proc = await startService("config", uniquePrefix("frozen-config"), ["--etcd", inject("etcdEndpoint"), "--etcd-root", root]);
+    cleanup.push(() => proc.kill());
+    const writer = createClient(ConfigService, createGrpcTransport({ baseUrl: `http://${proc.address}` }));
+    await writer.putConfig({ namespace: "app", value: { n: 1 } });
+    const c = configClient({ addresses: () => [proc.address], namespaces: ["app"], pingIntervalMs: 200, pingTimeoutMs: 200 });
+    const changes = record(c);
+    await c.start();
+    expect(changes).toEqual(['app={"n":1}']);
+    proc.child.kill("SIGSTOP");
+    try {
+      await waitFor(() => c.connected === undefined, { what: "the frozen stream dropped", timeoutMs: 5000 });
+      // Reconnection attempts run into the frozen process too, and fail the same way.
+      await waitFor(() => c.failures >= 3, { what: "three failed sessions", timeoutMs: 10_000 });
+    } finally {
+      proc.child.kill("SIGCONT");
+    }
+    await waitFor(() => c.connected === proc.address, { what: "following again", timeoutMs: 10_000 });
+    await writer.putConfig({ namespace: "app", value: { n: 2 } });
+    await waitFor(() => changes.length === 2, { what: "the change after resuming" });
+    expect(changes).toEqual(['app={"n":1}', 'app={"n":2}']);
   });
 
   it("ignores an unreadable cache file and keeps going when a listener throws", async () => {
