@@ -1,29 +1,53 @@
 /**
  * The local mesh behind `npm start`: etcd and Redis with data under .taskmesh/, then config,
  * scheduler, two workers and the gateway as child processes; waits until all are healthy, prints
- * how to call the gateway, and on Ctrl-C stops everything in reverse order.
+ * how to call the gateway, keeps every child running (scripts/supervisor.ts: a service that dies
+ * is restarted on the same port, with backoff) and on Ctrl-C or SIGTERM stops everything in
+ * reverse order.
+ *
+ * Environment, besides what the services read:
+ * - `TASKMESH_DATA_DIR`: where etcd, Redis, files, caches, logs, the dev API key and the
+ *   supervisor's status file (`supervisor.json`) live (default `.taskmesh` in the repository).
+ * - `TASKMESH_MESH_PORTS`: `preferred` (default) uses 2379, 6379, 8080… when free and any free
+ *   port otherwise; `any` takes any free port for everything (tests, several meshes at once).
+ * - `TASKMESH_PROMETHEUS_TARGETS`: the Prometheus targets file to write (default
+ *   `deploy/prometheus/targets/local.json`), or `off`.
  */
-import { spawn, type ChildProcess } from "node:child_process";
 import { randomBytes } from "node:crypto";
-import { createWriteStream, existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { createConnection, createServer } from "node:net";
 import { join, resolve } from "node:path";
 import { SERVICE_NODE_FLAGS } from "../lib/node-flags.js";
 import { LOCAL_TARGETS_FILE, removePrometheusTargets, writePrometheusTargets } from "./prometheus-targets.js";
+import { Supervisor, describeExit, shownPath, type SupervisedService } from "./supervisor.js";
 
 const root = resolve(import.meta.dirname, "..");
-const data = join(root, ".taskmesh");
-const logs = join(data, "logs");
-mkdirSync(logs, { recursive: true });
 const out = (s: string): void => void process.stdout.write(`${s}\n`);
+const setting = (name: string): string | undefined => {
+  const v = process.env[name];
+  return v === undefined || v === "" ? undefined : v;
+};
 
-interface Proc {
-  name: string;
-  child: ChildProcess;
-  exited: Promise<number | null>;
+const data = resolve(setting("TASKMESH_DATA_DIR") ?? join(root, ".taskmesh"));
+const logs = join(data, "logs");
+const portMode = setting("TASKMESH_MESH_PORTS") ?? "preferred";
+if (portMode !== "preferred" && portMode !== "any") {
+  out(`TASKMESH_MESH_PORTS must be "preferred" or "any", not ${JSON.stringify(portMode)}`);
+  process.exit(2);
 }
-const procs: Proc[] = [];
+const targetsSetting = setting("TASKMESH_PROMETHEUS_TARGETS");
+const targetsFile = targetsSetting === "off" ? undefined : resolve(targetsSetting ?? LOCAL_TARGETS_FILE);
+mkdirSync(logs, { recursive: true });
+
+// Children get their own process groups: a terminal's Ctrl-C reaches only this process, which
+// then stops them in reverse order, each signalled once (a service treats a second signal as
+// "exit now", so signalling it from the terminal and from here would skip its graceful stop).
+const supervisor = new Supervisor({ statusFile: join(data, "supervisor.json"), detached: true, out });
+// Last resort if this process exits another way than stopAll (an uncaught exception).
+process.on("exit", () => supervisor.terminateAllNow());
 let stopping = false;
+/** Ports handed out by this launcher, so two services never get the same free port. */
+const picked = new Set<number>();
 
 function portFree(port: number): Promise<boolean> {
   return new Promise((res) => {
@@ -33,8 +57,7 @@ function portFree(port: number): Promise<boolean> {
   });
 }
 
-async function pickPort(preferred: number): Promise<number> {
-  if (await portFree(preferred)) return preferred;
+function anyFreePort(): Promise<number> {
   return new Promise((res, rej) => {
     const s = createServer();
     s.once("error", rej);
@@ -43,6 +66,13 @@ async function pickPort(preferred: number): Promise<number> {
       s.close(() => (typeof a === "object" && a !== null ? res(a.port) : rej(new Error("no port"))));
     });
   });
+}
+
+async function pickPort(preferred: number): Promise<number> {
+  let port = portMode === "preferred" && !picked.has(preferred) && (await portFree(preferred)) ? preferred : await anyFreePort();
+  for (let i = 0; picked.has(port) && i < 100; i++) port = await anyFreePort();
+  picked.add(port);
+  return port;
 }
 
 function portOpen(port: number): Promise<boolean> {
@@ -56,30 +86,34 @@ function portOpen(port: number): Promise<boolean> {
   });
 }
 
-async function until(what: string, check: () => Promise<boolean>, timeoutMs = 30_000): Promise<void> {
+/**
+ * Waits until `check` passes, then marks `svc` ready (supervised from then on). Fails fast when
+ * the service exits first, and after `timeoutMs` when it never gets ready.
+ */
+async function until(svc: SupervisedService, check: () => Promise<boolean>, timeoutMs = 30_000): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   while (!(await check())) {
     if (stopping) throw new Error("stopped");
-    if (Date.now() > deadline) throw new Error(`${what} did not become ready in ${timeoutMs / 1000}s (see .taskmesh/logs/)`);
+    const f = svc.failure;
+    if (f !== undefined) {
+      throw new Error(`${svc.name} exited (${describeExit(f)}) before it became ready; see ${shownPath(join(logs, `${svc.name}.log`))}`);
+    }
+    if (Date.now() > deadline) throw new Error(`${svc.name} did not become ready in ${timeoutMs / 1000}s (see ${shownPath(logs)}/)`);
     await new Promise((r) => setTimeout(r, 100));
   }
+  svc.markReady();
 }
 
-function start(name: string, cmd: string, args: string[], env: NodeJS.ProcessEnv = {}): Proc {
-  const log = createWriteStream(join(logs, `${name}.log`), { flags: "a" });
-  const child = spawn(cmd, args, { cwd: root, env: { ...process.env, ...env }, stdio: ["ignore", "pipe", "pipe"] });
-  child.stdout?.pipe(log);
-  child.stderr?.pipe(log);
-  const exited = new Promise<number | null>((res) => child.once("exit", (code) => res(code)));
-  const p: Proc = { name, child, exited };
-  procs.push(p);
-  void exited.then((code) => {
-    if (!stopping) {
-      out(`${name} exited unexpectedly (code ${code}); see .taskmesh/logs/${name}.log. Stopping the mesh.`);
-      void stopAll(1);
-    }
+function start(name: string, cmd: string, args: string[], env: NodeJS.ProcessEnv, port: number): SupervisedService {
+  return supervisor.start({
+    name,
+    command: cmd,
+    args,
+    env: { ...process.env, ...env },
+    cwd: root,
+    logFile: join(logs, `${name}.log`),
+    port,
   });
-  return p;
 }
 
 async function healthy(port: number): Promise<boolean> {
@@ -94,25 +128,21 @@ async function healthy(port: number): Promise<boolean> {
 async function stopAll(code: number): Promise<never> {
   if (stopping) return new Promise<never>(() => undefined);
   stopping = true;
-  await removePrometheusTargets(LOCAL_TARGETS_FILE).catch(() => undefined);
+  if (targetsFile !== undefined) await removePrometheusTargets(targetsFile).catch(() => undefined);
   out("stopping the mesh...");
-  for (const p of [...procs].reverse()) {
-    if (p.child.exitCode !== null || p.child.signalCode !== null) continue;
-    p.child.kill("SIGTERM");
-    const killed = setTimeout(() => p.child.kill("SIGKILL"), 15_000);
-    await p.exited;
-    clearTimeout(killed);
-  }
+  await supervisor.stop();
   out("stopped.");
   process.exit(code);
 }
 
 process.on("SIGINT", () => void stopAll(0));
 process.on("SIGTERM", () => void stopAll(0));
+// The children do not see a closed terminal's SIGHUP (own process groups): stop them from here.
+process.on("SIGHUP", () => void stopAll(0));
 
 // `node --import tsx` keeps each service one process (the tsx CLI adds a wrapper process).
-const service = (name: string, env: NodeJS.ProcessEnv, main = name): Proc =>
-  start(name, process.execPath, [...SERVICE_NODE_FLAGS, "--import", "tsx", join(root, "services", main, "main.ts")], env);
+const service = (name: string, port: number, env: NodeJS.ProcessEnv, main = name): SupervisedService =>
+  start(name, process.execPath, [...SERVICE_NODE_FLAGS, "--import", "tsx", join(root, "services", main, "main.ts")], env, port);
 
 try {
   const external = {
@@ -123,8 +153,8 @@ try {
   let redisUrl = external.redis ?? "";
   if (etcdEndpoint === "") {
     const port = await pickPort(2379);
-    const peer = await pickPort(2380 === port ? 2381 : 2380);
-    start("etcd", "etcd", [
+    const peer = await pickPort(2380);
+    const etcd = start("etcd", "etcd", [
       "--name", "taskmesh",
       "--data-dir", join(data, "etcd"),
       "--listen-client-urls", `http://127.0.0.1:${port}`,
@@ -133,19 +163,19 @@ try {
       "--initial-advertise-peer-urls", `http://127.0.0.1:${peer}`,
       "--initial-cluster", `taskmesh=http://127.0.0.1:${peer}`,
       "--log-level", "warn",
-    ]);
+    ], {}, port);
     etcdEndpoint = `127.0.0.1:${port}`;
-    await until("etcd", () => portOpen(port));
+    await until(etcd, () => portOpen(port));
   }
   if (redisUrl === "") {
     const port = await pickPort(6379);
     mkdirSync(join(data, "redis"), { recursive: true });
-    start("redis", "redis-server", [
+    const redis = start("redis", "redis-server", [
       "--port", String(port), "--bind", "127.0.0.1", "--dir", join(data, "redis"),
       "--appendonly", "yes", "--appendfsync", "everysec", "--save", "", "--daemonize", "no",
-    ]);
+    ], {}, port);
     redisUrl = `redis://127.0.0.1:${port}`;
-    await until("redis", () => portOpen(port));
+    await until(redis, () => portOpen(port));
   }
 
   const keyFile = join(data, "dev-api-key");
@@ -155,6 +185,8 @@ try {
   writeFileSync(keyFile, apiKey, { mode: 0o600 });
 
   const common = { TASKMESH_ETCD: etcdEndpoint, TASKMESH_REDIS: redisUrl };
+  // The services' own default cache files, but under the data directory.
+  const cache = (file: string): { TASKMESH_CONFIG_CACHE: string } => ({ TASKMESH_CONFIG_CACHE: join(data, "cache", file) });
   const ports = {
     gateway: await pickPort(8080),
     scheduler: await pickPort(8081),
@@ -162,40 +194,51 @@ try {
     worker1: await pickPort(8090),
     worker2: await pickPort(8091),
   };
-  service("config", { ...common, TASKMESH_CONFIG_PORT: String(ports.config) });
-  service("scheduler", { ...common, TASKMESH_SCHEDULER_PORT: String(ports.scheduler) });
-  await until("config", () => healthy(ports.config));
-  await until("scheduler", () => healthy(ports.scheduler));
+  const config = service("config", ports.config, { ...common, TASKMESH_CONFIG_PORT: String(ports.config) });
+  const scheduler = service("scheduler", ports.scheduler, {
+    ...common,
+    ...cache("scheduler.json"),
+    TASKMESH_SCHEDULER_PORT: String(ports.scheduler),
+  });
+  await until(config, () => healthy(ports.config));
+  await until(scheduler, () => healthy(ports.scheduler));
   const files = join(data, "files");
   mkdirSync(files, { recursive: true });
-  for (const [i, port] of [ports.worker1, ports.worker2].entries()) {
-    service(`worker-${i + 1}`, {
+  const workers = [ports.worker1, ports.worker2].map((port, i) =>
+    service(`worker-${i + 1}`, port, {
       ...common,
+      ...cache(`worker-worker-${i + 1}.json`),
       TASKMESH_WORKER_ID: `worker-${i + 1}`,
       TASKMESH_WORKER_PORT: String(port),
       TASKMESH_WORKER_FILES_ROOT: files,
-    }, "worker");
-  }
-  service("gateway", { ...common, TASKMESH_GATEWAY_PORT: String(ports.gateway), TASKMESH_BOOTSTRAP_API_KEY: apiKey });
-  await until("worker-1", () => healthy(ports.worker1));
-  await until("worker-2", () => healthy(ports.worker2));
-  await until("gateway", () => healthy(ports.gateway));
+    }, "worker"),
+  );
+  const gateway = service("gateway", ports.gateway, {
+    ...common,
+    ...cache("gateway.json"),
+    TASKMESH_GATEWAY_PORT: String(ports.gateway),
+    TASKMESH_BOOTSTRAP_API_KEY: apiKey,
+  });
+  for (const [i, w] of workers.entries()) await until(w, () => healthy(i === 0 ? ports.worker1 : ports.worker2));
+  await until(gateway, () => healthy(ports.gateway));
 
   // A Prometheus started with deploy/prometheus/prometheus.yml finds this mesh through this file.
-  await writePrometheusTargets(
-    LOCAL_TARGETS_FILE,
-    [
-      { component: "config", address: `127.0.0.1:${ports.config}` },
-      { component: "scheduler", address: `127.0.0.1:${ports.scheduler}` },
-      { component: "worker", address: `127.0.0.1:${ports.worker1}` },
-      { component: "worker", address: `127.0.0.1:${ports.worker2}` },
-      { component: "gateway", address: `127.0.0.1:${ports.gateway}` },
-    ],
-    { mesh: "local" },
-  );
+  if (targetsFile !== undefined) {
+    await writePrometheusTargets(
+      targetsFile,
+      [
+        { component: "config", address: `127.0.0.1:${ports.config}` },
+        { component: "scheduler", address: `127.0.0.1:${ports.scheduler}` },
+        { component: "worker", address: `127.0.0.1:${ports.worker1}` },
+        { component: "worker", address: `127.0.0.1:${ports.worker2}` },
+        { component: "gateway", address: `127.0.0.1:${ports.gateway}` },
+      ],
+      { mesh: "local" },
+    );
+  }
   const gw = `127.0.0.1:${ports.gateway}`;
   out("");
-  out(`taskmesh is up. Logs in .taskmesh/logs/. Ctrl-C stops everything.`);
+  out(`taskmesh is up. Logs in ${shownPath(logs)}/. Ctrl-C stops everything.`);
   out(`  gateway     http://${gw}   (gRPC, Connect, gRPC-Web, REST; metrics at /metrics)`);
   out(`  dashboard   http://${gw}/ui   (sign in with the API key below)`);
   out(`  scheduler   127.0.0.1:${ports.scheduler}   config 127.0.0.1:${ports.config}   workers 127.0.0.1:${ports.worker1}, 127.0.0.1:${ports.worker2}`);

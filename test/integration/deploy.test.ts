@@ -510,6 +510,7 @@ interface ComposeService {
   healthcheck?: { test?: string[] };
   depends_on?: Record<string, { condition: string }>;
   volumes?: (string | { source: string; target: string })[];
+  restart?: string;
 }
 
 /** The compose file as docker-compose resolves it (anchors merged, variables interpolated). */
@@ -564,6 +565,12 @@ describe("docker-compose.yml", () => {
     expect(redis).toContain("--appendfsync always");
     expect(services.gateway?.environment?.TASKMESH_BOOTSTRAP_API_KEY).toBe("tm_test_key");
     expect(Object.keys(services.gateway?.depends_on ?? {}).sort()).toEqual(["config", "redis", "scheduler-1", "scheduler-2"]);
+  });
+
+  it("restarts every service whose process exits, unless it was stopped on purpose", async () => {
+    const { services } = await composeConfig();
+    expect(Object.keys(services).length).toBe(TASKMESH.length + 4);
+    for (const [name, s] of Object.entries(services)) expect(s.restart, `${name} restart policy`).toBe("unless-stopped");
   });
 
   it("has each taskmesh service advertise its compose name and health-check the port it serves", async () => {
