@@ -1,8 +1,10 @@
 import { spawn, type ChildProcess } from "node:child_process";
-import { mkdtemp, rm } from "node:fs/promises";
+import { writeFileSync } from "node:fs";
+import { mkdir, mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { createConnection } from "node:net";
+import { Redis } from "ioredis";
 import { freePort } from "./ports.js";
 import { waitFor } from "./wait.js";
 
@@ -77,6 +79,10 @@ export interface RedisOptions {
   port?: number;
   /** Reuse a data dir (to restart with the same data); not removed on stop. */
   dir?: string;
+  /** Start as a replica of the Redis on this loopback port. */
+  replicaOf?: number;
+  /** More `redis-server` flags. */
+  args?: string[];
 }
 
 /** Starts a real `redis-server` on a free loopback port with a temp data dir. */
@@ -92,6 +98,8 @@ export function startRedis(opts: RedisOptions = {}): Promise<Backend> {
       "--appendfsync", "always",
       "--daemonize", "no",
       "--loglevel", "warning",
+      ...(opts.replicaOf !== undefined ? ["--replicaof", "127.0.0.1", String(opts.replicaOf)] : []),
+      ...(opts.args ?? []),
     ],
     (port) => `redis://127.0.0.1:${port}`,
     "redis",
@@ -117,4 +125,218 @@ export function startEtcd(): Promise<Backend> {
     (port) => `127.0.0.1:${port}`,
     "etcd",
   );
+}
+
+/** Starts a real Redis replica of the Redis on loopback port `masterPort`. */
+export function startRedisReplica(masterPort: number, opts: RedisOptions = {}): Promise<Backend> {
+  return startRedis({ ...opts, replicaOf: masterPort });
+}
+
+/** Options for {@link startSentinel}. */
+export interface SentinelOptions {
+  /** The master group's name. */
+  masterName: string;
+  /** Loopback port of the master to monitor. */
+  masterPort: number;
+  /** Sentinels that must agree the master is down. @default 2 */
+  quorum?: number;
+  /** Silence after which an instance counts as down. @default 1000 */
+  downAfterMs?: number;
+  /** See `sentinel failover-timeout`. @default 5000 */
+  failoverTimeoutMs?: number;
+}
+
+/**
+ * Starts a real Redis Sentinel (`redis-server <conf> --sentinel`) on a free loopback port. Its
+ * configuration file is written into its temp dir, since Sentinel rewrites it.
+ */
+export function startSentinel(opts: SentinelOptions): Promise<Backend> {
+  const n = opts.masterName;
+  return startProcess(
+    "redis-server",
+    (dir, port) => {
+      const conf = join(dir, "sentinel.conf");
+      writeFileSync(
+        conf,
+        [
+          `port ${port}`,
+          "bind 127.0.0.1",
+          "daemonize no",
+          `dir ${dir}`,
+          "loglevel warning",
+          `sentinel monitor ${n} 127.0.0.1 ${opts.masterPort} ${opts.quorum ?? 2}`,
+          `sentinel down-after-milliseconds ${n} ${opts.downAfterMs ?? 1000}`,
+          `sentinel failover-timeout ${n} ${opts.failoverTimeoutMs ?? 5000}`,
+          `sentinel parallel-syncs ${n} 1`,
+          "",
+        ].join("\n"),
+      );
+      return [conf, "--sentinel"];
+    },
+    (port) => `127.0.0.1:${port}`,
+    "sentinel",
+  );
+}
+
+/** Sends one command to the Redis or Sentinel on a loopback port (a short-lived connection). */
+export async function redisCommand(port: number, ...args: (string | number)[]): Promise<unknown> {
+  const client = new Redis({ port, host: "127.0.0.1", lazyConnect: true, retryStrategy: () => null, maxRetriesPerRequest: 0, commandTimeout: 2000 });
+  client.on("error", () => undefined);
+  try {
+    await client.connect();
+    const [cmd, ...rest] = args;
+    return await client.call(String(cmd), ...rest.map(String));
+  } finally {
+    client.disconnect();
+  }
+}
+
+function infoField(info: unknown, field: string): string | undefined {
+  return new RegExp(`^${field}:(.*)$`, "m").exec(String(info))?.[1]?.trim();
+}
+
+/** Options for {@link startSentinelGroup}. */
+export interface SentinelGroupOptions {
+  /** @default 1 */
+  replicas?: number;
+  /** @default 3 */
+  sentinels?: number;
+  /** @default "mymaster" */
+  masterName?: string;
+  /** @default 1000 */
+  downAfterMs?: number;
+  /** More `redis-server` flags for the master and replicas. */
+  redisArgs?: string[];
+}
+
+/** A Redis master, its replicas and the Sentinels watching them, all real processes on loopback. */
+export interface SentinelGroup {
+  readonly masterName: string;
+  /** `redis-sentinel://127.0.0.1:p1,…/<masterName>`, the `--redis` setting for the group. */
+  readonly url: string;
+  readonly sentinels: readonly Backend[];
+  /** Ports of the data nodes (master and replicas), in start order; roles change on failover. */
+  readonly ports: readonly number[];
+  /** The master's port as every Sentinel reports it, once they agree (undefined while they differ). */
+  masterPort(): Promise<number | undefined>;
+  /** Whether the data node on `port` is running. */
+  running(port: number): boolean;
+  /** kill -9 of the data node on `port`; resolves once it exited. */
+  kill(port: number): Promise<void>;
+  /** Starts a killed data node again on its port and dir, as a replica of `masterPort`. */
+  restart(port: number, masterPort: number): Promise<void>;
+  /**
+   * Waits until every Sentinel names the same master, other than `notPort` when given, it answers
+   * ROLE as master with `replicas` replicas online (default: every running node but the master),
+   * and every Sentinel sees the other Sentinels and those replicas. Returns the master's port.
+   */
+  waitHealthy(opts?: { notPort?: number; replicas?: number; timeoutMs?: number }): Promise<number>;
+  /** Stops every process and removes the data. */
+  stop(): Promise<void>;
+}
+
+/**
+ * Starts a master, `replicas` replicas of it and `sentinels` Sentinels (quorum: a majority) on
+ * free loopback ports, and waits until the group is healthy. Replicas sync without the 5 s
+ * diskless-sync delay Redis defaults to.
+ */
+export async function startSentinelGroup(opts: SentinelGroupOptions = {}): Promise<SentinelGroup> {
+  const masterName = opts.masterName ?? "mymaster";
+  const root = await mkdtemp(join(tmpdir(), "taskmesh-sentinel-group-"));
+  const args = ["--repl-diskless-sync-delay", "0", ...(opts.redisArgs ?? [])];
+  const nodes = new Map<number, { backend: Backend | undefined; dir: string }>();
+  const sentinels: Backend[] = [];
+  const startNode = async (dir: string, replicaOf?: number, port?: number): Promise<Backend> => {
+    await mkdir(dir, { recursive: true });
+    const b = await startRedis({ dir, args, ...(replicaOf !== undefined ? { replicaOf } : {}), ...(port !== undefined ? { port } : {}) });
+    nodes.set(b.port, { backend: b, dir });
+    return b;
+  };
+  const stop = async (): Promise<void> => {
+    await Promise.all([...sentinels.map((s) => s.stop()), ...[...nodes.values()].map((n) => n.backend?.stop())]);
+    await rm(root, { recursive: true, force: true });
+  };
+  try {
+    const master = await startNode(join(root, "n0"));
+    for (let i = 1; i <= (opts.replicas ?? 1); i++) await startNode(join(root, `n${i}`), master.port);
+    const replicaCount = opts.replicas ?? 1;
+    // Replicas in sync before the Sentinels start: a Sentinel learns replicas from the master's
+    // INFO, which it reads every 10 s once it has read it first.
+    await waitFor(
+      async () => Number(infoField(await redisCommand(master.port, "INFO", "replication"), "connected_slaves")) === replicaCount,
+      { timeoutMs: 15_000, what: "replicas connected" },
+    );
+    const count = opts.sentinels ?? 3;
+    for (let i = 0; i < count; i++) {
+      sentinels.push(
+        await startSentinel({
+          masterName,
+          masterPort: master.port,
+          quorum: Math.floor(count / 2) + 1,
+          ...(opts.downAfterMs !== undefined ? { downAfterMs: opts.downAfterMs } : {}),
+        }),
+      );
+    }
+    const group: SentinelGroup = {
+      masterName,
+      url: `redis-sentinel://${sentinels.map((s) => s.address).join(",")}/${masterName}`,
+      sentinels,
+      ports: [...nodes.keys()],
+      async masterPort() {
+        const seen = await Promise.all(
+          sentinels.map(async (s) => {
+            const r = await redisCommand(s.port, "SENTINEL", "GET-MASTER-ADDR-BY-NAME", masterName);
+            return Array.isArray(r) ? Number(r[1]) : undefined;
+          }),
+        );
+        return seen.every((p) => p !== undefined && p === seen[0]) ? seen[0] : undefined;
+      },
+      running: (port) => nodes.get(port)?.backend !== undefined,
+      async kill(port) {
+        const n = nodes.get(port);
+        const b = n?.backend;
+        if (n === undefined || b === undefined) throw new Error(`no running Redis on port ${port}`);
+        const exited = new Promise((r) => b.process.once("exit", r));
+        b.process.kill("SIGKILL");
+        await exited;
+        n.backend = undefined;
+      },
+      async restart(port, masterPort) {
+        const n = nodes.get(port);
+        if (n === undefined || n.backend !== undefined) throw new Error(`no stopped Redis on port ${port}`);
+        await startNode(n.dir, masterPort, port);
+      },
+      async waitHealthy(o = {}) {
+        return waitFor(
+          async () => {
+            const port = await group.masterPort();
+            if (port === undefined || port === o.notPort || !group.running(port)) return undefined;
+            const role = await redisCommand(port, "ROLE");
+            if (!Array.isArray(role) || role[0] !== "master") return undefined;
+            const want = o.replicas ?? [...nodes.values()].filter((n) => n.backend !== undefined).length - 1;
+            if (!Array.isArray(role[2]) || role[2].length < want) return undefined;
+            for (const s of sentinels) {
+              const m = await redisCommand(s.port, "SENTINEL", "MASTER", masterName);
+              const f = new Map<string, string>();
+              if (Array.isArray(m)) for (let i = 0; i + 1 < m.length; i += 2) f.set(String(m[i]), String(m[i + 1]));
+              if (f.get("flags") !== "master" || Number(f.get("num-other-sentinels")) < sentinels.length - 1) return undefined;
+              const replicas = await redisCommand(s.port, "SENTINEL", "REPLICAS", masterName);
+              const good = Array.isArray(replicas)
+                ? replicas.filter((r) => Array.isArray(r) && String(r[r.indexOf("flags") + 1]) === "slave").length
+                : 0;
+              if (good < want) return undefined;
+            }
+            return port;
+          },
+          { timeoutMs: o.timeoutMs ?? 20_000, intervalMs: 50, what: `Sentinel group ${masterName} healthy` },
+        );
+      },
+      stop,
+    };
+    await group.waitHealthy();
+    return group;
+  } catch (err) {
+    await stop();
+    throw err;
+  }
 }

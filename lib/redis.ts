@@ -1,0 +1,595 @@
+import { Code, ConnectError } from "@connectrpc/connect";
+import type { Socket } from "node:net";
+import { Redis, SentinelConnector, type RedisOptions, type SentinelConnectionOptions } from "ioredis";
+
+/**
+ * Where Redis is, as given by the `--redis` setting (see {@link parseRedisUrl}): one server, or a
+ * master group watched by Redis Sentinel.
+ */
+export type RedisTarget = StandaloneTarget | SentinelTarget;
+
+/** One Redis server: `redis://` or `rediss://` (TLS), handed to ioredis as written. */
+export interface StandaloneTarget {
+  kind: "standalone";
+  /** The URL as given (ioredis reads host, port, credentials, db and its query options). */
+  url: string;
+  host: string;
+  port: number;
+  db: number;
+  tls: boolean;
+}
+
+/** A master group behind Redis Sentinel: `redis-sentinel://`. */
+export interface SentinelTarget {
+  kind: "sentinel";
+  /** Sentinels to ask for the master, tried in order (more are learned from them). */
+  sentinels: { host: string; port: number }[];
+  /** The master group's name (`sentinel monitor <name> …`). */
+  name: string;
+  db: number;
+  /** ACL user and password of the Redis master and replicas (not of the Sentinels). */
+  username?: string;
+  password?: string;
+  /** ACL user and password of the Sentinels themselves. */
+  sentinelUsername?: string;
+  sentinelPassword?: string;
+}
+
+/**
+ * ioredis options as taskmesh passes them: replies in ioredis' default ("legacy") shapes, which
+ * the stores' parsers expect.
+ */
+export type RedisClientOptions = Omit<RedisOptions, "replyMapping">;
+
+/** Port of a Sentinel written without one. */
+export const DEFAULT_SENTINEL_PORT = 26379;
+
+/**
+ * How long a Redis command may go unanswered before it fails ("Command timed out"), so a call to
+ * an unreachable or hung Redis fails instead of hanging. The scheduler's longest legitimate calls
+ * are Lua scripts over batches of 500 tasks (≈ 10 ms) and listing scans of ≤ 10,000 ids; a
+ * `WAIT` adds its own timeout on top (the scheduler passes this plus the WAIT timeout).
+ */
+export const DEFAULT_REDIS_COMMAND_TIMEOUT_MS = 5000;
+
+const FORMS =
+  "expected redis://[user:password@]host[:port][/db], rediss://… or " +
+  "redis-sentinel://[user:password@]host[:port][,host[:port]…]/<masterName>[?db=N&sentinelPassword=…]";
+const SENTINEL_PARAMS = ["db", "sentinelUsername", "sentinelPassword"] as const;
+const HOST = /^(?:[A-Za-z0-9._-]+|\[[0-9A-Fa-f:.]+\])$/;
+
+/** The input with any credentials masked, for error messages (never echo a password). */
+function redact(raw: string): string {
+  const at = raw.lastIndexOf("@");
+  if (at < 0) return raw;
+  const scheme = raw.indexOf("://");
+  return `${scheme >= 0 && scheme < at ? raw.slice(0, scheme + 3) : ""}***${raw.slice(at)}`;
+}
+
+function database(raw: string, where: string): number {
+  if (!/^\d{1,9}$/.test(raw)) throw new Error(`${where}: the database must be a non-negative integer, got ${JSON.stringify(raw)}`);
+  return Number(raw);
+}
+
+function decode(raw: string, what: string): string {
+  try {
+    return decodeURIComponent(raw);
+  } catch {
+    throw new Error(`bad percent-encoding in the ${what}`);
+  }
+}
+
+/**
+ * Parses the `--redis` setting (`TASKMESH_REDIS`), failing with a message that says what is wrong
+ * (the settings reader prefixes the flag's name). Three forms:
+ *
+ * - `redis://[user:password@]host[:port][/db]` — one server (port 6379, db 0 by default);
+ * - `rediss://…` — the same over TLS;
+ * - `redis-sentinel://[[user]:password@]host1[:port1][,host2[:port2]…]/<masterName>[?db=N&sentinelUsername=…&sentinelPassword=…]`
+ *   — a master group found through Sentinel (port 26379 by default), the spelling Lettuce and
+ *   Spring Data Redis use for the scheme, with the master name as the path (Lettuce writes it
+ *   after `#`, redis-py's `redis+sentinel://` as the path). The credentials before `@` are those
+ *   of the Redis master and replicas; `sentinelUsername`/`sentinelPassword` are the Sentinels'.
+ *   Percent-encode `@`, `:`, `/`, `,`, `?`, `#` and `%` inside credentials.
+ */
+export function parseRedisUrl(raw: string): RedisTarget {
+  const s = raw.trim();
+  const schemeEnd = s.indexOf("://");
+  const scheme = schemeEnd < 0 ? "" : s.slice(0, schemeEnd).toLowerCase();
+  switch (scheme) {
+    case "redis":
+    case "rediss":
+      return parseStandalone(s, scheme === "rediss");
+    case "redis-sentinel":
+      return parseSentinel(s, schemeEnd + 3);
+    case "rediss-sentinel":
+    case "redis+sentinel":
+    case "sentinel":
+      throw new Error(
+        `${JSON.stringify(scheme + "://")} is not supported (Sentinel over TLS is not implemented); ${FORMS}`,
+      );
+    default:
+      throw new Error(`${FORMS}, got ${JSON.stringify(redact(s))}`);
+  }
+}
+
+/** A settings parser for `--redis`: checks the URL with {@link parseRedisUrl}, keeps it as written. */
+export function redisUrlSetting(raw: string): string {
+  parseRedisUrl(raw);
+  return raw.trim();
+}
+
+function parseStandalone(s: string, tls: boolean): StandaloneTarget {
+  let url: URL;
+  try {
+    url = new URL(s);
+  } catch {
+    throw new Error(`not a valid URL: ${JSON.stringify(redact(s))}; ${FORMS}`);
+  }
+  if (url.hostname === "") throw new Error(`no host in ${JSON.stringify(redact(s))}; ${FORMS}`);
+  if (url.port === "0") throw new Error(`port 0 in ${JSON.stringify(redact(s))}`);
+  if (url.hash !== "") throw new Error(`unexpected #fragment in ${JSON.stringify(redact(s))}`);
+  const path = url.pathname.replace(/^\//, "");
+  if (path.includes("/")) throw new Error(`the path must be the database number alone, got ${JSON.stringify(url.pathname)}`);
+  return {
+    kind: "standalone",
+    url: s,
+    host: url.hostname,
+    port: url.port === "" ? 6379 : Number(url.port),
+    db: path === "" ? 0 : database(path, "path"),
+    tls,
+  };
+}
+
+function parseSentinel(s: string, start: number): SentinelTarget {
+  const hashAt = s.indexOf("#", start);
+  if (hashAt >= 0) {
+    throw new Error("the master name goes in the path (redis-sentinel://host:26379/mymaster), not after #");
+  }
+  const queryAt = s.indexOf("?", start);
+  const beforeQuery = queryAt < 0 ? s.slice(start) : s.slice(start, queryAt);
+  const slash = beforeQuery.indexOf("/");
+  const authority = slash < 0 ? beforeQuery : beforeQuery.slice(0, slash);
+  const path = slash < 0 ? "" : beforeQuery.slice(slash + 1);
+
+  const at = authority.lastIndexOf("@");
+  const hostList = at < 0 ? authority : authority.slice(at + 1);
+  const out: SentinelTarget = { kind: "sentinel", sentinels: [], name: "", db: 0 };
+  if (at >= 0) {
+    const userinfo = authority.slice(0, at);
+    const colon = userinfo.indexOf(":");
+    const user = decode(colon < 0 ? userinfo : userinfo.slice(0, colon), "user name");
+    const password = colon < 0 ? "" : decode(userinfo.slice(colon + 1), "password");
+    if (user !== "") out.username = user;
+    if (password !== "") out.password = password;
+  }
+
+  if (hostList === "") throw new Error(`no Sentinel address in ${JSON.stringify(redact(s))}; ${FORMS}`);
+  for (const entry of hostList.split(",")) {
+    const e = entry.trim();
+    if (e === "") throw new Error(`empty Sentinel address in the list ${JSON.stringify(hostList)}`);
+    // host, host:port, [v6], [v6]:port
+    const m = /^(\[[^\]]*\]|[^:]*)(?::(.*))?$/.exec(e);
+    const host = m?.[1] ?? "";
+    const port = m?.[2];
+    if (!HOST.test(host)) throw new Error(`bad Sentinel host ${JSON.stringify(host)} in ${JSON.stringify(e)}`);
+    let p = DEFAULT_SENTINEL_PORT;
+    if (port !== undefined) {
+      p = /^\d{1,5}$/.test(port) ? Number(port) : NaN;
+      if (!(p >= 1 && p <= 65535)) throw new Error(`bad Sentinel port ${JSON.stringify(port)} in ${JSON.stringify(e)}`);
+    }
+    out.sentinels.push({ host: host.startsWith("[") ? host.slice(1, -1) : host, port: p });
+  }
+
+  const name = decode(path, "master name");
+  if (name === "") {
+    throw new Error(`no master name: write redis-sentinel://${hostList}/<masterName> (the name of \`sentinel monitor <name> …\`)`);
+  }
+  if (name.includes("/")) {
+    throw new Error(`the path must be the master name alone, got ${JSON.stringify(path)} (the database goes in ?db=N)`);
+  }
+  out.name = name;
+
+  if (queryAt >= 0) {
+    const seen = new Set<string>();
+    for (const [key, value] of new URLSearchParams(s.slice(queryAt + 1))) {
+      if (!(SENTINEL_PARAMS as readonly string[]).includes(key)) {
+        throw new Error(`unknown parameter ${JSON.stringify(key)} (known: ${SENTINEL_PARAMS.join(", ")})`);
+      }
+      if (seen.has(key)) throw new Error(`parameter ${JSON.stringify(key)} is given twice`);
+      seen.add(key);
+      if (key === "db") out.db = database(value, "db");
+      else if (value !== "") out[key as "sentinelUsername" | "sentinelPassword"] = value;
+    }
+  }
+  return out;
+}
+
+/**
+ * Delay before reconnect attempt `times` (1, 2, …): 50 ms doubling up to 500 ms, plus up to 50 ms
+ * of jitter. The cap is low on purpose: during a failover the attempts fail fast (connection
+ * refused, or Sentinel still naming the old master) and the client should find the promoted
+ * replica within about half a second of its promotion; an attempt costs one Sentinel query and
+ * one TCP connect.
+ */
+export function redisReconnectDelay(times: number): number {
+  return Math.min(50 * 2 ** Math.max(0, times - 1), 500) + Math.floor(Math.random() * 50);
+}
+
+/**
+ * After a failover the old master may still be reachable as a replica (a Sentinel-driven
+ * `SENTINEL FAILOVER`, or a partition healing): its writes answer READONLY. Reconnect (asking
+ * Sentinel for the master again) and resend the command, which Redis refused without applying.
+ */
+function reconnectOnReadonly(err: Error): boolean | 2 {
+  return err.message.includes("READONLY") ? 2 : false;
+}
+
+/**
+ * The ioredis options taskmesh uses for `target`, with `overrides` (a caller's own choices, such
+ * as `maxRetriesPerRequest` or `enableAutoPipelining`) on top. What they mean:
+ *
+ * - `commandTimeout` ({@link DEFAULT_REDIS_COMMAND_TIMEOUT_MS}): a command without an answer fails.
+ *   It only rejects the caller's promise: a command still waiting in the offline queue is sent
+ *   once the connection is back (ioredis cannot take it back), so a write that timed out may still
+ *   be applied later — as with any write whose reply was lost.
+ * - `socketTimeout` (the command timeout + 1 s unless given): a connection that receives nothing
+ *   while commands wait on it is destroyed and re-established (a peer that vanished without a
+ *   FIN, which TCP keepalive would notice only after minutes).
+ * - `maxRetriesPerRequest` (3 unless given): commands queued while the connection is down fail
+ *   with MaxRetriesPerRequestError every 4th failed reconnect attempt (≈ 1–2 s), so they fail
+ *   rather than pile up; with the command timeout, a caller waits at most that long.
+ * - The offline queue stays on: a command issued while reconnecting (a failover takes a few
+ *   seconds) waits for the new connection instead of failing at once, within the bounds above.
+ *   One gap: while no Sentinel at all answers, ioredis keeps retrying inside one connection
+ *   attempt, so commands fail by `commandTimeout` but stay queued until a Sentinel answers.
+ * - `retryStrategy` ({@link redisReconnectDelay}) and `reconnectOnError` (READONLY → reconnect and
+ *   resend).
+ * - Sentinel: the master is asked of the Sentinels in order (`sentinels`, `name`, role master,
+ *   checked with INFO on connect); `updateSentinels` learns further Sentinels from those it
+ *   reaches; `sentinelRetryStrategy` retries all of them from scratch (100 ms steps up to 1 s)
+ *   when none answers; `sentinelCommandTimeout` skips a hung Sentinel after 2 s.
+ * - Failover detection: `Connector` is {@link FailoverAwareSentinelConnector}, which drops a
+ *   connection as soon as the Sentinels announce `+switch-master` (without it, after a
+ *   `SENTINEL FAILOVER` a client keeps writing to the demoted master until Sentinel turns it into a
+ *   replica, about 10 s later, and those writes are lost). ioredis' own `failoverDetector` is off:
+ *   in 6.0.0 an announcement arriving while the client is asking a Sentinel for the master (during
+ *   a reconnect) ends the client for good ("Connection is closed.", never reconnecting).
+ *
+ * `duplicate()` copies all of these (pub/sub connections keep the Sentinel setup), and ioredis
+ * resubscribes a subscriber's channels after a reconnect (`autoResubscribe`, on by default).
+ */
+export function redisClientOptions(target: RedisTarget, overrides: RedisClientOptions = {}): RedisClientOptions {
+  const commandTimeout = overrides.commandTimeout ?? DEFAULT_REDIS_COMMAND_TIMEOUT_MS;
+  const common: RedisClientOptions = {
+    connectTimeout: 3000,
+    commandTimeout,
+    socketTimeout: commandTimeout + 1000,
+    maxRetriesPerRequest: 3,
+    retryStrategy: redisReconnectDelay,
+    reconnectOnError: reconnectOnReadonly,
+  };
+  if (target.kind === "standalone") return { ...common, ...overrides };
+  return {
+    ...common,
+    sentinels: target.sentinels.map((s) => ({ host: s.host, port: s.port })),
+    name: target.name,
+    role: "master",
+    db: target.db,
+    ...(target.username !== undefined ? { username: target.username } : {}),
+    ...(target.password !== undefined ? { password: target.password } : {}),
+    ...(target.sentinelUsername !== undefined ? { sentinelUsername: target.sentinelUsername } : {}),
+    ...(target.sentinelPassword !== undefined ? { sentinelPassword: target.sentinelPassword } : {}),
+    Connector: FailoverAwareSentinelConnector,
+    failoverDetector: false,
+    updateSentinels: true,
+    sentinelRetryStrategy: (times: number) => Math.min(times * 100, 1000),
+    sentinelCommandTimeout: 2000,
+    ...overrides,
+  };
+}
+
+/** A master switch announced by a Sentinel: where the master is now, and when we heard it. */
+interface MasterSwitch {
+  host: string;
+  port: number;
+  at: number;
+}
+
+/**
+ * One subscription to `+switch-master` on each configured Sentinel of a master group, shared by
+ * every client of that group in the process (started with the first, stopped with the last). Its
+ * connections are unref()ed: they never keep a process alive.
+ */
+class SwitchWatch {
+  private static readonly groups = new Map<string, SwitchWatch>();
+  private readonly listeners = new Set<(s: MasterSwitch) => void>();
+  private subscribers: Redis[] = [];
+  /** The last switch heard (duplicates from the other Sentinels are dropped). */
+  latest: MasterSwitch | undefined;
+
+  private constructor(
+    private readonly key: string,
+    private readonly options: SentinelConnectionOptions,
+  ) {}
+
+  static of(options: SentinelConnectionOptions): SwitchWatch {
+    const key = JSON.stringify([options.name, options.sentinels, options.sentinelUsername, options.sentinelPassword]);
+    let w = SwitchWatch.groups.get(key);
+    if (w === undefined) SwitchWatch.groups.set(key, (w = new SwitchWatch(key, options)));
+    return w;
+  }
+
+  /** Calls `listener` on every switch of the group's master; returns the function that stops it. */
+  add(listener: (s: MasterSwitch) => void): () => void {
+    this.listeners.add(listener);
+    if (this.subscribers.length === 0) this.start();
+    return () => {
+      this.listeners.delete(listener);
+      if (this.listeners.size === 0) this.stop();
+    };
+  }
+
+  private start(): void {
+    const o = this.options;
+    for (const s of o.sentinels ?? []) {
+      const sub = new Redis({
+        host: s.host ?? "127.0.0.1",
+        port: s.port ?? DEFAULT_SENTINEL_PORT,
+        ...(o.sentinelUsername !== undefined ? { username: o.sentinelUsername } : {}),
+        ...(o.sentinelPassword !== undefined ? { password: o.sentinelPassword } : {}),
+        enableReadyCheck: false,
+        connectTimeout: 3000,
+        maxRetriesPerRequest: null,
+        retryStrategy: (times: number) => Math.min(times * 200, 2000),
+      });
+      sub.on("error", () => undefined);
+      sub.on("connect", () => (sub.stream as Socket).unref());
+      sub.on("message", (_channel: string, message: string) => this.heard(message));
+      sub.subscribe("+switch-master").catch(() => undefined);
+      this.subscribers.push(sub);
+    }
+  }
+
+  private stop(): void {
+    for (const sub of this.subscribers) sub.disconnect();
+    this.subscribers = [];
+    SwitchWatch.groups.delete(this.key);
+  }
+
+  /** `<master name> <old ip> <old port> <new ip> <new port>` */
+  private heard(message: string): void {
+    const [name, , , host, port] = message.split(" ");
+    if (name !== this.options.name || host === undefined || port === undefined) return;
+    const now = Date.now();
+    const last = this.latest;
+    if (last !== undefined && last.host === host && last.port === Number(port) && now - last.at < 10_000) return;
+    const s = { host, port: Number(port), at: now };
+    this.latest = s;
+    for (const l of [...this.listeners]) l(s);
+  }
+}
+
+function connectedTo(stream: Socket, s: MasterSwitch): boolean {
+  return stream.remotePort === s.port && (stream.remoteAddress === s.host || stream.remoteAddress === `::ffff:${s.host}`);
+}
+
+/**
+ * ioredis' Sentinel connector with a failover detection that cannot kill the client: when the
+ * Sentinels announce a new master it destroys the connection (if it is not already to the new
+ * master), and ioredis reconnects as after any dropped connection, asking the Sentinels again. A
+ * connection attempt that was under way during the announcement is checked once connected. It
+ * never calls `disconnect()`, which is what ends a client whose reconnect is under way. Used
+ * through {@link redisClientOptions} (`Connector`), so `duplicate()`d clients have it too.
+ */
+export class FailoverAwareSentinelConnector extends SentinelConnector {
+  private unwatch: (() => void) | undefined;
+
+  /** `options` are ioredis' (a Connector receives the client's whole options object). */
+  constructor(options: unknown) {
+    super(options as SentinelConnectionOptions);
+  }
+
+  override async connect(eventEmitter: Parameters<SentinelConnector["connect"]>[0]): Promise<Socket> {
+    const watch = SwitchWatch.of(this.options);
+    this.unwatch ??= watch.add((s) => {
+      const stream = this.stream as Socket | undefined;
+      if (stream !== undefined && !stream.destroyed && !stream.connecting && !connectedTo(stream, s)) stream.destroy();
+    });
+    const began = Date.now();
+    const stream = (await super.connect(eventEmitter)) as Socket;
+    const check = (): void => {
+      const s = watch.latest;
+      if (s !== undefined && s.at >= began && !connectedTo(stream, s)) stream.destroy();
+    };
+    if (stream.connecting) stream.once("connect", check);
+    else check();
+    return stream;
+  }
+
+  override disconnect(): void {
+    super.disconnect();
+    this.unwatch?.();
+    this.unwatch = undefined;
+  }
+}
+
+/**
+ * Creates an ioredis client for the `--redis` setting `url` (see {@link parseRedisUrl}) with
+ * {@link redisClientOptions}; `overrides` are the caller's own options. Throws on a bad URL.
+ */
+export function createRedis(url: string, overrides: RedisClientOptions = {}): Redis {
+  const target = parseRedisUrl(url);
+  const options = redisClientOptions(target, overrides);
+  return target.kind === "standalone" ? new Redis(target.url, options) : new Redis(options);
+}
+
+/** Options of {@link ReplicaWaiter}. */
+export interface ReplicaWaiterOptions {
+  /** How many replicas must acknowledge (WAIT's numreplicas); at least 1. */
+  replicas: number;
+  /** How long to wait for them, in ms (WAIT's timeout); at least 1: Redis reads 0 as forever. */
+  timeoutMs: number;
+  /** What the writes made, for error messages. @default "the write" */
+  subject?: string | undefined;
+  /** Called with how long each WAIT took (the Redis latency metric, op "Wait"). */
+  onCall?: ((op: string, seconds: number) => void) | undefined;
+}
+
+/** Proof that no reconnect happened since {@link ReplicaWaiter.begin}: pass it to `confirm`. */
+export type ReplicaTicket = number;
+
+interface Waiter {
+  ticket: ReplicaTicket;
+  resolve: () => void;
+  reject: (err: ConnectError) => void;
+}
+
+/**
+ * WAIT-based durability on one ioredis connection: writes made on that connection between
+ * {@link begin} and {@link confirm} are acknowledged by at least `replicas` replicas before
+ * `confirm` resolves, or `confirm` fails with UNAVAILABLE and a `retry-after` header (the writes
+ * were applied on the master but may be lost in a failover). Redis' WAIT covers every write made
+ * on the connection before it, so it must run on the connection that wrote, and only while that
+ * connection was not re-established in between (a WAIT resent to a new master after a failover
+ * would confirm nothing): a reconnect in between fails the call.
+ *
+ * WAIT blocks its connection until it returns, so callers share rounds: at most one WAIT is in
+ * flight, and every `confirm` that arrives meanwhile joins the next one. After a round found too
+ * few replicas, later calls first ask ROLE (which does not block) how many replicas are
+ * connected: `begin` then refuses at once, before anything is written, and `confirm` fails
+ * without waiting, until enough replicas are back — so a lost replica costs one WAIT timeout on
+ * the connection, not one per call. Replicas that are connected but slower than the timeout still
+ * cost a timeout per round.
+ */
+export class ReplicaWaiter {
+  private readonly replicas: number;
+  private readonly timeoutMs: number;
+  private readonly subject: string;
+  private readonly onCall: ((op: string, seconds: number) => void) | undefined;
+  /** Connections closed so far: a ticket is valid while this has not moved. */
+  private closes = 0;
+  /** The last round found fewer replicas than needed. */
+  private short = false;
+  private running = false;
+  private queued: Waiter[] = [];
+  private probe: Promise<number> | undefined;
+
+  constructor(
+    private readonly redis: Redis,
+    opts: ReplicaWaiterOptions,
+  ) {
+    if (!Number.isInteger(opts.replicas) || opts.replicas < 1) throw new RangeError("replicas must be an integer ≥ 1");
+    if (!Number.isInteger(opts.timeoutMs) || opts.timeoutMs < 1) throw new RangeError("timeoutMs must be an integer ≥ 1");
+    this.replicas = opts.replicas;
+    this.timeoutMs = opts.timeoutMs;
+    this.subject = opts.subject ?? "the write";
+    this.onCall = opts.onCall;
+    redis.on("close", () => {
+      this.closes++;
+    });
+  }
+
+  /**
+   * Call before writing. Returns the ticket for {@link confirm}; refuses with UNAVAILABLE (nothing
+   * written yet) while the last round found too few replicas and ROLE still shows too few.
+   */
+  async begin(): Promise<ReplicaTicket> {
+    if (this.short) {
+      let connected: number;
+      try {
+        connected = await this.connectedReplicas();
+      } catch (err) {
+        throw unavailable("could not ask Redis how many replicas are connected: nothing was stored; retry later", err);
+      }
+      if (connected < this.replicas) {
+        throw unavailable(
+          `${connected} of the ${this.replicas} Redis replicas required are connected: nothing was stored; retry later`,
+        );
+      }
+    }
+    return this.closes;
+  }
+
+  /**
+   * Call after the writes (their replies received). Resolves once `replicas` replicas have them;
+   * fails with UNAVAILABLE otherwise (the writes may have been applied).
+   */
+  confirm(ticket: ReplicaTicket): Promise<void> {
+    return new Promise((resolve, reject) => {
+      this.queued.push({ ticket, resolve, reject });
+      if (!this.running) void this.rounds();
+    });
+  }
+
+  private async rounds(): Promise<void> {
+    this.running = true;
+    try {
+      while (this.queued.length > 0) {
+        // Every waiter here had its writes answered before this WAIT is sent, so it covers them.
+        const waiters = this.queued;
+        this.queued = [];
+        const outcome = await this.round();
+        const closes = this.closes;
+        for (const w of waiters) {
+          if (outcome.ok && w.ticket === closes) w.resolve();
+          else w.reject(outcome.ok ? this.reconnected() : outcome.error);
+        }
+      }
+    } finally {
+      this.running = false;
+    }
+  }
+
+  private async round(): Promise<{ ok: true } | { ok: false; error: ConnectError }> {
+    if (this.short) {
+      const connected = await this.connectedReplicas().catch(() => 0);
+      if (connected < this.replicas) {
+        return { ok: false, error: this.unconfirmed(`${connected} of ${this.replicas} replicas connected`) };
+      }
+    }
+    const started = performance.now();
+    let acked: number;
+    try {
+      acked = Number(await this.redis.wait(this.replicas, this.timeoutMs));
+    } catch (err) {
+      return { ok: false, error: this.unconfirmed(`WAIT failed: ${(err as Error).message}`, err) };
+    } finally {
+      this.onCall?.("Wait", (performance.now() - started) / 1000);
+    }
+    this.short = acked < this.replicas;
+    if (this.short) {
+      return {
+        ok: false,
+        error: this.unconfirmed(`${acked} of ${this.replicas} replicas acknowledged within ${this.timeoutMs} ms`),
+      };
+    }
+    return { ok: true };
+  }
+
+  /** Replicas connected to the master, by ROLE (never blocks); one query shared by callers. */
+  private connectedReplicas(): Promise<number> {
+    this.probe ??= this.redis
+      .role()
+      .then((r) => (r[0] === "master" && Array.isArray(r[2]) ? r[2].length : 0))
+      .finally(() => {
+        this.probe = undefined;
+      });
+    return this.probe;
+  }
+
+  private unconfirmed(why: string, cause?: unknown): ConnectError {
+    return unavailable(
+      `Redis replication not confirmed (${why}): ${this.subject} may have been stored; retry with the same idempotency key`,
+      cause,
+    );
+  }
+
+  private reconnected(): ConnectError {
+    return this.unconfirmed("the Redis connection was re-established during the call");
+  }
+}
+
+function unavailable(message: string, cause?: unknown): ConnectError {
+  return new ConnectError(message, Code.Unavailable, { "retry-after": "1" }, undefined, cause);
+}
