@@ -34,7 +34,8 @@ interface Entry<T> {
 }
 
 const RESYNC_MIN_MS = 100;
-const RESYNC_MAX_MS = 5_000;
+/** Short enough that a view is fresh again within ~2 s of etcd coming back. */
+const RESYNC_MAX_MS = 2_000;
 /** How long close() waits for etcd to confirm a watch cancellation. */
 const CANCEL_TIMEOUT_MS = 2_000;
 

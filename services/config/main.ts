@@ -1,6 +1,7 @@
 import { randomBytes } from "node:crypto";
 import { hostname } from "node:os";
-import { Etcd3 } from "etcd3";
+import { warnIfUnreachable } from "../../lib/advertise.js";
+import { createEtcd } from "../../lib/etcd.js";
 import { file_taskmesh_v1_config_service } from "../../gen/taskmesh/v1/config_service_pb.js";
 import { etcdKeys } from "../../lib/keys.js";
 import { Shutdown } from "../../lib/lifecycle.js";
@@ -24,7 +25,7 @@ try {
   const stopTracing = initTracing("taskmesh-config", { otlpEndpoint: settings["otlp-endpoint"], always: settings.tracing, version: VERSION, logger });
   const id = `${hostname()}-${process.pid}-${randomBytes(3).toString("hex")}`;
   const keys = etcdKeys(settings["etcd-root"]);
-  const etcd = new Etcd3({ hosts: settings.etcd });
+  const etcd = createEtcd({ endpoints: settings.etcd, logger });
   const registry = createRegistry("config");
   const server = await startServer({
     name: "config",
@@ -43,6 +44,7 @@ try {
     ttlSeconds: 5,
     logger,
   });
+  warnIfUnreachable("config", server.address, settings.etcd, logger);
   new Shutdown(logger)
     .add("stop serving", () => server.setServing(false))
     .add("release registration", () => registration.close())

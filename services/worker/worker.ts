@@ -1,5 +1,6 @@
 import { hostname } from "node:os";
-import { Etcd3 } from "etcd3";
+import { warnIfUnreachable } from "../../lib/advertise.js";
+import { createEtcd } from "../../lib/etcd.js";
 import type { Logger } from "pino";
 import { file_taskmesh_v1_worker_service } from "../../gen/taskmesh/v1/worker_service_pb.js";
 import { WorkerConfigSchema } from "../../gen/taskmesh/v1/config_service_pb.js";
@@ -122,7 +123,7 @@ export async function startWorker(opts: WorkerOptions): Promise<Worker> {
     logger: log,
   });
 
-  const etcd = new Etcd3({ hosts: opts.etcdEndpoints });
+  const etcd = createEtcd({ endpoints: opts.etcdEndpoints, logger: log });
   const keys = etcdKeys(opts.etcdRoot);
   const started = new Date().toISOString();
   let draining = false;
@@ -180,6 +181,7 @@ export async function startWorker(opts: WorkerOptions): Promise<Worker> {
     throw err;
   }
   const reg = registration;
+  warnIfUnreachable("worker", server.address, opts.etcdEndpoints, log);
   state = "running";
   log.info({ address: server.address, slots: ex.slots, taskTypes }, "worker registered");
 
