@@ -83,7 +83,24 @@ export interface ServerOptions {
    * @default 2000
    */
   shutdownGraceMs?: number;
+  /**
+   * How long an idle HTTP/1.1 keep-alive connection is kept open (announced to clients in the
+   * `Keep-Alive: timeout=N` header). It must be longer than the idle timeouts of the clients
+   * (see {@link DEFAULT_H1_KEEP_ALIVE_MS}).
+   * @default 65000
+   */
+  keepAliveTimeoutMs?: number;
 }
+
+/**
+ * The idle timeout of HTTP/1.1 keep-alive connections: 65 s. Node's own default (5 s) equals the
+ * idle timeout of Node's HTTP client agent (5 s) and is just above undici's (4 s): a client then
+ * reuses an idle connection at the very moment the server closes it, and its request is lost
+ * without a response (a reset, "socket hang up"). A connection must be closed by the client, not
+ * under its feet: the server waits longer than clients keep idle connections (as proxies do:
+ * nginx 75 s, load balancers 60 s). Whoever keeps connections longer still is told the limit.
+ */
+export const DEFAULT_H1_KEEP_ALIVE_MS = 65_000;
 
 /** A running server returned by {@link startServer}. */
 export interface RpcServer {
@@ -212,6 +229,8 @@ export async function startServer(opts: ServerOptions): Promise<RpcServer> {
   };
 
   const h1 = http.createServer(onRequest);
+  // Applies to the sockets we hand over too: set when a response finishes, cleared by the next request.
+  h1.keepAliveTimeout = opts.keepAliveTimeoutMs ?? DEFAULT_H1_KEEP_ALIVE_MS;
   h1.on("clientError", (err, socket) => {
     log.debug({ err }, "http/1 client error");
     socket.destroy();

@@ -27,3 +27,9 @@ export const TENANT_HEADER = "x-taskmesh-tenant";
 
 /** The header that names who makes a configuration change (the caller's API key id). */
 export const AUTHOR_HEADER = "x-taskmesh-author";
+/**
+ * Internal header: the gateway's id (a ULID) of one forwarded SubmitTask(s) call. The scheduler
+ * derives the new tasks' ids from it, so the same call retried on another replica stores nothing
+ * new and returns the tasks the first attempt stored.
+ */
+export const REQUEST_ID_HEADER = "x-taskmesh-request-id";

@@ -25,7 +25,7 @@ import {
 } from "../../gen/taskmesh/v1/config_service_pb.js";
 import { AsyncQueue } from "../../lib/async-queue.js";
 import { cancelWatcher } from "../../lib/membership.js";
-import { invalidArgument, toConnectError } from "../../lib/errors.js";
+import { dependencyUnavailable, invalidArgument, toConnectError } from "../../lib/errors.js";
 import { AUTHOR_HEADER } from "../../lib/task-types.js";
 import { ConfigStore } from "./config-store.js";
 import { checkNamespace } from "./config-validation.js";
@@ -48,8 +48,9 @@ export function syncEvent(revision: bigint): ConfigEvent {
 }
 
 /**
- * The error a caller gets: ConnectErrors as they are; etcd out of reach as UNAVAILABLE (worth
- * retrying, maybe on another instance); anything else INTERNAL, logged, without details.
+ * The error a caller gets: ConnectErrors as they are; etcd out of reach as UNAVAILABLE with a
+ * retry hint, marked DEPENDENCY_UNAVAILABLE (another instance shares the same etcd: the gateway
+ * relays it rather than trying elsewhere); anything else through toConnectError.
  */
 function rpcError(err: unknown, log: Logger, method: string): ConnectError {
   if (
@@ -61,7 +62,7 @@ function rpcError(err: unknown, log: Logger, method: string): ConnectError {
     isBrokenCircuitError(err)
   ) {
     log.warn({ err, method }, "configuration store unavailable");
-    return new ConnectError("configuration store unavailable", Code.Unavailable, undefined, undefined, err);
+    return dependencyUnavailable("etcd", err);
   }
   return toConnectError(err, log, { method });
 }

@@ -2,6 +2,7 @@ import { create } from "@bufbuild/protobuf";
 import { durationFromMs } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError, createContextKey, type Interceptor } from "@connectrpc/connect";
 import { RetryInfoSchema } from "../../gen/google/rpc/error_details_pb.js";
+import { dependencyUnavailable, failedDependency } from "../../lib/errors.js";
 import type { ApiKeyStore, Caller, Scope } from "./api-keys.js";
 import type { RateLimiter } from "./rate-limit.js";
 
@@ -77,7 +78,10 @@ export async function authorize(
   }
   const max = opts.maxRequestBytes();
   if (bytes > max) throw new ConnectError(`request: ${bytes} bytes is more than the limit of ${max}`, Code.InvalidArgument);
-  const decision = await opts.limiter.take(caller.keyId);
+  // The buckets live in Redis: an outage is UNAVAILABLE with a retry hint, as everywhere.
+  const decision = await opts.limiter.take(caller.keyId).catch((err: unknown) => {
+    throw failedDependency(err) !== undefined ? dependencyUnavailable("redis", err) : err;
+  });
   if (!decision.allowed) {
     const seconds = Math.max(1, Math.ceil(decision.retryAfterMs / 1000));
     throw new ConnectError(

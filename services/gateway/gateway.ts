@@ -2,9 +2,8 @@ import { randomBytes } from "node:crypto";
 import { hostname } from "node:os";
 import { join } from "node:path";
 import { createRouterTransport } from "@connectrpc/connect";
-import { CircuitState } from "cockatiel";
-import { Etcd3 } from "etcd3";
-import { Redis } from "ioredis";
+import { createEtcd } from "../../lib/etcd.js";
+import { createRedis } from "../../lib/redis.js";
 import type { Logger } from "pino";
 import { ApiKeyService, file_taskmesh_v1_api_key_service } from "../../gen/taskmesh/v1/api_key_service_pb.js";
 import { ClusterService, file_taskmesh_v1_cluster_service } from "../../gen/taskmesh/v1/cluster_service_pb.js";
@@ -36,6 +35,7 @@ export interface GatewayOptions {
   port: number;
   etcdEndpoints: string[];
   etcdRoot: string;
+  /** The `--redis` setting: `redis://`, `rediss://` or `redis-sentinel://` (lib/redis.ts). */
   redisUrl: string;
   redisPrefix: string;
   /** Admin key of tenant "default", or "" for none. */
@@ -69,8 +69,8 @@ export async function startGateway(opts: GatewayOptions): Promise<Gateway> {
   let state: ComponentState = "starting";
   const id = `${hostname()}-${process.pid}-${randomBytes(3).toString("hex")}`;
   const keys = etcdKeys(opts.etcdRoot);
-  const etcd = new Etcd3({ hosts: opts.etcdEndpoints });
-  const redis = new Redis(opts.redisUrl, { maxRetriesPerRequest: 2, enableAutoPipelining: true });
+  const etcd = createEtcd({ endpoints: opts.etcdEndpoints, logger: log });
+  const redis = createRedis(opts.redisUrl, { maxRetriesPerRequest: 2, enableAutoPipelining: true });
   const members = (service: string) =>
     new Membership<ServiceRecord>({ client: etcd, prefix: keys.services(service), parse: parseServiceRecord, logger: log });
   const schedulers = members("scheduler");
@@ -114,7 +114,8 @@ export async function startGateway(opts: GatewayOptions): Promise<Gateway> {
       [...upstreams[u].breakerStates()].map(([replica, state]) => ({
         upstream: u === "config" ? "config" : "scheduler",
         replica,
-        open: state === CircuitState.Open,
+        // Open, or half-open (waiting for its trial call to succeed): not taking calls freely.
+        open: state !== "closed",
       })),
     ),
   );

@@ -3,6 +3,7 @@ import { resolve } from "node:path";
 import { createLogger } from "../../lib/logger.js";
 import { Shutdown } from "../../lib/lifecycle.js";
 import { as, commonSettings, readSettings } from "../../lib/settings.js";
+import { redisUrlSetting } from "../../lib/redis.js";
 import { VERSION } from "../../lib/version.js";
 import { startGateway } from "./gateway.js";
 import { initTracing, traceMixin } from "../../lib/tracing.js";
@@ -11,7 +12,12 @@ const settings = readSettings("taskmesh-gateway", {
   ...commonSettings,
   host: { env: "TASKMESH_GATEWAY_HOST", default: "127.0.0.1", parse: as.string, help: "address to bind" },
   port: { env: "TASKMESH_GATEWAY_PORT", default: 8080, parse: as.port, help: "port to bind (0 = any free port)" },
-  redis: { env: "TASKMESH_REDIS", default: "redis://127.0.0.1:6379", parse: as.string, help: "Redis URL (rate limits)" },
+  redis: {
+    env: "TASKMESH_REDIS",
+    default: "redis://127.0.0.1:6379",
+    parse: redisUrlSetting,
+    help: "Redis for rate limits: redis://…, rediss://… or redis-sentinel://host:26379,…/<masterName> (as the scheduler's)",
+  },
   "redis-prefix": { env: "TASKMESH_REDIS_PREFIX", default: "tm", parse: as.string, help: "prefix of every Redis key" },
   "bootstrap-api-key": {
     env: "TASKMESH_BOOTSTRAP_API_KEY",

@@ -8,9 +8,12 @@ import { ConfigService } from "../../gen/taskmesh/v1/config_service_pb.js";
 import { ScheduleService } from "../../gen/taskmesh/v1/schedule_service_pb.js";
 import { SchedulerService } from "../../gen/taskmesh/v1/scheduler_service_pb.js";
 import { TaskService } from "../../gen/taskmesh/v1/task_service_pb.js";
+import { monotonicFactory } from "ulid";
+import { RetryInfoSchema } from "../../gen/google/rpc/error_details_pb.js";
 import { toConnectError } from "../../lib/errors.js";
 import { headerValue, type FastRoutes } from "../../lib/grpc-fast.js";
-import { AUTHOR_HEADER, TENANT_HEADER } from "../../lib/task-types.js";
+import { pooledRandom } from "../../lib/random.js";
+import { AUTHOR_HEADER, REQUEST_ID_HEADER, TENANT_HEADER } from "../../lib/task-types.js";
 import { currentTraceparent } from "../../lib/tracing.js";
 import { apiKeyService } from "./api-key-service.js";
 import type { ApiKeyStore } from "./api-keys.js";
@@ -43,14 +46,54 @@ function forwardHeaders(ctx: HandlerContext): Record<string, string> {
 }
 
 /**
+ * Request ids of forwarded submits: ULIDs, monotonic in this process. The scheduler derives the
+ * new tasks' ids from them, which makes a submit safe to repeat on another replica.
+ */
+const nextRequestId = monotonicFactory(pooledRandom());
+
+/** Methods without side effects. */
+const READ_METHOD = /^(Get|List)/;
+/**
+ * Writes that are safe to repeat: submits (they carry a request id, see REQUEST_ID_HEADER) and
+ * writes whose repetition changes nothing more (cancel, pause, resume).
+ */
+const REPEATABLE_WRITES = new Set(["SubmitTask", "SubmitTasks", "CancelTask", "PauseQueue", "ResumeQueue", "PauseSchedule", "ResumeSchedule"]);
+/** Submits: each forwarded one gets a request id. */
+const SUBMITS = new Set(["SubmitTask", "SubmitTasks"]);
+
+/**
+ * True when `method` may be sent again to another replica after the first one failed (or went
+ * silent) with the request possibly delivered: reads and {@link REPEATABLE_WRITES}. Other writes
+ * (RetryTask, CreateSchedule, DeleteSchedule, configuration writes) move on only when the
+ * request was surely not sent (connection refused, breaker open).
+ */
+export function repeatable(method: string): boolean {
+  return READ_METHOD.test(method) || REPEATABLE_WRITES.has(method);
+}
+
+/** Seconds from a RetryInfo detail, rounded up (at least 1); undefined without one. */
+function retryInfoSeconds(err: ConnectError): number | undefined {
+  try {
+    for (const info of err.findDetails(RetryInfoSchema)) {
+      const d = info.retryDelay;
+      if (d !== undefined) return Math.max(1, Math.ceil((Number(d.seconds) * 1000 + d.nanos / 1e6) / 1000));
+    }
+  } catch {
+    // a detail that does not decode gives no hint
+  }
+  return undefined;
+}
+
+/**
  * An upstream error as the gateway's own: same code, message and details, but none of the
  * upstream response's headers and trailers (content-type, grpc-status…), which would corrupt the
- * gateway's response in another protocol — only `retry-after` goes along.
+ * gateway's response in another protocol — only `retry-after` goes along (made from the error's
+ * RetryInfo when the upstream sent only that, as a trailers-only gRPC answer does).
  */
 function relay(err: unknown, log: Logger): ConnectError {
   const e = toConnectError(err, log);
   const metadata = new Headers();
-  const retryAfter = e.metadata.get("retry-after");
+  const retryAfter = e.metadata.get("retry-after") ?? retryInfoSeconds(e)?.toString() ?? null;
   if (retryAfter !== null) metadata.set("retry-after", retryAfter);
   const out = new ConnectError(e.rawMessage, e.code, metadata, undefined, e.cause);
   out.details.push(...e.details);
@@ -64,12 +107,18 @@ function relay(err: unknown, log: Logger): ConnectError {
  */
 export function gatewayRoutes(up: GatewayUpstreams): (router: ConnectRouter) => void {
   const log = up.logger.child({ component: "gateway" });
+  type CallOptions = { signal: AbortSignal; timeoutMs: number; headers: Record<string, string> };
   const unary =
-    <S extends typeof SchedulerService | typeof ScheduleService | typeof ConfigService>(u: Upstreams<S>, idempotent: boolean) =>
-    async <T>(ctx: HandlerContext, fn: (client: ReturnType<Upstreams<S>["stream"]>, o: { signal: AbortSignal; headers: Record<string, string> }) => Promise<T>): Promise<T> => {
+    <S extends typeof SchedulerService | typeof ScheduleService | typeof ConfigService>(u: Upstreams<S>) =>
+    async <T>(ctx: HandlerContext, fn: (client: ReturnType<Upstreams<S>["stream"]>, o: CallOptions) => Promise<T>): Promise<T> => {
       try {
         const headers = forwardHeaders(ctx);
-        return await u.call((client, signal) => fn(client, { signal: AbortSignal.any([ctx.signal, signal]), headers }), idempotent);
+        const method = ctx.method.name;
+        if (SUBMITS.has(method)) headers[REQUEST_ID_HEADER] = nextRequestId();
+        return await u.call((client, o) => fn(client, { ...o, headers }), repeatable(method), {
+          signal: ctx.signal,
+          timeoutMs: ctx.timeoutMs(),
+        });
       } catch (err) {
         throw relay(err, log);
       }
@@ -82,15 +131,16 @@ export function gatewayRoutes(up: GatewayUpstreams): (router: ConnectRouter) => 
     try {
       yield* fn(u.stream(), { signal: ctx.signal, headers: forwardHeaders(ctx) });
     } catch (err) {
-      throw relay(err, log);
+      throw relay(u.streamError(err, ctx.signal), log);
     }
   };
-  const write = unary(up.schedulers, false);
-  const read = unary(up.schedulers, true);
-  const sWrite = unary(up.schedules, false);
-  const sRead = unary(up.schedules, true);
-  const cWrite = unary(up.config, false);
-  const cRead = unary(up.config, true);
+  // Whether a call may be repeated on another replica follows from its method (see repeatable).
+  const write = unary(up.schedulers);
+  const read = write;
+  const sWrite = unary(up.schedules);
+  const sRead = sWrite;
+  const cWrite = unary(up.config);
+  const cRead = cWrite;
 
   const tasks: ServiceImpl<typeof TaskService> = {
     submitTask: (req, ctx) => write(ctx, (c, o) => c.submitTask(req, o)),
@@ -137,9 +187,6 @@ export function gatewayRoutes(up: GatewayUpstreams): (router: ConnectRouter) => 
   };
 }
 
-/** Methods without side effects: retried on another replica when one is unreachable. */
-const READ_METHOD = /^(Get|List)/;
-
 /**
  * The gateway's fast gRPC path (lib/grpc-fast.ts): every forwarded unary method, for clients
  * speaking plain gRPC with binary protobuf. The request bytes go to the replica as they came —
@@ -155,20 +202,22 @@ export function gatewayFastRoutes(up: GatewayUpstreams, auth: AuthOptions): Fast
     for (const m of pub.methods) {
       if (m.methodKind !== "unary") continue;
       const to = `/${upstreamService}/${m.name}`;
-      const idempotent = READ_METHOD.test(m.name);
+      const idempotent = repeatable(m.name);
+      const submit = SUBMITS.has(m.name);
       routes.set(`/${pub.typeName}/${m.name}`, async (call) => {
         const header = (name: string): string | undefined => headerValue(call.headers, name);
-        const caller = await authorize(auth, pub.typeName, m.name, header, call.message.length);
-        // Every forwarded method needs a scope; authorize() returns no caller only for open ones.
-        if (caller === undefined) throw new ConnectError("unauthenticated", Code.Unauthenticated);
-        const headers: Record<string, string> = { [TENANT_HEADER]: caller.tenant, [AUTHOR_HEADER]: caller.keyId };
-        const trace = header("traceparent");
-        if (trace !== undefined) {
-          headers.traceparent = trace;
-          const state = header("tracestate");
-          if (state !== undefined) headers.tracestate = state;
-        }
         try {
+          const caller = await authorize(auth, pub.typeName, m.name, header, call.message.length);
+          // Every forwarded method needs a scope; authorize() returns no caller only for open ones.
+          if (caller === undefined) throw new ConnectError("unauthenticated", Code.Unauthenticated);
+          const headers: Record<string, string> = { [TENANT_HEADER]: caller.tenant, [AUTHOR_HEADER]: caller.keyId };
+          if (submit) headers[REQUEST_ID_HEADER] = nextRequestId();
+          const trace = header("traceparent");
+          if (trace !== undefined) {
+            headers.traceparent = trace;
+            const state = header("tracestate");
+            if (state !== undefined) headers.tracestate = state;
+          }
           return await upstream.callRaw(to, call.message, headers, idempotent, call.signal, call.timeoutMs());
         } catch (err) {
           throw relay(err, log);

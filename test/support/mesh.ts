@@ -198,7 +198,9 @@ export async function startMesh(o: MeshOptions): Promise<Mesh> {
       apiKey,
       addWorker,
       async close() {
-        await Promise.all([...all].reverse().map((p) => p.stop()));
+        // Tests add processes to these lists too (a scheduler restarted, a worker added): stop all.
+        const every = new Set([...all, ...schedulers, ...workers, gateway]);
+        await Promise.all([...every].reverse().map((p) => p.stop()));
         await rm(filesRoot, { recursive: true, force: true });
         await rm(cacheDir, { recursive: true, force: true });
       },
