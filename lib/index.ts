@@ -19,6 +19,19 @@ export { Shutdown, delay, type ComponentState } from "./lifecycle.js";
 export { createLogger, silentLogger, type Logger } from "./logger.js";
 export { Membership, type MembershipOptions } from "./membership.js";
 export { METRIC_NAMES, createRegistry, schedulerMetrics, workerMetrics } from "./metrics.js";
+export {
+  DEFAULT_REDIS_COMMAND_TIMEOUT_MS,
+  FailoverAwareSentinelConnector,
+  ReplicaWaiter,
+  createRedis,
+  parseRedisUrl,
+  redisClientOptions,
+  redisUrlSetting,
+  type RedisClientOptions,
+  type RedisTarget,
+  type ReplicaTicket,
+  type ReplicaWaiterOptions,
+} from "./redis.js";
 export { Registration, type RegistrationOptions } from "./registration.js";
 export { startServer, type RpcServer, type ServerOptions } from "./server.js";
 export { as, commonSettings, readSettings } from "./settings.js";

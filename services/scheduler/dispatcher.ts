@@ -1,6 +1,14 @@
 import type { Logger } from "pino";
 import type { Ring } from "./ring.js";
-import type { ClaimedTask, DirectClaims, NewTask, SubmitResult, TaskStore } from "./task-store.js";
+import {
+  FencedError,
+  type ClaimedTask,
+  type DirectClaims,
+  type LeaderStamp,
+  type NewTask,
+  type SubmitResult,
+  type TaskStore,
+} from "./task-store.js";
 import type { WorkerSession } from "./worker-session.js";
 import type { SchedulerMetrics } from "../../lib/metrics.js";
 
@@ -50,6 +58,8 @@ export interface DispatcherOptions {
   idleMs?: number;
   metrics: SchedulerMetrics;
   logger: Logger;
+  /** Redis refused a claim or re-queue: a leader of a later epoch took over; stop leading. */
+  onFenced: (err: FencedError) => void;
 }
 
 /**
@@ -68,6 +78,8 @@ export class Dispatcher {
   private queuesReadAt = 0;
   private readonly log: Logger;
   private loop: Promise<void> | undefined;
+  /** The leadership this loop runs for, as its claims and re-queues carry it (they are fenced by it). */
+  private leader: () => LeaderStamp = () => ({ epoch: 0n, until: 0 });
 
   constructor(private readonly opts: DispatcherOptions) {
     this.log = opts.logger.child({ component: "dispatcher" });
@@ -91,13 +103,22 @@ export class Dispatcher {
     w?.();
   }
 
-  /** Starts the loop (leader only). */
-  start(): void {
+  /** Starts the loop for the leadership `leader` describes (leader only). */
+  start(leader: () => LeaderStamp): void {
     if (this.running) return;
+    this.leader = leader;
     this.running = true;
     this.stopped = false;
     this.ahead.clear();
     this.loop = this.run();
+  }
+
+  /** A later leader took over: no more rounds (stop() still follows), and the leader is told. */
+  private fenced(err: FencedError): void {
+    if (this.stopped) return;
+    this.stopped = true;
+    this.kick();
+    this.opts.onFenced(err);
   }
 
   /** Stops the loop and waits for the current round. Idempotent. */
@@ -155,9 +176,10 @@ export class Dispatcher {
   private async finishClaim(queue: string, claims: { id: string; workerId: string }[], planned: Map<string, number>): Promise<void> {
     let claimed: ClaimedTask[] = [];
     try {
-      claimed = await this.opts.store.claim(queue, claims, Date.now(), this.opts.leaseMs());
+      claimed = await this.opts.store.claim(queue, claims, Date.now(), this.opts.leaseMs(), this.leader());
     } catch (err) {
-      this.log.error({ err, queue }, "claim failed");
+      if (err instanceof FencedError) this.fenced(err);
+      else this.log.error({ err, queue }, "claim failed");
     }
     await this.deliver(claimed, planned);
     // Unused reservations are back: another round may fill them.
@@ -201,7 +223,7 @@ export class Dispatcher {
     }
     if (reserved.size === 0) return undefined;
     return {
-      claims: { workers, leaseMs: this.opts.leaseMs() },
+      claims: { workers, leaseMs: this.opts.leaseMs(), leader: this.leader() },
       settle: (results) => {
         const claimed: ClaimedTask[] = [];
         for (const r of results ?? []) if (r.claimed !== undefined) claimed.push(r.claimed);
@@ -229,9 +251,10 @@ export class Dispatcher {
     for (const [workerId, tasks] of byWorker) {
       const s = sessions.get(workerId);
       if (s === undefined) {
-        await store.requeue(tasks.map((t) => ({ id: t.id, attempt: t.attempt })), "worker gone", now).catch((err: unknown) =>
-          this.log.error({ err }, "re-queue after a lost worker failed; leases will expire"),
-        );
+        await store.requeue(tasks.map((t) => ({ id: t.id, attempt: t.attempt })), "worker gone", now, this.leader()).catch((err: unknown) => {
+          if (err instanceof FencedError) this.fenced(err);
+          else this.log.error({ err }, "re-queue after a lost worker failed; leases will expire");
+        });
         continue;
       }
       s.assign(tasks, true);

@@ -2,6 +2,7 @@ import { resolve } from "node:path";
 import { createLogger } from "../../lib/logger.js";
 import { Shutdown } from "../../lib/lifecycle.js";
 import { as, commonSettings, readSettings } from "../../lib/settings.js";
+import { redisUrlSetting } from "../../lib/redis.js";
 import { VERSION } from "../../lib/version.js";
 import { startScheduler } from "./scheduler.js";
 import { initTracing, traceMixin } from "../../lib/tracing.js";
@@ -11,7 +12,32 @@ const settings = readSettings("taskmesh-scheduler", {
   id: { env: "TASKMESH_SCHEDULER_ID", default: "", parse: as.string, help: "replica id (default: host-pid-random)" },
   host: { env: "TASKMESH_SCHEDULER_HOST", default: "127.0.0.1", parse: as.string, help: "address to bind" },
   port: { env: "TASKMESH_SCHEDULER_PORT", default: 8081, parse: as.port, help: "port to bind (0 = any free port)" },
-  redis: { env: "TASKMESH_REDIS", default: "redis://127.0.0.1:6379", parse: as.string, help: "Redis URL" },
+  redis: {
+    env: "TASKMESH_REDIS",
+    default: "redis://127.0.0.1:6379",
+    parse: redisUrlSetting,
+    help: "Redis: redis://[user:password@]host:port[/db], rediss://… (TLS) or redis-sentinel://[user:password@]host:26379,host2:26379/<masterName>[?db=N&sentinelPassword=…]",
+  },
+  "redis-wait-replicas": {
+    env: "TASKMESH_REDIS_WAIT_REPLICAS",
+    default: 0,
+    parse: (raw: string): number => {
+      const n = as.int(raw);
+      if (n < 0) throw new Error(`expected 0 or more replicas, got ${n}`);
+      return n;
+    },
+    help: "replicas that must acknowledge a submit (Redis WAIT) before it returns; 0 = asynchronous replication only",
+  },
+  "redis-wait-timeout-ms": {
+    env: "TASKMESH_REDIS_WAIT_TIMEOUT_MS",
+    default: 1000,
+    parse: (raw: string): number => {
+      const n = as.int(raw);
+      if (n < 1 || n > 60_000) throw new Error(`expected 1 to 60000 ms, got ${n}`);
+      return n;
+    },
+    help: "how long a submit waits for --redis-wait-replicas before failing UNAVAILABLE",
+  },
   "redis-prefix": { env: "TASKMESH_REDIS_PREFIX", default: "tm", parse: as.string, help: "prefix of every Redis key" },
   "task-lease-ms": { env: "TASKMESH_TASK_LEASE_MS", default: 10_000, parse: as.int, help: "lease of a running attempt without heartbeats" },
   "aging-ms": { env: "TASKMESH_AGING_MS", default: 5000, parse: as.int, help: "waiting time worth one priority level" },
@@ -29,6 +55,8 @@ try {
     etcdRoot: settings["etcd-root"],
     redisUrl: settings.redis,
     redisPrefix: settings["redis-prefix"],
+    redisWaitReplicas: settings["redis-wait-replicas"],
+    redisWaitTimeoutMs: settings["redis-wait-timeout-ms"],
     taskLeaseMs: settings["task-lease-ms"],
     agingMsPerLevel: settings["aging-ms"],
     electionTtlSeconds: settings["election-ttl"],

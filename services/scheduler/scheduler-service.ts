@@ -20,9 +20,9 @@ import { AsyncQueue } from "../../lib/async-queue.js";
 import { invalidArgument, notFound, toConnectError } from "../../lib/errors.js";
 import type { WorkerRecord } from "../../lib/keys.js";
 import type { Membership } from "../../lib/membership.js";
-import { LIMITS, TENANT_HEADER } from "../../lib/task-types.js";
+import { LIMITS, REQUEST_ID_HEADER, TENANT_HEADER } from "../../lib/task-types.js";
 import { currentTraceparent } from "../../lib/tracing.js";
-import { toNewTask, type SubmitDefaults } from "./submit.js";
+import { isRequestId, requestTaskIds, toNewTask, type SubmitDefaults } from "./submit.js";
 import type { DirectPlan } from "./dispatcher.js";
 import type { NewTask, SubmitResult, TaskStore } from "./task-store.js";
 import type { SchedulerMetrics } from "../../lib/metrics.js";
@@ -55,6 +55,17 @@ export interface SchedulerServiceDeps {
 
 const TERMINAL = new Set([TaskStatus.SUCCEEDED, TaskStatus.FAILED, TaskStatus.CANCELLED]);
 const TENANT = /^[A-Za-z0-9_.-]{1,100}$/;
+
+/**
+ * The task id maker of a submit that carries the gateway's request id (see requestTaskIds):
+ * undefined without the header; INVALID_ARGUMENT naming it when it is not a ULID.
+ */
+function requestIds(ctx: HandlerContext, tenant: string): ((index: number, queue: string) => string) | undefined {
+  const id = ctx.requestHeader.get(REQUEST_ID_HEADER);
+  if (id === null) return undefined;
+  if (!isRequestId(id)) throw invalidArgument(REQUEST_ID_HEADER, "must be a ULID (26 characters of Crockford base 32)");
+  return requestTaskIds(id, tenant);
+}
 
 /** Reads the caller's tenant from the header the gateway sets ("default" when absent). */
 export function tenantOf(ctx: HandlerContext): string {
@@ -91,13 +102,17 @@ export function schedulerService(deps: SchedulerServiceDeps): ServiceImpl<typeof
     }
   };
 
-  const submitMany = async (reqs: Parameters<typeof toNewTask>[0][], tenant: string, batch: boolean) => {
+  const submitMany = async (reqs: Parameters<typeof toNewTask>[0][], ctx: HandlerContext, batch: boolean) => {
+    const tenant = tenantOf(ctx);
+    const ids = requestIds(ctx, tenant);
     const now = Date.now();
     const known = deps.knownTypes();
     const defaults = deps.defaults();
     // The SubmitTask(s) span (tracingInterceptor) becomes the parent of every attempt's span.
     const traceparent = currentTraceparent();
-    const tasks = reqs.map((r, i) => toNewTask(r, tenant, known, defaults, now, batch ? `tasks[${i}].` : "", traceparent));
+    const tasks = reqs.map((r, i) =>
+      toNewTask(r, tenant, known, defaults, now, batch ? `tasks[${i}].` : "", traceparent, ids === undefined ? undefined : (q) => ids(i, q)),
+    );
     const plan = deps.planDirect?.(tasks, now);
     let stored: SubmitResult[];
     try {
@@ -130,7 +145,7 @@ export function schedulerService(deps: SchedulerServiceDeps): ServiceImpl<typeof
   return {
     submitTask: (req, ctx) =>
       guard("SubmitTask", async () => {
-        const [task] = await submitMany([req], tenantOf(ctx), false);
+        const [task] = await submitMany([req], ctx, false);
         if (task === undefined) throw new ConnectError("nothing stored", Code.Internal);
         return task;
       }),
@@ -141,7 +156,7 @@ export function schedulerService(deps: SchedulerServiceDeps): ServiceImpl<typeof
         if (req.tasks.length > LIMITS.maxBatch) {
           throw invalidArgument("tasks", `at most ${LIMITS.maxBatch} tasks per call, got ${req.tasks.length}`);
         }
-        const tasks = await submitMany(req.tasks, tenantOf(ctx), true);
+        const tasks = await submitMany(req.tasks, ctx, true);
         return create(SubmitTasksResponseSchema, { tasks });
       }),
 

@@ -1,8 +1,9 @@
 import { randomBytes } from "node:crypto";
 import { hostname } from "node:os";
 import { create } from "@bufbuild/protobuf";
-import { Etcd3 } from "etcd3";
-import { Redis } from "ioredis";
+import { warnIfUnreachable } from "../../lib/advertise.js";
+import { createEtcd } from "../../lib/etcd.js";
+import { DEFAULT_REDIS_COMMAND_TIMEOUT_MS, createRedis } from "../../lib/redis.js";
 import type { Logger } from "pino";
 import { SchedulerInfoSchema } from "../../gen/taskmesh/v1/cluster_service_pb.js";
 import { SchedulerConfigSchema } from "../../gen/taskmesh/v1/config_service_pb.js";
@@ -16,7 +17,7 @@ import {
   type ServiceRecord,
   type WorkerRecord,
 } from "../../lib/keys.js";
-import { Shutdown, type ComponentState } from "../../lib/lifecycle.js";
+import { Shutdown, delay, type ComponentState } from "../../lib/lifecycle.js";
 import { Membership } from "../../lib/membership.js";
 import { createRegistry, queueMetrics, schedulerMetrics } from "../../lib/metrics.js";
 import { Registration } from "../../lib/registration.js";
@@ -30,7 +31,7 @@ import { scheduleRoutes } from "./schedule-service.js";
 import { ScheduleStore, ScheduleTicker } from "./schedules.js";
 import { schedulerRoutes } from "./scheduler-service.js";
 import { DEFAULT_SUBMIT, type SubmitDefaults } from "./submit.js";
-import { TaskStore } from "./task-store.js";
+import { FencedError, TaskStore, type LeaderStamp } from "./task-store.js";
 import { WorkerSession } from "./worker-session.js";
 
 /** Everything a scheduler replica needs, already parsed (main.ts reads env and flags). */
@@ -41,9 +42,17 @@ export interface SchedulerOptions {
   port: number;
   etcdEndpoints: string[];
   etcdRoot: string;
+  /** The `--redis` setting: `redis://`, `rediss://` or `redis-sentinel://` (lib/redis.ts). */
   redisUrl: string;
   /** Prefix of every Redis key. @default "tm" */
   redisPrefix: string;
+  /**
+   * Replicas that must acknowledge a submit before it returns (Redis WAIT; TaskStoreOptions
+   * waitReplicas). @default 0
+   */
+  redisWaitReplicas?: number;
+  /** How long a submit waits for them, in ms. @default 1000 */
+  redisWaitTimeoutMs?: number;
   /** Lease of a running attempt without heartbeats. */
   taskLeaseMs: number;
   /** Milliseconds of waiting worth one priority level. */
@@ -87,17 +96,24 @@ export async function startScheduler(opts: SchedulerOptions): Promise<Scheduler>
   // made while a batch of results is being recorded would not even be sent until that reply came
   // back. Commands still go out back to back without waiting for replies (the protocol pipelines
   // by itself); measured: batched enqueue 21k → 29k/s, 50-slot drain 14.0k → 15.9k/s.
-  const redis = new Redis(opts.redisUrl, { maxRetriesPerRequest: 3, enableAutoPipelining: false });
+  // A WAIT blocks the connection: commands queued behind one may wait its timeout too.
+  const redis = createRedis(opts.redisUrl, {
+    maxRetriesPerRequest: 3,
+    enableAutoPipelining: false,
+    commandTimeout: DEFAULT_REDIS_COMMAND_TIMEOUT_MS + ((opts.redisWaitReplicas ?? 0) > 0 ? (opts.redisWaitTimeoutMs ?? 1000) : 0),
+  });
   const sub = redis.duplicate();
   const store = new TaskStore({
     redis,
     prefix,
     agingMsPerLevel: opts.agingMsPerLevel,
     onRedisCall: (op, seconds) => metrics.redisCallSeconds.observe({ op }, seconds),
+    waitReplicas: opts.redisWaitReplicas,
+    waitTimeoutMs: opts.redisWaitTimeoutMs,
     logger: log,
   });
   const schedules = new ScheduleStore({ redis, prefix, logger: log });
-  const etcd = new Etcd3({ hosts: opts.etcdEndpoints });
+  const etcd = createEtcd({ endpoints: opts.etcdEndpoints, logger: log });
   // Live settings: flags give the defaults, the `scheduler` config namespace overrides them.
   let defaults: SubmitDefaults = DEFAULT_SUBMIT;
   let leaseMs = opts.taskLeaseMs;
@@ -172,17 +188,28 @@ export async function startScheduler(opts: SchedulerOptions): Promise<Scheduler>
   // --- leader-only state -------------------------------------------------------------------
   const ring = new Ring();
   const sessions = new Map<string, WorkerSession>();
-  const dispatcher = new Dispatcher({ store, ring, sessions, leaseMs: () => leaseMs, metrics, logger: log });
   const leadership = new Leadership({
     client: etcd,
     root: keys.root,
     ttlSeconds: opts.electionTtlSeconds,
     logger: log,
   });
+  // Redis refused a leader-only write: a later leader has fenced the queue (lib.lua fence).
+  const onFenced = (err: FencedError): void => {
+    if (epoch === 0n) return;
+    log.warn({ epoch: String(epoch), newerEpoch: String(err.newerEpoch) }, "a later leader took over; stepping down");
+    leadership.abdicate("Redis refused a write of this leader's epoch");
+  };
+  const dispatcher = new Dispatcher({ store, ring, sessions, leaseMs: () => leaseMs, metrics, logger: log, onFenced });
+  /** The epoch of the leadership being exercised; 0 while not leading. */
   let epoch = 0n;
+  /** What this replica's leader-only writes carry: Redis refuses them once stale (lib.lua fence). */
+  const stamp = (): LeaderStamp => ({ epoch, until: leadership.validUntil });
+  /** Bumped on every election and step-down: a take-over that awaited checks it is still current. */
+  let term = 0;
 
   const syncRing = (s: WorkerSession): void => {
-    if (sessions.get(s.id) === s && s.state === "ready" && !s.record.draining) ring.add(s.id, s.types);
+    if (sessions.get(s.id) === s && s.state === "ready" && !s.record.draining && !s.retired) ring.add(s.id, s.types);
     else if (sessions.get(s.id) === s || sessions.get(s.id) === undefined) ring.remove(s.id);
     metrics.workers.set([...sessions.values()].filter((x) => x.state === "ready").length);
   };
@@ -201,21 +228,31 @@ export async function startScheduler(opts: SchedulerOptions): Promise<Scheduler>
     const s = new WorkerSession({
       record,
       epoch,
-    store,
+      store,
       leaseMs: () => leaseMs,
-    logger: log,
+      logger: log,
       onCapacity: () => dispatcher.kick(),
       metrics,
       onStateChange: syncRing,
+      leader: stamp,
+      onFenced,
     });
     sessions.set(record.id, s);
   };
   const onWorkerPut = (_id: string, r: WorkerRecord): void => {
-    if (leadership.isLeader) openSession(r);
+    if (epoch !== 0n) openSession(r);
   };
   const onWorkerDelete = (wid: string): void => {
     const s = sessions.get(wid);
     if (s === undefined) return;
+    if (s.alive) {
+      // Its registration expired (the worker lost etcd), but it answers on its stream: it is
+      // alive. It finishes what it runs (re-running that elsewhere would run it twice) and gets
+      // nothing new until it registers again; if the stream breaks, its attempts are re-queued.
+      log.warn({ workerId: wid, inflight: s.inflight.size }, "worker's registration is gone but its stream is alive; no new tasks for it");
+      s.retire();
+      return;
+    }
     sessions.delete(wid);
     ring.remove(wid);
     log.info({ workerId: wid, inflight: s.inflight.size }, "worker left, re-queueing its tasks");
@@ -230,8 +267,9 @@ export async function startScheduler(opts: SchedulerOptions): Promise<Scheduler>
   let tick = 0;
   let maintaining = false;
   const maintain = async (): Promise<void> => {
-    if (maintaining || !leadership.isLeader) return;
+    if (maintaining || !leadership.isLeader || epoch === 0n) return;
     maintaining = true;
+    const leading = stamp();
     try {
       const now = Date.now();
       tick++;
@@ -242,13 +280,13 @@ export async function startScheduler(opts: SchedulerOptions): Promise<Scheduler>
         queues.map(async (q) => {
           const [due, expired] = await Promise.all([
             store.promoteDue(q, now, 1000),
-            store.expireLeases(q, now, 1000),
+            store.expireLeases(q, now, 1000, leading),
             tick % 10 === 0 ? store.reapExpired(q, now, 1000) : Promise.resolve(0),
           ]);
           if (expired.length > 0) {
             metrics.requeued.inc({ reason: "lease_expired" }, expired.length);
             log.warn({ queue: q, count: expired.length }, "re-queued attempts whose lease expired");
-            for (const e of expired) for (const s of sessions.values()) s.forget(e.id, e.attempt);
+            for (const e of expired) for (const s of sessions.values()) if (s.leaseExpired(e.id, e.attempt)) break;
           }
           return due + expired.length;
         }),
@@ -264,6 +302,15 @@ export async function startScheduler(opts: SchedulerOptions): Promise<Scheduler>
         log.error({ err }, "schedule tick failed");
       }
       if (promoted > 0) dispatcher.kick();
+      // A retired worker (registration gone, stream alive) is let go once it runs nothing.
+      for (const s of [...sessions.values()]) {
+        if (s.retired && s.inflight.size === 0) {
+          sessions.delete(s.id);
+          ring.remove(s.id);
+          log.info({ workerId: s.id }, "unregistered worker finished its tasks; closing its stream");
+          void s.close(false);
+        }
+      }
       if (tick % 5 === 0) {
         const used: string[] = [];
         for (const s of sessions.values()) used.push(s.id, String(s.inflight.size));
@@ -273,25 +320,63 @@ export async function startScheduler(opts: SchedulerOptions): Promise<Scheduler>
         await m.exec();
       }
     } catch (err) {
-      log.error({ err }, "maintenance failed");
+      if (err instanceof FencedError) onFenced(err);
+      else log.error({ err }, "maintenance failed");
     } finally {
       maintaining = false;
     }
   };
 
-  leadership.on("elected", (e) => {
-    epoch = e;
+  /**
+   * Takes the leadership of epoch `e` up: first fences every queue with it and restarts the
+   * running attempts' leases (TaskStore.lead), so that from then on Redis refuses the claims,
+   * re-queues and lease expiries of any older leader still running, and no attempt's lease runs
+   * out while its worker is still finding the new leader; then opens the workers' streams,
+   * dispatches and keeps the queues.
+   */
+  const takeOver = async (e: bigint): Promise<void> => {
+    const mine = ++term;
+    // Leading again after a pause (Leadership): let the pause's step-down finish first.
+    await steppingDown;
+    if (term !== mine) return;
     steppingDown = undefined;
+    for (let backoff = 100; ; backoff = Math.min(backoff * 2, 2000)) {
+      try {
+        const restarted = await store.lead(await store.queues(), { epoch: e, until: leadership.validUntil }, Date.now(), leaseMs);
+        log.info({ epoch: String(e), leasesRestarted: restarted }, "queues fenced for the new leadership");
+        break;
+      } catch (err) {
+        if (err instanceof FencedError) {
+          log.warn({ epoch: String(e), newerEpoch: String(err.newerEpoch) }, "a later leader already took the queues over");
+          leadership.abdicate("Redis holds a later leader's epoch");
+          return;
+        }
+        if (term !== mine) return;
+        log.warn({ err }, "could not fence the queues (Redis); retrying");
+        await delay(backoff);
+        if (term !== mine) return;
+      }
+    }
+    if (term !== mine) return;
+    epoch = e;
     metrics.leader.set(1);
     for (const r of workers.snapshot().values()) openSession(r);
-    dispatcher.start();
+    dispatcher.start(stamp);
     maintenance = setInterval(() => void maintain(), 100);
     maintenance.unref();
+  };
+  leadership.on("elected", (e) => {
+    takeOver(e).catch((err: unknown) => {
+      log.error({ err }, "taking the leadership up failed; stepping down");
+      leadership.abdicate("take-over failed");
+    });
   });
   // One step-down per term, however many paths ask for it (lost leadership, shutdown).
   let steppingDown: Promise<void> | undefined;
   const stepDown = (): Promise<void> => (steppingDown ??= leaveLeadership());
   const leaveLeadership = async (): Promise<void> => {
+    term++;
+    epoch = 0n;
     metrics.leader.set(0);
     if (maintenance !== undefined) clearInterval(maintenance);
     maintenance = undefined;
@@ -382,6 +467,7 @@ export async function startScheduler(opts: SchedulerOptions): Promise<Scheduler>
     ttlSeconds: 5,
     logger: log,
   });
+  warnIfUnreachable("scheduler", server.address, opts.etcdEndpoints, log);
   leadership.start(server.address);
   state = "running";
   log.info({ address: server.address }, "scheduler started");

@@ -1,3 +1,4 @@
+import { createHash } from "node:crypto";
 import type { Duration, Timestamp } from "@bufbuild/protobuf/wkt";
 import { pooledRandom } from "../../lib/random.js";
 import { Priority, type SubmitTaskRequest } from "../../gen/taskmesh/v1/task_pb.js";
@@ -65,6 +66,39 @@ export function taskIdFactory(random: () => number = pooledRandom()): (queue: st
 
 const nextId = taskIdFactory();
 
+/** A ULID: 10 characters of milliseconds, 16 of randomness, Crockford base 32 (upper case). */
+const ULID = /^[0-7][0-9A-HJKMNP-TV-Z]{25}$/;
+const RANDOM_BITS = BigInt(RANDOM_CHARS * 5);
+
+/** True when `requestId` is a well-formed request id (a ULID), as the gateway makes them. */
+export function isRequestId(requestId: string): boolean {
+  return ULID.test(requestId);
+}
+
+/**
+ * Task ids derived from a request id (a ULID made by the gateway per forwarded submit), so that
+ * the same request retried on another replica names the same tasks and stores nothing new
+ * (submit.lua returns the task already stored under an id of the same tenant). The id of task
+ * `index` is: the request id's 10 time characters, then 14 characters of `base + index` where
+ * `base` is 69 bits of SHA-256(tenant, request id) — so the ids of one request sort in their
+ * order, and requests of different tenants never share ids even with the same request id — then
+ * the queue's tag. `requestId` must satisfy {@link isRequestId}.
+ */
+export function requestTaskIds(requestId: string, tenant: string): (index: number, queue: string) => string {
+  const digest = createHash("sha256").update(tenant).update("\0").update(requestId).digest();
+  // 69 bits, so base + index (index < LIMITS.maxBatch) stays inside the 70 bits of 14 characters.
+  let base = 0n;
+  for (let i = 0; i < 9; i++) base = (base << 8n) | BigInt(digest[i] as number);
+  base &= (1n << (RANDOM_BITS - 1n)) - 1n;
+  const time = requestId.slice(0, 10);
+  return (index, queue) => {
+    let v = base + BigInt(index);
+    let random = "";
+    for (let i = 0; i < RANDOM_CHARS; i++, v >>= 5n) random = (CROCKFORD[Number(v & 31n)] as string) + random;
+    return time + random + queueTag(queue);
+  };
+}
+
 function durationMs(d: Duration | undefined): number {
   if (d === undefined) return 0;
   return Number(d.seconds) * 1000 + Math.floor(d.nanos / 1e6);
@@ -97,6 +131,8 @@ function checkDuration(field: string, d: Duration | undefined, maxMs: number): n
  * INVALID_ARGUMENT naming the field (prefixed with `path`, e.g. "tasks[3]."). `traceparent` is
  * the submitting request's W3C trace context (the scheduler's span), kept with the task so its
  * attempts join that trace; a malformed one is dropped, not an error (tracing never fails a submit).
+ * `makeId` names the task from its queue (see {@link requestTaskIds}); without it the id is a new
+ * monotonic ULID ({@link taskIdFactory}).
  */
 export function toNewTask(
   req: SubmitTaskRequest,
@@ -106,6 +142,7 @@ export function toNewTask(
   now: number,
   path = "",
   traceparent?: string,
+  makeId?: (queue: string) => string,
 ): NewTask {
   const f = (name: string): string => `${path}${name}`;
   checkName(f("type"), req.type, true);
@@ -176,7 +213,7 @@ export function toNewTask(
   checkName(f("concurrency_key"), req.concurrencyKey, false);
   if (req.concurrencyLimit < 0) throw invalidArgument(f("concurrency_limit"), "must not be negative");
   return {
-    id: nextId(queue, now),
+    id: makeId === undefined ? nextId(queue, now) : makeId(queue),
     tenant,
     type: req.type,
     queue,

@@ -6,6 +6,7 @@ import { QueueStatsSchema, type QueueStats } from "../../gen/taskmesh/v1/cluster
 import type { Task, TaskEvent, TaskStatus } from "../../gen/taskmesh/v1/task_pb.js";
 import { invalidArgument } from "../../lib/errors.js";
 import type { Logger } from "../../lib/logger.js";
+import { ReplicaWaiter, type ReplicaTicket } from "../../lib/redis.js";
 import {
   decodeSpec,
   foldBase,
@@ -51,6 +52,8 @@ export type { NewTask, BackoffPolicy } from "./task-codec.js";
  *   requests, since a running task ends only through those). Concurrency keys are therefore
  *   scoped to their queue.
  * - `P:{q}:paused` STRING "1" while the queue is paused ({@link TaskStore.setPaused}).
+ * - `P:{q}:epoch` STRING the epoch of the newest scheduler leader that claimed, re-queued or
+ *   expired the queue's tasks: older leaders' writes of that kind are refused (lib.lua fence).
  * - `P:{q}:done` ZSET of finished ids by expiry time; `P:{q}:dead` ZSET of FAILED and CANCELLED
  *   ids (the dead-letter set) by finish time.
  * - `P:queues` HASH: queue name → its tag for every queue that had a task or was paused, and
@@ -101,6 +104,18 @@ export interface TaskStoreOptions {
    * @default 5000
    */
   maxPeekSkip?: number | undefined;
+  /**
+   * Replicas that must have a {@link TaskStore.submit}'s writes before it returns (Redis WAIT on
+   * this connection, see ReplicaWaiter). When fewer acknowledge within `waitTimeoutMs`, the
+   * submit fails UNAVAILABLE with `retry-after` (its tasks may have been stored: retry with the
+   * same idempotency key); while the master has fewer replicas connected, submits are refused
+   * before anything is stored. 0: a submit returns once the master has applied it, and a
+   * failover may lose what asynchronous replication had not yet copied. Other writes (claims,
+   * results, cancels) never wait. @default 0
+   */
+  waitReplicas?: number | undefined;
+  /** How long a submit waits for `waitReplicas` replicas, in ms (at least 1). @default 1000 */
+  waitTimeoutMs?: number | undefined;
   logger: Logger;
 }
 
@@ -141,6 +156,30 @@ export interface SubmitResult {
 export interface DirectClaims {
   workers: ReadonlyArray<string | undefined>;
   leaseMs: number;
+  /** The leader asking: a stamp that would be fenced (see {@link FencedError}) gets no direct claim. */
+  leader: LeaderStamp;
+}
+
+/**
+ * What a leader-only write carries (claims, re-queues, lease expiry; see lib.lua fence): the
+ * leader's epoch, and until when (ms, the leader's clock) its leadership is known to hold. Redis
+ * refuses the write if a later epoch has worked on the queue, or if the write arrives after `until`.
+ */
+export interface LeaderStamp {
+  epoch: bigint;
+  until: number;
+}
+
+/**
+ * A leader-only write refused because a leader of a later epoch has worked on the queue: the
+ * caller was deposed and must stop leading.
+ */
+export class FencedError extends Error {
+  /** `newerEpoch`: the epoch that took over, or 0 when the write reached Redis after its leader's `until`. */
+  constructor(readonly newerEpoch: bigint) {
+    super(newerEpoch === 0n ? "refused: it reached Redis after its leadership was known to hold" : `refused: a leader of epoch ${newerEpoch} has taken over`);
+    this.name = "FencedError";
+  }
 }
 
 /** One attempt of a task: what worker reports are fenced by. */
@@ -184,13 +223,14 @@ export function readyScore(enqMs: number, priority: number, agingMsPerLevel: num
 }
 
 const SCRIPTS = {
-  tmSubmit: { file: "submit", keys: 5 },
-  tmClaim: { file: "claim", keys: 3 },
+  tmSubmit: { file: "submit", keys: 6 },
+  tmClaim: { file: "claim", keys: 4 },
   tmRenew: { file: "renew", keys: 1 },
   tmReport: { file: "report", keys: 1 },
   tmComplete: { file: "complete", keys: 6 },
-  tmRequeue: { file: "requeue", keys: 4 },
-  tmExpire: { file: "expire", keys: 4 },
+  tmRequeue: { file: "requeue", keys: 5 },
+  tmExpire: { file: "expire", keys: 5 },
+  tmLead: { file: "lead", keys: 2 },
   tmPromote: { file: "promote", keys: 2 },
   tmCancel: { file: "cancel", keys: 4 },
   tmRetry: { file: "retry", keys: 2 },
@@ -214,6 +254,7 @@ declare module "ioredis" {
     tmComplete(...args: RedisValue[]): Result<unknown, Context>;
     tmRequeue(...args: RedisValue[]): Result<unknown, Context>;
     tmExpire(...args: RedisValue[]): Result<unknown, Context>;
+    tmLead(...args: RedisValue[]): Result<unknown, Context>;
     tmPromote(...args: RedisValue[]): Result<unknown, Context>;
     tmCancel(...args: RedisValue[]): Result<unknown, Context>;
     tmRetry(...args: RedisValue[]): Result<unknown, Context>;
@@ -305,6 +346,7 @@ export class TaskStore {
   private readonly maxEvents: number;
   private readonly maxRequeues: number;
   private readonly maxPeekSkip: number;
+  private readonly replicaWaiter: ReplicaWaiter | undefined;
   private readonly logger: Logger;
   private readonly queueOf = new Map<string, string>();
   private readonly folded = new Map<string, { seq: number; task: Task }>();
@@ -320,6 +362,16 @@ export class TaskStore {
     this.maxEvents = opts.maxEvents ?? 1000;
     this.maxRequeues = Math.max(0, Math.floor(opts.maxRequeues ?? 10));
     this.maxPeekSkip = Math.max(0, Math.floor(opts.maxPeekSkip ?? 5000));
+    const waitReplicas = Math.max(0, Math.floor(opts.waitReplicas ?? 0));
+    this.replicaWaiter =
+      waitReplicas === 0
+        ? undefined
+        : new ReplicaWaiter(this.redis, {
+            replicas: waitReplicas,
+            timeoutMs: Math.max(1, Math.floor(opts.waitTimeoutMs ?? 1000)),
+            subject: "the tasks",
+            onCall: opts.onRedisCall,
+          });
     this.logger = opts.logger.child({ component: "task-store" });
     defineScripts(this.redis, "lib", SCRIPTS, "TaskStore");
   }
@@ -336,6 +388,7 @@ export class TaskStore {
       rw: `${q}rw`,
       cc: `${q}cc`,
       paused: `${q}paused`,
+      epoch: `${q}epoch`,
     };
   }
 
@@ -425,6 +478,7 @@ export class TaskStore {
       if (g === undefined) groups.set(t.queue, (g = []));
       g.push(i);
     });
+    const ticket = await this.replicaWaiter?.begin();
     const calls: Promise<void>[] = [];
     for (const [queue, indexes] of groups) {
       const k = this.keys(queue);
@@ -435,9 +489,12 @@ export class TaskStore {
           k.running,
           k.cc,
           k.paused,
+          k.epoch,
           ...this.header(queue, now),
           queueTag(queue),
           leaseMs,
+          String(direct?.leader.epoch ?? 0n),
+          Math.floor(direct?.leader.until ?? 0),
         ];
         const made = part.map((i) => {
           const t = tasks[i] as NewTask;
@@ -473,7 +530,8 @@ export class TaskStore {
                   out[i] = { task: this.toTask(stored(r[1])), existing: true };
                   break;
                 default:
-                  throw new Error(`task id ${t.id} is taken`);
+                  // 'x': the id belongs to another tenant's task (which is never returned).
+                  throw new Error(`task id ${t.id} is taken by another tenant`);
               }
             });
           }),
@@ -481,7 +539,16 @@ export class TaskStore {
       }
     }
     await Promise.all(calls);
+    await this.awaitReplicas(ticket);
     return out;
+  }
+
+  /**
+   * With `waitReplicas`, resolves once that many replicas have this connection's writes so far
+   * (the submit's scripts among them), else fails UNAVAILABLE (ReplicaWaiter.confirm).
+   */
+  private async awaitReplicas(ticket: ReplicaTicket | undefined): Promise<void> {
+    if (this.replicaWaiter !== undefined && ticket !== undefined) await this.replicaWaiter.confirm(ticket);
   }
 
   /**
@@ -613,25 +680,30 @@ export class TaskStore {
    * fewer than its limit of the queue's tasks with that key are RUNNING (claims are applied in
    * the order given, each counting for the next); a blocked one stays in the ready set at its
    * place. Nothing is claimed while the queue is paused. Returns the claimed ones; the rest are
-   * skipped.
+   * skipped. Leader-only: fails with {@link FencedError} when a leader of a later `epoch` has
+   * worked on the queue.
    */
   async claim(
     queue: string,
     claims: readonly { id: string; workerId: string }[],
     now: number,
     leaseMs: number,
+    leader: LeaderStamp,
   ): Promise<ClaimedTask[]> {
     const k = this.keys(queue);
     const replies = await Promise.all(
       chunks(claims, BATCH).map((part) =>
-        this.timed("Claim", this.redis.tmClaim(
+        this.fenced(this.timed("Claim", this.redis.tmClaim(
           k.running,
           k.cc,
           k.paused,
+          k.epoch,
           ...this.header(queue, now),
           Math.floor(leaseMs),
+          String(leader.epoch),
+          Math.floor(leader.until),
           ...part.flatMap((c) => [c.id, c.workerId]),
-        )),
+        ))),
       ),
     );
     const workerOf = new Map(claims.map((c) => [c.id, c.workerId]));
@@ -739,23 +811,27 @@ export class TaskStore {
    * at its old enqueue time (the front of its priority), with error REQUEUED (reason) recorded.
    * The attempt stays; the next claim increments it. A task with a pending cancel request ends
    * CANCELLED instead, and one already re-queued `maxRequeues` times ends FAILED with error
-   * TOO_MANY_REQUEUES (both dead-lettered). Returns how many were re-queued.
+   * TOO_MANY_REQUEUES (both dead-lettered). Returns how many were re-queued. Leader-only:
+   * fenced by `epoch` like {@link claim}.
    */
-  async requeue(refs: readonly TaskRef[], reason: string, now: number): Promise<number> {
+  async requeue(refs: readonly TaskRef[], reason: string, now: number, leader: LeaderStamp): Promise<number> {
     let n = 0;
     await this.perQueue(refs, async (queue, part) => {
       const k = this.keys(queue);
-      const reply = await this.timed("Requeue", this.redis.tmRequeue(
+      const reply = await this.fenced(this.timed("Requeue", this.redis.tmRequeue(
         k.running,
         k.done,
         k.dead,
         k.cc,
+        k.epoch,
         ...this.header(queue, now),
         "REQUEUED",
         reason,
         this.maxRequeues,
+        String(leader.epoch),
+        Math.floor(leader.until),
         ...part.flatMap(({ item }) => [item.id, item.attempt]),
-      ));
+      )));
       n += int(reply);
     });
     return n;
@@ -774,21 +850,55 @@ export class TaskStore {
   /**
    * Running tasks whose lease deadline passed go back to the ready set like {@link requeue}
    * (error LEASE_EXPIRED), or end as it describes. Returns the refs re-queued (not the ended ones).
+   * Leader-only: fenced by `epoch` like {@link claim}.
    */
-  async expireLeases(queue: string, now: number, limit: number): Promise<TaskRef[]> {
+  async expireLeases(queue: string, now: number, limit: number, leader: LeaderStamp): Promise<TaskRef[]> {
     if (limit < 1) return [];
     const k = this.keys(queue);
     return pairs(
-      await this.timed("Expire", this.redis.tmExpire(
+      await this.fenced(this.timed("Expire", this.redis.tmExpire(
         k.running,
         k.done,
         k.dead,
         k.cc,
+        k.epoch,
         ...this.header(queue, now),
         Math.floor(limit),
         this.maxRequeues,
-      )),
+        String(leader.epoch),
+        Math.floor(leader.until),
+      ))),
     );
+  }
+
+  /**
+   * A newly elected leader takes queues over (lead.lua): from now on an older leader's
+   * claims, re-queues and lease expiries fail with {@link FencedError}, and every running
+   * attempt's lease starts again at `now + leaseMs` (no leader could renew them meanwhile).
+   * Returns how many leases were restarted. Fails with FencedError when a later leader was there.
+   */
+  async lead(queues: readonly string[], leader: LeaderStamp, now: number, leaseMs: number): Promise<number> {
+    const counts = await Promise.all(
+      queues.map(async (queue) => {
+        const k = this.keys(queue);
+        const reply = await this.fenced(
+          this.timed("Lead", this.redis.tmLead(k.running, k.epoch, ...this.header(queue, now), Math.floor(leaseMs), String(leader.epoch), Math.floor(leader.until))),
+        );
+        return int(reply);
+      }),
+    );
+    return counts.reduce((a, b) => a + b, 0);
+  }
+
+  /** Turns the FENCED error of a leader-only script into a {@link FencedError}. */
+  private async fenced<T>(call: Promise<T>): Promise<T> {
+    try {
+      return await call;
+    } catch (err) {
+      const m = err instanceof Error ? /\bFENCED (\d+)/.exec(err.message) : null;
+      if (m !== null) throw new FencedError(BigInt(m[1] as string));
+      throw err;
+    }
   }
 
   /**

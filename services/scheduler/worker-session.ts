@@ -14,7 +14,7 @@ import { AsyncQueue } from "../../lib/async-queue.js";
 import { delay } from "../../lib/lifecycle.js";
 import type { WorkerRecord } from "../../lib/keys.js";
 import type { SchedulerMetrics } from "../../lib/metrics.js";
-import type { ClaimedTask, TaskOutcome, TaskStore } from "./task-store.js";
+import { FencedError, type ClaimedTask, type LeaderStamp, type TaskOutcome, type TaskStore } from "./task-store.js";
 
 /** An attempt assigned to the worker and not finished yet. */
 export interface Inflight {
@@ -49,6 +49,10 @@ export interface WorkerSessionOptions {
   onCapacity: () => void;
   /** Called when the session becomes ready or goes down (for the ring). */
   onStateChange: (session: WorkerSession) => void;
+  /** What this leader's re-queues carry (they are fenced by it: see TaskStore.requeue). */
+  leader: () => LeaderStamp;
+  /** Redis refused a re-queue: a leader of a later epoch took over; stop leading. */
+  onFenced: (err: FencedError) => void;
 }
 
 /**
@@ -114,10 +118,25 @@ export class WorkerSession {
   /** Slots the dispatcher has promised to tasks being claimed right now. */
   reserved = 0;
 
+  /**
+   * Set while the worker's etcd registration is gone but its stream is alive (the worker lost
+   * etcd, not its life): it finishes what it runs and gets nothing new until it registers again.
+   */
+  retired = false;
+
   /** Slots the dispatcher may still fill. */
   get free(): number {
-    if (this.state !== "ready" || this.record.draining) return 0;
+    if (this.state !== "ready" || this.record.draining || this.retired || !this.alive) return 0;
     return Math.max(0, this.slots - this.inflight.size - this.reserved);
+  }
+
+  /**
+   * True while the stream is up and the worker answered within the last 1.5 ping periods. A worker
+   * that misses a ping gets no new task: it may be frozen or cut off (its stream is dropped after
+   * 3 periods of silence), and a task sent there would only be re-queued again.
+   */
+  get alive(): boolean {
+    return this.state === "ready" && Date.now() - this.lastHeard <= this.pingMs * 1.5;
   }
 
   /** Holds `n` slots for tasks being claimed. */
@@ -169,15 +188,24 @@ export class WorkerSession {
     return this.record.queues.length === 0 || this.record.queues.includes(queue);
   }
 
-  /** Registration changed (slots, draining, types). */
+  /** Registration changed (slots, draining, types), or is back after it was gone. */
   update(record: WorkerRecord): void {
     const wasDraining = this.record.draining;
+    const wasRetired = this.retired;
+    this.retired = false;
     const moreSlots = record.slots > this.slots;
     this.record = record;
     this.taskTypes = record.taskTypes;
     this.slots = record.slots;
-    if (moreSlots) this.opts.onCapacity();
-    if (wasDraining !== record.draining) this.opts.onStateChange(this);
+    if (moreSlots || wasRetired) this.opts.onCapacity();
+    if (wasDraining !== record.draining || wasRetired) this.opts.onStateChange(this);
+  }
+
+  /** The worker's registration is gone while its stream lives on: see {@link retired}. */
+  retire(): void {
+    if (this.retired) return;
+    this.retired = true;
+    this.opts.onStateChange(this);
   }
 
   /** Sends claimed tasks in one message; `reserved` when their slots were reserved beforehand. */
@@ -249,13 +277,22 @@ export class WorkerSession {
     );
   }
 
-  /** Forgets an attempt the store re-queued on its own (lease expiry), telling the worker to stop it. */
-  forget(taskId: string, attempt: number): void {
-    if (this.inflight.get(taskId)?.attempt === attempt) {
-      this.inflight.delete(taskId);
-      this.cancel(taskId, attempt, "lease expired");
-      this.opts.onCapacity();
+  /**
+   * The store re-queued an attempt because its lease expired. If this session holds it, its
+   * worker has not heartbeated for a whole lease although the stream looks open: the stream is
+   * dropped (its other attempts are re-queued too, fenced by attempt) and the worker is told to
+   * stop the attempt should it ever hear. Returns true when this session held it.
+   */
+  leaseExpired(taskId: string, attempt: number): boolean {
+    if (this.inflight.get(taskId)?.attempt !== attempt) return false;
+    this.inflight.delete(taskId);
+    this.cancel(taskId, attempt, "lease expired");
+    if (this.state === "ready") {
+      this.log.warn({ taskId, attempt, silentMs: Date.now() - this.lastHeard }, "a lease expired on an open stream; dropping it");
+      this.abort?.abort(new Error("lease expired on an open stream"));
     }
+    this.opts.onCapacity();
+    return true;
   }
 
   private ping(): void {
@@ -318,11 +355,16 @@ export class WorkerSession {
 
   private async requeue(refs: { id: string; attempt: number }[], reason: string): Promise<void> {
     try {
-      const n = await this.opts.store.requeue(refs, reason, Date.now());
+      const n = await this.opts.store.requeue(refs, reason, Date.now(), this.opts.leader());
       this.log.info({ requeued: n, reason }, "re-queued attempts of worker");
     } catch (err) {
-      // Redis unreachable: the tasks keep their running lease and the reaper re-queues them.
-      this.log.error({ err }, "re-queue failed; leases will expire");
+      if (err instanceof FencedError) {
+        // A later leader owns these attempts now (it adopted them from the worker's hello).
+        this.opts.onFenced(err);
+      } else {
+        // Redis unreachable: the tasks keep their running lease and the reaper re-queues them.
+        this.log.error({ err }, "re-queue failed; leases will expire");
+      }
     }
     this.opts.onCapacity();
   }

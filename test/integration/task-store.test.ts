@@ -5,13 +5,17 @@ import { TaskStatus, type Task } from "../../gen/taskmesh/v1/task_pb.js";
 import { silentLogger } from "../../lib/logger.js";
 import { taskIdFactory } from "../../services/scheduler/submit.js";
 import { DEFAULT_BACKOFF, queueTag } from "../../services/scheduler/task-codec.js";
-import { readyScore, TaskStore, type NewTask, type TaskStoreOptions } from "../../services/scheduler/task-store.js";
+import { FencedError, readyScore, TaskStore, type LeaderStamp, type NewTask, type TaskStoreOptions } from "../../services/scheduler/task-store.js";
 import { uniquePrefix } from "../support/ids.js";
 import { waitFor } from "../support/wait.js";
 
 const T0 = 1_700_000_000_000;
 const AGING = 1000;
 const LEASE = 30_000;
+/** A scheduler leader of `epoch` whose leadership holds for as long as the tests run. */
+const leader = (epoch: bigint): LeaderStamp => ({ epoch, until: Number.MAX_SAFE_INTEGER });
+/** The (only) scheduler leader most of these tests play. */
+const LEADER = leader(1n);
 const nextId = taskIdFactory();
 
 let redis: Redis;
@@ -139,7 +143,7 @@ describe("submit and get", () => {
     await store.submit(tasks, T0);
     const peek = await store.peekReady("default", 2000);
     expect(peek.map((p) => p.id)).toEqual(tasks.map((t) => t.id));
-    const claimed = await store.claim("default", peek.map((p) => ({ id: p.id, workerId: "w" })), T0 + 1, LEASE);
+    const claimed = await store.claim("default", peek.map((p) => ({ id: p.id, workerId: "w" })), T0 + 1, LEASE, LEADER);
     expect(claimed).toHaveLength(1200);
     const done = await store.complete(
       claimed.map((c) => ({ id: c.id, attempt: c.attempt, outcome: { kind: "succeeded", result: {} } })),
@@ -157,7 +161,7 @@ describe("submit and get", () => {
       const id = r!.task.id;
       expect(await s.get(id)).toEqual(r?.task);
       expect(await s.get("01UNKNOWN0000000000000000")).toBeUndefined();
-      await s.claim("default", [{ id, workerId: "w" }], T0, LEASE);
+      await s.claim("default", [{ id, workerId: "w" }], T0, LEASE, LEADER);
       await s.complete([{ id, attempt: 1, outcome: { kind: "succeeded", result: { a: 1 } } }], T0 + 1);
       const evs = await s.events(id, 0);
       expect(evs[evs.length - 1]?.task).toEqual(await s.get(id));
@@ -259,7 +263,7 @@ describe("delayed tasks", () => {
 describe("claim and results", () => {
   it("claims a task once: a second claim gets nothing", async () => {
     const t = await submitOne({ labels: { a: "b" }, timeoutMs: 1234 });
-    const first = await store.claim("default", [{ id: t.id, workerId: "w1" }], T0 + 10, LEASE);
+    const first = await store.claim("default", [{ id: t.id, workerId: "w1" }], T0 + 10, LEASE, LEADER);
     expect(first).toEqual([
       {
         id: t.id,
@@ -275,7 +279,7 @@ describe("claim and results", () => {
         readyAtMs: T0,
       },
     ]);
-    expect(await store.claim("default", [{ id: t.id, workerId: "w2" }], T0 + 11, LEASE)).toEqual([]);
+    expect(await store.claim("default", [{ id: t.id, workerId: "w2" }], T0 + 11, LEASE, LEADER)).toEqual([]);
     const got = await mustGet(t.id);
     expect(got.status).toBe(TaskStatus.RUNNING);
     expect(got.workerId).toBe("w1");
@@ -288,8 +292,8 @@ describe("claim and results", () => {
     await store.submit(tasks, T0);
     const other = makeStore();
     const [a, b] = await Promise.all([
-      store.claim("default", tasks.map((t) => ({ id: t.id, workerId: "a" })), T0, LEASE),
-      other.claim("default", tasks.map((t) => ({ id: t.id, workerId: "b" })), T0, LEASE),
+      store.claim("default", tasks.map((t) => ({ id: t.id, workerId: "a" })), T0, LEASE, LEADER),
+      other.claim("default", tasks.map((t) => ({ id: t.id, workerId: "b" })), T0, LEASE, LEADER),
     ]);
     expect(a.length + b.length).toBe(50);
     expect(new Set([...a, ...b].map((c) => c.id)).size).toBe(50);
@@ -297,7 +301,7 @@ describe("claim and results", () => {
 
   it("completes a success: result kept until its TTL", async () => {
     const t = await submitOne({ resultTtlMs: 60_000 });
-    await store.claim("default", [{ id: t.id, workerId: "w1" }], T0, LEASE);
+    await store.claim("default", [{ id: t.id, workerId: "w1" }], T0, LEASE, LEADER);
     expect(await store.complete([{ id: t.id, attempt: 1, outcome: { kind: "succeeded", result: { ok: true } } }], T0 + 50)).toEqual([
       "applied",
     ]);
@@ -317,7 +321,7 @@ describe("claim and results", () => {
     const t = await submitOne({ maxAttempts: 3, backoff: { initialMs: 1000, maxMs: 1500, multiplier: 2, jitter: 0 } });
     const fail = { kind: "failed", code: "HANDLER_ERROR", message: "boom", retryable: true } as const;
 
-    await store.claim("default", [{ id: t.id, workerId: "w" }], T0, LEASE);
+    await store.claim("default", [{ id: t.id, workerId: "w" }], T0, LEASE, LEADER);
     expect(await store.complete([{ id: t.id, attempt: 1, outcome: fail }], T0 + 100)).toEqual(["applied"]);
     let got = await mustGet(t.id);
     expect(got.status).toBe(TaskStatus.RETRY_WAIT);
@@ -331,14 +335,14 @@ describe("claim and results", () => {
     expect(await store.promoteDue("default", T0 + 1100, 10)).toBe(1);
     [stats] = await store.stats(T0 + 1100);
     expect(stats).toMatchObject({ retryWait: 0n, queued: 1n });
-    await store.claim("default", [{ id: t.id, workerId: "w" }], T0 + 1200, LEASE);
+    await store.claim("default", [{ id: t.id, workerId: "w" }], T0 + 1200, LEASE, LEADER);
     await store.complete([{ id: t.id, attempt: 2, outcome: fail }], T0 + 1300);
     got = await mustGet(t.id);
     // min(max 1500, 1000 × 2^1)
     expect(timestampMs(got.scheduledAt!)).toBe(T0 + 1300 + 1500);
 
     await store.promoteDue("default", T0 + 3000, 10);
-    await store.claim("default", [{ id: t.id, workerId: "w" }], T0 + 3000, LEASE);
+    await store.claim("default", [{ id: t.id, workerId: "w" }], T0 + 3000, LEASE, LEADER);
     await store.complete([{ id: t.id, attempt: 3, outcome: fail }], T0 + 3100);
     got = await mustGet(t.id);
     expect(got.status).toBe(TaskStatus.FAILED);
@@ -351,7 +355,7 @@ describe("claim and results", () => {
   it("spreads the backoff by the jitter", async () => {
     const tasks = Array.from({ length: 40 }, () => task({ backoff: { initialMs: 1000, maxMs: 10_000, multiplier: 2, jitter: 0.5 } }));
     await store.submit(tasks, T0);
-    await store.claim("default", tasks.map((t) => ({ id: t.id, workerId: "w" })), T0, LEASE);
+    await store.claim("default", tasks.map((t) => ({ id: t.id, workerId: "w" })), T0, LEASE, LEADER);
     await store.complete(
       tasks.map((t) => ({ id: t.id, attempt: 1, outcome: { kind: "failed", code: "E", message: "", retryable: true } })),
       T0,
@@ -366,7 +370,7 @@ describe("claim and results", () => {
 
   it("fails a non-retryable failure at once into the dead set", async () => {
     const t = await submitOne({ maxAttempts: 5 });
-    await store.claim("default", [{ id: t.id, workerId: "w" }], T0, LEASE);
+    await store.claim("default", [{ id: t.id, workerId: "w" }], T0, LEASE, LEADER);
     await store.complete([{ id: t.id, attempt: 1, outcome: { kind: "failed", code: "INVALID_PAYLOAD", message: "no", retryable: false } }], T0 + 1);
     const got = await mustGet(t.id);
     expect(got.status).toBe(TaskStatus.FAILED);
@@ -376,16 +380,16 @@ describe("claim and results", () => {
 
   it("rejects a stale attempt after a requeue and a new claim", async () => {
     const t = await submitOne();
-    await store.claim("default", [{ id: t.id, workerId: "w1" }], T0, LEASE);
-    expect(await store.requeue([{ id: t.id, attempt: 1 }], "worker gone", T0 + 5)).toBe(1);
+    await store.claim("default", [{ id: t.id, workerId: "w1" }], T0, LEASE, LEADER);
+    expect(await store.requeue([{ id: t.id, attempt: 1 }], "worker gone", T0 + 5, LEADER)).toBe(1);
     let got = await mustGet(t.id);
     expect(got.status).toBe(TaskStatus.QUEUED);
     expect(got.attempt).toBe(1);
     expect(got.error).toMatchObject({ code: "REQUEUED", message: "worker gone" });
     // A second requeue of the same attempt does nothing.
-    expect(await store.requeue([{ id: t.id, attempt: 1 }], "again", T0 + 6)).toBe(0);
+    expect(await store.requeue([{ id: t.id, attempt: 1 }], "again", T0 + 6, LEADER)).toBe(0);
 
-    const [c2] = await store.claim("default", [{ id: t.id, workerId: "w2" }], T0 + 10, LEASE);
+    const [c2] = await store.claim("default", [{ id: t.id, workerId: "w2" }], T0 + 10, LEASE, LEADER);
     expect(c2?.attempt).toBe(2);
     expect(await store.complete([{ id: t.id, attempt: 1, outcome: { kind: "succeeded", result: { late: true } } }], T0 + 20)).toEqual([
       "stale",
@@ -407,14 +411,14 @@ describe("claim and results", () => {
   it("puts a re-queued task back at the front of its priority", async () => {
     const a = await submitOne({}, T0);
     const b = await submitOne({}, T0 + 1);
-    await store.claim("default", [{ id: a.id, workerId: "w" }], T0 + 2, LEASE);
-    await store.requeue([{ id: a.id, attempt: 1 }], "stream broken", T0 + 3);
+    await store.claim("default", [{ id: a.id, workerId: "w" }], T0 + 2, LEASE, LEADER);
+    await store.requeue([{ id: a.id, attempt: 1 }], "stream broken", T0 + 3, LEADER);
     expect((await store.peekReady("default", 10)).map((p) => p.id)).toEqual([a.id, b.id]);
   });
 
   it("renews leases of current attempts and re-queues expired ones", async () => {
     const [a, b] = (await store.submit([task(), task()], T0)).map((r) => r.task);
-    await store.claim("default", [{ id: a!.id, workerId: "w" }, { id: b!.id, workerId: "w" }], T0, 1000);
+    await store.claim("default", [{ id: a!.id, workerId: "w" }, { id: b!.id, workerId: "w" }], T0, 1000, LEADER);
     const { stale } = await store.renew(
       [{ id: a!.id, attempt: 1 }, { id: b!.id, attempt: 7 }, { id: "01UNKNOWN0000000000000000", attempt: 1 }],
       T0 + 900,
@@ -425,17 +429,70 @@ describe("claim and results", () => {
     expect(Number(await redis.zscore(k("default", "running"), a!.id))).toBe(T0 + 1900);
 
     // At T0 + 1500 only b's lease (T0 + 1000) has passed.
-    expect(await store.expireLeases("default", T0 + 1500, 100)).toEqual([{ id: b!.id, attempt: 1 }]);
+    expect(await store.expireLeases("default", T0 + 1500, 100, LEADER)).toEqual([{ id: b!.id, attempt: 1 }]);
     expect((await mustGet(b!.id)).error?.code).toBe("LEASE_EXPIRED");
-    expect(await store.expireLeases("default", T0 + 2000, 100)).toEqual([{ id: a!.id, attempt: 1 }]);
-    expect(await store.expireLeases("default", T0 + 9000, 100)).toEqual([]);
-    const again = await store.claim("default", [{ id: a!.id, workerId: "w2" }], T0 + 2100, 1000);
+    expect(await store.expireLeases("default", T0 + 2000, 100, LEADER)).toEqual([{ id: a!.id, attempt: 1 }]);
+    expect(await store.expireLeases("default", T0 + 9000, 100, LEADER)).toEqual([]);
+    const again = await store.claim("default", [{ id: a!.id, workerId: "w2" }], T0 + 2100, 1000, LEADER);
     expect(again[0]?.attempt).toBe(2);
   });
 });
 
+describe("leader epochs", () => {
+  it("refuses claims, re-queues and lease expiries of an older leader once a later one took the queue over", async () => {
+    const [a, b] = (await store.submit([task(), task()], T0)).map((r) => r.task);
+    const [claimed] = await store.claim("default", [{ id: a!.id, workerId: "w1" }], T0, 1000, leader(5n));
+    expect(claimed?.attempt).toBe(1);
+    // Leader 7 takes over: leader 5, deposed but still running, can no longer change anything.
+    expect(await store.lead(["default"], leader(7n), T0 + 10, 1000)).toBe(1);
+    const refused = (p: Promise<unknown>) => expect(p).rejects.toEqual(new FencedError(7n));
+    await refused(store.claim("default", [{ id: b!.id, workerId: "w1" }], T0 + 20, 1000, leader(5n)));
+    await refused(store.requeue([{ id: a!.id, attempt: 1 }], "worker stream broken", T0 + 20, leader(5n)));
+    await refused(store.expireLeases("default", T0 + 5000, 100, leader(5n)));
+    await refused(store.lead(["default"], leader(6n), T0 + 20, 1000));
+    expect((await mustGet(a!.id)).status).toBe(TaskStatus.RUNNING);
+    expect((await mustGet(b!.id)).status).toBe(TaskStatus.QUEUED);
+    // The leader of the newest epoch (and a later one still) works as usual.
+    expect(await store.claim("default", [{ id: b!.id, workerId: "w2" }], T0 + 30, 1000, leader(7n))).toHaveLength(1);
+    expect(await store.requeue([{ id: a!.id, attempt: 1 }], "worker stream broken", T0 + 40, leader(8n))).toBe(1);
+    // ... after which leader 7 is the deposed one.
+    await expect(store.claim("default", [{ id: a!.id, workerId: "w2" }], T0 + 50, 1000, leader(7n))).rejects.toEqual(new FencedError(8n));
+  });
+
+  it("refuses a leader-only write that reaches Redis after its leadership was known to hold, by Redis's clock", async () => {
+    const [a] = (await store.submit([task()], T0)).map((r) => r.task);
+    const lapsed = { epoch: 9n, until: Date.now() - 1 };
+    const late = new FencedError(0n);
+    await expect(store.claim("default", [{ id: a!.id, workerId: "w" }], T0, 1000, lapsed)).rejects.toEqual(late);
+    await expect(store.lead(["default"], lapsed, T0, 1000)).rejects.toEqual(late);
+    await expect(store.expireLeases("default", T0, 100, lapsed)).rejects.toEqual(late);
+    // Nothing changed, not even the queue's epoch: the same leader, confirmed again, goes on.
+    expect((await mustGet(a!.id)).status).toBe(TaskStatus.QUEUED);
+    expect(await redis.get(k("default", "epoch"))).toBeNull();
+    const [direct] = await store.submit([task()], T0, { workers: ["w"], leaseMs: 1000, leader: lapsed });
+    expect(direct?.claimed).toBeUndefined();
+    expect(await store.claim("default", [{ id: a!.id, workerId: "w" }], T0, 1000, { epoch: 9n, until: Date.now() + 60_000 })).toHaveLength(1);
+  });
+
+  it("restarts every running attempt's lease when a new leader takes the queue over", async () => {
+    const [a, b] = (await store.submit([task(), task()], T0)).map((r) => r.task);
+    await store.claim("default", [{ id: a!.id, workerId: "w" }], T0, 1000, leader(1n));
+    await store.claim("default", [{ id: b!.id, workerId: "w" }], T0, 60_000, leader(1n));
+    // No leader for 3 s: a's lease (T0 + 1000) ran out meanwhile, b's did not.
+    expect(await store.lead(["default"], leader(2n), T0 + 3000, 1000)).toBe(1);
+    expect(Number(await redis.zscore(k("default", "running"), a!.id))).toBe(T0 + 4000);
+    expect(Number(await redis.zscore(k("default", "running"), b!.id))).toBe(T0 + 60_000);
+    expect(await store.expireLeases("default", T0 + 3500, 100, leader(2n))).toEqual([]);
+    expect(await store.expireLeases("default", T0 + 4001, 100, leader(2n))).toEqual([{ id: a!.id, attempt: 1 }]);
+  });
+});
+
 describe("direct claims at submit", () => {
-  const direct = (n: number, worker: string | undefined = "w1") => ({ workers: Array.from({ length: n }, () => worker), leaseMs: LEASE });
+  const direct = (n: number, worker: string | undefined = "w1", by = LEADER) => ({
+    workers: Array.from({ length: n }, () => worker),
+    leaseMs: LEASE,
+    leader: by,
+  });
 
   it("claims a new task for its planned worker in the submit call when nothing is queued", async () => {
     const t = task({ labels: { a: "b" }, timeoutMs: 1234 });
@@ -460,7 +517,7 @@ describe("direct claims at submit", () => {
     expect(Number(await redis.zscore(k("default", "running"), t.id))).toBe(T0 + LEASE);
     expect(await store.peekReady("default", 10)).toEqual([]);
     // Nobody else can claim it, and it completes like any claimed task (fenced by attempt 1).
-    expect(await store.claim("default", [{ id: t.id, workerId: "w2" }], T0 + 1, LEASE)).toEqual([]);
+    expect(await store.claim("default", [{ id: t.id, workerId: "w2" }], T0 + 1, LEASE, LEADER)).toEqual([]);
     expect(await store.complete([{ id: t.id, attempt: 1, outcome: { kind: "succeeded", result: { ok: 1 } } }], T0 + 5)).toEqual(["applied"]);
     const events = await store.events(t.id, 0);
     expect(events.map((e) => e.task?.status)).toEqual([TaskStatus.QUEUED, TaskStatus.RUNNING, TaskStatus.SUCCEEDED]);
@@ -476,7 +533,7 @@ describe("direct claims at submit", () => {
     // Within one batch: the first task queues (no worker planned), so the second queues too.
     const other = "q2";
     const pair = [task({ queue: other }), task({ queue: other })];
-    const res = await store.submit(pair, T0, { workers: [undefined, "w1"], leaseMs: LEASE });
+    const res = await store.submit(pair, T0, { workers: [undefined, "w1"], leaseMs: LEASE, leader: LEADER });
     expect(res.map((x) => x.claimed)).toEqual([undefined, undefined]);
     // Both planned and nothing waiting: both are claimed, in order.
     const both = await store.submit([task({ queue: "q3" }), task({ queue: "q3" })], T0, direct(2));
@@ -495,6 +552,11 @@ describe("direct claims at submit", () => {
     const kr = await store.submit(keyed, T0, direct(2));
     expect(kr.map((x) => x.claimed !== undefined)).toEqual([true, false]);
     expect((await mustGet(keyed[1]!.id)).status).toBe(TaskStatus.QUEUED);
+    // A deposed leader (older epoch than the queue's) gets no direct claim: its task queues.
+    await store.lead(["q7"], leader(2n), T0, LEASE);
+    const [deposed] = await store.submit([task({ queue: "q7" })], T0, direct(1, "w1", LEADER));
+    expect(deposed?.claimed).toBeUndefined();
+    expect((await mustGet(deposed!.task.id)).status).toBe(TaskStatus.QUEUED);
   });
 });
 
@@ -514,7 +576,7 @@ describe("cancel", () => {
   it("cancels a delayed task and a task waiting to retry", async () => {
     const d = await submitOne({ runAtMs: T0 + 10_000 });
     const w = await submitOne();
-    await store.claim("default", [{ id: w.id, workerId: "w" }], T0, LEASE);
+    await store.claim("default", [{ id: w.id, workerId: "w" }], T0, LEASE, LEADER);
     await store.complete([{ id: w.id, attempt: 1, outcome: { kind: "failed", code: "E", message: "m", retryable: true } }], T0);
     expect((await mustGet(w.id)).status).toBe(TaskStatus.RETRY_WAIT);
     expect((await store.cancel("acme", d.id, "x", T0 + 1))?.task.status).toBe(TaskStatus.CANCELLED);
@@ -527,7 +589,7 @@ describe("cancel", () => {
 
   it("asks the worker of a running task, which then ends it", async () => {
     const t = await submitOne();
-    await store.claim("default", [{ id: t.id, workerId: "w9" }], T0, LEASE);
+    await store.claim("default", [{ id: t.id, workerId: "w9" }], T0, LEASE, LEADER);
     const r = await store.cancel("acme", t.id, "user asked", T0 + 1);
     expect(r?.running).toEqual({ workerId: "w9", attempt: 1 });
     expect(r?.task.status).toBe(TaskStatus.RUNNING);
@@ -540,24 +602,24 @@ describe("cancel", () => {
 
   it("retries an attempt its worker cancelled on its own, as ABORTED", async () => {
     const t = await submitOne({ maxAttempts: 2 });
-    await store.claim("default", [{ id: t.id, workerId: "w" }], T0, LEASE);
+    await store.claim("default", [{ id: t.id, workerId: "w" }], T0, LEASE, LEADER);
     await store.complete([{ id: t.id, attempt: 1, outcome: { kind: "cancelled", reason: "worker shutting down" } }], T0 + 1);
     const got = await mustGet(t.id);
     expect(got.status).toBe(TaskStatus.RETRY_WAIT);
     expect(got.error).toMatchObject({ code: "ABORTED", message: "worker shutting down", retryable: true });
     await store.promoteDue("default", T0 + 60_000, 10);
-    await store.claim("default", [{ id: t.id, workerId: "w" }], T0 + 60_000, LEASE);
+    await store.claim("default", [{ id: t.id, workerId: "w" }], T0 + 60_000, LEASE, LEADER);
     await store.complete([{ id: t.id, attempt: 2, outcome: { kind: "cancelled", reason: "" } }], T0 + 60_001);
     expect((await mustGet(t.id)).status).toBe(TaskStatus.FAILED);
   });
 
   it("does not retry a running task whose cancel was requested, whether it fails or its worker is lost", async () => {
     const [a, b] = (await store.submit([task(), task()], T0)).map((r) => r.task);
-    await store.claim("default", [{ id: a!.id, workerId: "w" }, { id: b!.id, workerId: "w" }], T0, LEASE);
+    await store.claim("default", [{ id: a!.id, workerId: "w" }, { id: b!.id, workerId: "w" }], T0, LEASE, LEADER);
     await store.cancel("acme", a!.id, "stop", T0);
     await store.cancel("acme", b!.id, "stop", T0);
     await store.complete([{ id: a!.id, attempt: 1, outcome: { kind: "failed", code: "ABORTED", message: "aborted", retryable: true } }], T0 + 1);
-    expect(await store.requeue([{ id: b!.id, attempt: 1 }], "worker gone", T0 + 1)).toBe(0);
+    expect(await store.requeue([{ id: b!.id, attempt: 1 }], "worker gone", T0 + 1, LEADER)).toBe(0);
     expect((await mustGet(a!.id)).status).toBe(TaskStatus.CANCELLED);
     expect((await mustGet(b!.id)).status).toBe(TaskStatus.CANCELLED);
     expect(await redis.zcard(k("default", "running"))).toBe(0);
@@ -565,7 +627,7 @@ describe("cancel", () => {
 
   it("returns a finished task unchanged, and nothing for another tenant or an unknown id", async () => {
     const t = await submitOne();
-    await store.claim("default", [{ id: t.id, workerId: "w" }], T0, LEASE);
+    await store.claim("default", [{ id: t.id, workerId: "w" }], T0, LEASE, LEADER);
     await store.complete([{ id: t.id, attempt: 1, outcome: { kind: "succeeded", result: { v: 1 } } }], T0 + 1);
     const before = await mustGet(t.id);
     const r = await store.cancel("acme", t.id, "late", T0 + 2);
@@ -578,7 +640,7 @@ describe("cancel", () => {
 describe("retry from the dead-letter set", () => {
   it("re-queues a failed task keeping its attempt count", async () => {
     const t = await submitOne({ maxAttempts: 1, resultTtlMs: 1000 });
-    await store.claim("default", [{ id: t.id, workerId: "w" }], T0, LEASE);
+    await store.claim("default", [{ id: t.id, workerId: "w" }], T0, LEASE, LEADER);
     await store.complete([{ id: t.id, attempt: 1, outcome: { kind: "failed", code: "E", message: "m", retryable: true } }], T0 + 1);
     expect((await mustGet(t.id)).status).toBe(TaskStatus.FAILED);
 
@@ -591,7 +653,7 @@ describe("retry from the dead-letter set", () => {
     expect(await redis.zscore(k("default", "done"), t.id)).toBeNull();
     // Not reaped while alive again.
     expect(await store.reapExpired("default", T0 + 10_000, 10)).toBe(0);
-    const [c] = await store.claim("default", [{ id: t.id, workerId: "w" }], T0 + 20, LEASE);
+    const [c] = await store.claim("default", [{ id: t.id, workerId: "w" }], T0 + 20, LEASE, LEADER);
     expect(c?.attempt).toBe(2);
   });
 
@@ -610,7 +672,7 @@ describe("reapExpired", () => {
     const ok = await submitOne({ resultTtlMs: 1000, idempotencyKey: "i" });
     const bad = await submitOne({ resultTtlMs: 1000, queue: "default" });
     const live = await submitOne({ resultTtlMs: 1000 });
-    await store.claim("default", [{ id: ok.id, workerId: "w" }, { id: bad.id, workerId: "w" }], T0, LEASE);
+    await store.claim("default", [{ id: ok.id, workerId: "w" }, { id: bad.id, workerId: "w" }], T0, LEASE, LEADER);
     await store.progress([{ id: ok.id, attempt: 1, progress: 50, message: "half" }], T0 + 1);
     await store.complete(
       [
@@ -631,10 +693,10 @@ describe("reapExpired", () => {
       expect((await prefixKeys()).filter((key) => key.includes(id))).toEqual([]);
     }
     expect(await store.get(live.id)).toBeDefined();
-    // What is left: the live task and the queue-wide keys.
+    // What is left: the live task and the queue-wide keys (with the claiming leader's epoch).
     const left = (await prefixKeys()).filter((key) => !key.includes(live.id)).sort();
     expect(left).toEqual(
-      [`${prefix}:idem:acme:i`, `${prefix}:queues`, `${prefix}:tn:acme`, k("default", "ready:2")].sort(),
+      [`${prefix}:idem:acme:i`, `${prefix}:queues`, `${prefix}:tn:acme`, k("default", "ready:2"), k("default", "epoch")].sort(),
     );
     expect(await store.events(ok.id, 0)).toEqual([]);
   });
@@ -643,7 +705,7 @@ describe("reapExpired", () => {
 describe("events", () => {
   it("folds the history into snapshots in order: QUEUED → RUNNING → progress → SUCCEEDED", async () => {
     const t = await submitOne();
-    await store.claim("default", [{ id: t.id, workerId: "w1" }], T0 + 10, LEASE);
+    await store.claim("default", [{ id: t.id, workerId: "w1" }], T0 + 10, LEASE, LEADER);
     await store.progress([{ id: t.id, attempt: 1, progress: 30, message: "a third" }], T0 + 20);
     await store.log([{ id: t.id, attempt: 1, line: "hello \"world\"\n" }], T0 + 25);
     await store.progress([{ id: t.id, attempt: 1, progress: 150, message: "" }], T0 + 30);
@@ -694,15 +756,15 @@ describe("events", () => {
       await fn();
       seen.push(...(await watcher.events(t.id, last())));
     };
-    await step(() => store.claim("default", [{ id: t.id, workerId: "w1" }], T0 + 1, LEASE));
+    await step(() => store.claim("default", [{ id: t.id, workerId: "w1" }], T0 + 1, LEASE, LEADER));
     await step(() => store.progress([{ id: t.id, attempt: 1, progress: 10, message: "x" }], T0 + 2));
     await step(() =>
       store.complete([{ id: t.id, attempt: 1, outcome: { kind: "failed", code: "E", message: "m", retryable: true } }], T0 + 3),
     );
     await step(() => store.promoteDue("default", T0 + 10_000, 10));
-    await step(() => store.claim("default", [{ id: t.id, workerId: "w2" }], T0 + 10_001, LEASE));
-    await step(() => store.requeue([{ id: t.id, attempt: 2 }], "lost", T0 + 10_002));
-    await step(() => store.claim("default", [{ id: t.id, workerId: "w3" }], T0 + 10_003, LEASE));
+    await step(() => store.claim("default", [{ id: t.id, workerId: "w2" }], T0 + 10_001, LEASE, LEADER));
+    await step(() => store.requeue([{ id: t.id, attempt: 2 }], "lost", T0 + 10_002, LEADER));
+    await step(() => store.claim("default", [{ id: t.id, workerId: "w3" }], T0 + 10_003, LEASE, LEADER));
     await step(() => store.complete([{ id: t.id, attempt: 3, outcome: { kind: "succeeded", result: { r: 1 } } }], T0 + 10_004));
 
     off();
@@ -730,7 +792,7 @@ describe("events", () => {
 
   it("folds a dead-lettered and retried task to its stored state", async () => {
     const t = await submitOne({ maxAttempts: 1 });
-    await store.claim("default", [{ id: t.id, workerId: "w" }], T0, LEASE);
+    await store.claim("default", [{ id: t.id, workerId: "w" }], T0, LEASE, LEADER);
     await store.complete([{ id: t.id, attempt: 1, outcome: { kind: "failed", code: "E", message: "m", retryable: false } }], T0 + 1);
     let evs = await store.events(t.id, 0);
     expect(evs[evs.length - 1]?.task).toEqual(await mustGet(t.id));
@@ -747,7 +809,7 @@ describe("events", () => {
     const small = makeStore({ maxEvents: 5 });
     const [r] = await small.submit([task()], T0);
     const id = r!.task.id;
-    await small.claim("default", [{ id, workerId: "w" }], T0, LEASE);
+    await small.claim("default", [{ id, workerId: "w" }], T0, LEASE, LEADER);
     for (let i = 1; i <= 10; i++) await small.progress([{ id, attempt: 1, progress: i * 5, message: `p${i}` }], T0 + i);
     expect(await redis.llen(k("default", `ev:${id}`))).toBe(5);
     const evs = await small.events(id, 0);
@@ -764,7 +826,7 @@ describe("events", () => {
     const off = store.onEvent(t.id, (s) => seqs.push(s));
     const offOther = store.onEvent(t.id, (s) => other.push(s));
     await off.ready;
-    await store.claim("default", [{ id: t.id, workerId: "w" }], T0 + 1, LEASE);
+    await store.claim("default", [{ id: t.id, workerId: "w" }], T0 + 1, LEASE, LEADER);
     await store.progress([{ id: t.id, attempt: 1, progress: 1, message: "" }], T0 + 2);
     await waitFor(() => seqs.length >= 2 && other.length >= 2, { what: "event notifications" });
     expect(seqs).toEqual([2, 3]);
@@ -802,7 +864,7 @@ describe("list", () => {
     const b = task({ type: "b", queue: "other", labels: { env: "dev" } });
     const c = task({ type: "a", queue: "other" });
     await store.submit([a, b, c], T0);
-    await store.claim("other", [{ id: c.id, workerId: "w" }], T0, LEASE);
+    await store.claim("other", [{ id: c.id, workerId: "w" }], T0, LEASE, LEADER);
     const ids = async (f: Parameters<TaskStore["list"]>[1]): Promise<string[]> =>
       (await store.list("acme", f, 50, "")).tasks.map((t) => t.id);
     expect(await ids({ type: "a" })).toEqual([c.id, a.id]);
@@ -844,7 +906,7 @@ describe("compact layout", () => {
     expect(await redis.hgetall(tk)).toEqual({ s: String(TaskStatus.QUEUED), c: String(T0), n: "acme", y: "noop" });
     expect(await mustGet(t.id)).toEqual(t);
 
-    await store.claim("default", [{ id: t.id, workerId: "w1" }], T0 + 10, LEASE);
+    await store.claim("default", [{ id: t.id, workerId: "w1" }], T0 + 10, LEASE, LEADER);
     await store.complete([{ id: t.id, attempt: 1, outcome: { kind: "succeeded", result: { ok: true } } }], T0 + 20);
     // A short result stays in the hash; the claim and the end are implied by the hash.
     expect(await keysOf(t.id)).toEqual([tk]);
@@ -865,7 +927,7 @@ describe("compact layout", () => {
 
   it("stores the implied events unchanged when a later event needs the list", async () => {
     const t = await submitOne({ maxAttempts: 1 });
-    await store.claim("default", [{ id: t.id, workerId: "w" }], T0 + 1, LEASE);
+    await store.claim("default", [{ id: t.id, workerId: "w" }], T0 + 1, LEASE, LEADER);
     const running = await store.events(t.id, 0);
     await store.complete([{ id: t.id, attempt: 1, outcome: { kind: "failed", code: "E", message: "m", retryable: false } }], T0 + 2);
     const failed = await store.events(t.id, 0);
@@ -877,7 +939,7 @@ describe("compact layout", () => {
     const retried = await store.events(t.id, 0);
     expect(retried.slice(0, 3)).toEqual(failed);
     expect(await redis.llen(k("default", `ev:${t.id}`))).toBe(3);
-    await store.claim("default", [{ id: t.id, workerId: "w2" }], T0 + 4, LEASE);
+    await store.claim("default", [{ id: t.id, workerId: "w2" }], T0 + 4, LEASE, LEADER);
     await store.log([{ id: t.id, attempt: 2, line: "hi" }], T0 + 5);
     const logged = await store.events(t.id, 0);
     expect(logged.slice(0, 4)).toEqual(retried);
@@ -905,11 +967,11 @@ describe("compact layout", () => {
     expect((await store.peekReady("default", 1000)).map((p) => p.id)).toEqual(expected());
     expect((await store.peekReady("default", 7)).map((p) => p.id)).toEqual(expected().slice(0, 7));
     const some = made.filter(() => rnd() < 0.5).map((m) => m.id);
-    const claimed = await store.claim("default", some.map((id) => ({ id, workerId: "w" })), T0 + 30 * AGING, LEASE);
+    const claimed = await store.claim("default", some.map((id) => ({ id, workerId: "w" })), T0 + 30 * AGING, LEASE, LEADER);
     expect(claimed).toHaveLength(some.length);
     const left = new Set(some);
     expect((await store.peekReady("default", 1000)).map((p) => p.id)).toEqual(expected().filter((id) => !left.has(id)));
-    expect(await store.requeue(claimed.map((c) => ({ id: c.id, attempt: c.attempt })), "gone", T0 + 31 * AGING)).toBe(some.length);
+    expect(await store.requeue(claimed.map((c) => ({ id: c.id, attempt: c.attempt })), "gone", T0 + 31 * AGING, LEADER)).toBe(some.length);
     expect((await store.peekReady("default", 1000)).map((p) => p.id)).toEqual(expected());
     // Cancelling takes a task out from anywhere in line.
     const order = expected();
@@ -965,7 +1027,7 @@ describe("compact layout", () => {
     expect(await redis.lrange(`${prefix}:tn:acme`, 0, -1)).toEqual([...newestFirst].reverse());
 
     const gone = [first[1]!, first[3]!];
-    await store.claim("default", gone.map((t) => ({ id: t.id, workerId: "w" })), T0, LEASE);
+    await store.claim("default", gone.map((t) => ({ id: t.id, workerId: "w" })), T0, LEASE, LEADER);
     await store.complete(gone.map((t) => ({ id: t.id, attempt: 1, outcome: { kind: "succeeded", result: {} } })), T0);
     expect(await store.reapExpired("default", T0 + 1000, 10)).toBe(2);
     const left = newestFirst.filter((id) => !gone.some((t) => t.id === id));
@@ -986,7 +1048,7 @@ describe("stats", () => {
     await store.submit([task({ priority: 1 })], T0);
     await store.submit([task({ priority: 4 }), task({ runAtMs: T0 + 60_000 })], T0 + 2000);
     const running = await submitOne({}, T0 + 2000);
-    await store.claim("default", [{ id: running.id, workerId: "w" }], T0 + 2000, LEASE);
+    await store.claim("default", [{ id: running.id, workerId: "w" }], T0 + 2000, LEASE, LEADER);
     await submitOne({ queue: "empty" }, T0).then((t) => store.cancel("acme", t.id, "x", T0));
     const stats = await store.stats(T0 + 5000);
     const byName = new Map(stats.map((s) => [s.name, s]));
@@ -1010,19 +1072,19 @@ describe("concurrency limits", () => {
     await store.submit([...keyed, ...free], T0);
     const all = [...keyed, ...free].map((t) => ({ id: t.id, workerId: "w" }));
 
-    const first = await store.claim("default", all, T0 + 1, LEASE);
+    const first = await store.claim("default", all, T0 + 1, LEASE, LEADER);
     expect(first.map((c) => c.id)).toEqual([keyed[0]!.id, keyed[1]!.id, ...free.map((t) => t.id)]);
     expect(await running("acct-1")).toBe(2);
     // The blocked ones stay ready, in order, and are not offered by peek.
     expect(await redis.lrange(k("default", "ready:2"), 0, -1)).toEqual(keyed.slice(2).map((t) => t.id));
     expect(await store.peekReady("default", 10)).toEqual([]);
     expect((await mustGet(keyed[2]!.id)).status).toBe(TaskStatus.QUEUED);
-    expect(await store.claim("default", all, T0 + 2, LEASE)).toEqual([]);
+    expect(await store.claim("default", all, T0 + 2, LEASE, LEADER)).toEqual([]);
 
     await store.complete([{ id: keyed[0]!.id, attempt: 1, outcome: { kind: "succeeded", result: {} } }], T0 + 3);
     expect(await running("acct-1")).toBe(1);
     expect((await store.peekReady("default", 10)).map((p) => p.id)).toEqual([keyed[2]!.id]);
-    const next = await store.claim("default", all, T0 + 4, LEASE);
+    const next = await store.claim("default", all, T0 + 4, LEASE, LEADER);
     expect(next.map((c) => c.id)).toEqual([keyed[2]!.id]);
     expect(await running("acct-1")).toBe(2);
   });
@@ -1034,9 +1096,9 @@ describe("concurrency limits", () => {
     // Nothing runs yet: the first two of the key fit, the rest of the key do not.
     expect((await store.peekReady("default", 10)).map((p) => p.id)).toEqual([keyed[0]!.id, keyed[1]!.id, behind.id]);
     expect((await store.peekReady("default", 2)).map((p) => p.id)).toEqual([keyed[0]!.id, keyed[1]!.id]);
-    await store.claim("default", [{ id: keyed[0]!.id, workerId: "w" }], T0, LEASE);
+    await store.claim("default", [{ id: keyed[0]!.id, workerId: "w" }], T0, LEASE, LEADER);
     expect((await store.peekReady("default", 10)).map((p) => p.id)).toEqual([keyed[1]!.id, behind.id]);
-    await store.claim("default", [{ id: keyed[1]!.id, workerId: "w" }], T0, LEASE);
+    await store.claim("default", [{ id: keyed[1]!.id, workerId: "w" }], T0, LEASE, LEADER);
     // Five blocked tasks at the head: the default scan steps over them, a scan of 2 gives up.
     expect((await store.peekReady("default", 1)).map((p) => p.id)).toEqual([behind.id]);
     expect(await makeStore({ maxPeekSkip: 2 }).peekReady("default", 10)).toEqual([]);
@@ -1050,10 +1112,10 @@ describe("concurrency limits", () => {
     const otherQueue = task({ queue: "other", concurrencyKey: "k", concurrencyLimit: 1 });
     await store.submit([unlimited, limited, roomy, otherQueue], T0);
     const claims = [unlimited, limited, roomy].map((t) => ({ id: t.id, workerId: "w" }));
-    const got = await store.claim("default", claims, T0, LEASE);
+    const got = await store.claim("default", claims, T0, LEASE, LEADER);
     expect(got.map((c) => c.id)).toEqual([unlimited.id, roomy.id]);
     expect(await running("k")).toBe(2);
-    const [o] = await store.claim("other", [{ id: otherQueue.id, workerId: "w" }], T0, LEASE);
+    const [o] = await store.claim("other", [{ id: otherQueue.id, workerId: "w" }], T0, LEASE, LEADER);
     expect(o?.id).toBe(otherQueue.id);
     expect(await running("k", "other")).toBe(1);
     expect(await running("k")).toBe(2);
@@ -1065,8 +1127,8 @@ describe("concurrency limits", () => {
     const [ok, fails, lost, cancelled, lostCancelled, expired] = ts.map((t) => t.id) as [string, string, string, string, string, string];
     const claims = ts.map((t) => ({ id: t.id, workerId: "w" }));
     // All but one with a long lease; `expired` with a short one.
-    await store.claim("default", claims.slice(0, 5), T0, LEASE);
-    await store.claim("default", claims.slice(5), T0, 1000);
+    await store.claim("default", claims.slice(0, 5), T0, LEASE, LEADER);
+    await store.claim("default", claims.slice(5), T0, 1000, LEADER);
     expect(await running("k")).toBe(6);
 
     await store.complete([{ id: ok, attempt: 1, outcome: { kind: "succeeded", result: {} } }], T0 + 1);
@@ -1079,7 +1141,7 @@ describe("concurrency limits", () => {
     expect((await mustGet(fails)).status).toBe(TaskStatus.RETRY_WAIT);
     expect(await running("k")).toBe(4);
 
-    expect(await store.requeue([{ id: lost, attempt: 1 }], "worker gone", T0 + 3)).toBe(1);
+    expect(await store.requeue([{ id: lost, attempt: 1 }], "worker gone", T0 + 3, LEADER)).toBe(1);
     expect(await running("k")).toBe(3);
 
     await store.cancel("acme", cancelled, "stop", T0 + 4);
@@ -1089,17 +1151,17 @@ describe("concurrency limits", () => {
     expect(await running("k")).toBe(2);
 
     await store.cancel("acme", lostCancelled, "stop", T0 + 6);
-    expect(await store.requeue([{ id: lostCancelled, attempt: 1 }], "worker gone", T0 + 7)).toBe(0);
+    expect(await store.requeue([{ id: lostCancelled, attempt: 1 }], "worker gone", T0 + 7, LEADER)).toBe(0);
     expect((await mustGet(lostCancelled)).status).toBe(TaskStatus.CANCELLED);
     expect(await running("k")).toBe(1);
 
-    expect(await store.expireLeases("default", T0 + 1000, 10)).toEqual([{ id: expired, attempt: 1 }]);
+    expect(await store.expireLeases("default", T0 + 1000, 10, LEADER)).toEqual([{ id: expired, attempt: 1 }]);
     expect(await running("k")).toBeNull();
     expect(await redis.exists(k("default", "cc"))).toBe(0);
 
     // The re-queued ones run again and finish: still exact.
     await store.promoteDue("default", T0 + 60_000, 10);
-    const again = await store.claim("default", claims, T0 + 60_000, LEASE);
+    const again = await store.claim("default", claims, T0 + 60_000, LEASE, LEADER);
     expect(again.map((c) => c.id).sort()).toEqual([fails, lost, expired].sort());
     expect(await running("k")).toBe(3);
     await store.complete(
@@ -1118,14 +1180,14 @@ describe("pause and resume", () => {
     const busy = task();
     const elsewhere = task({ queue: "other" });
     await store.submit([low, normal, high, busy, elsewhere], T0);
-    await store.claim("default", [{ id: busy.id, workerId: "w" }], T0, LEASE);
+    await store.claim("default", [{ id: busy.id, workerId: "w" }], T0, LEASE, LEADER);
     const before = (await store.peekReady("default", 10)).map((p) => p.id);
     expect(before).toEqual([high.id, normal.id, low.id]);
 
     await store.setPaused("default", true);
     await store.setPaused("default", true);
     expect(await store.peekReady("default", 10)).toEqual([]);
-    expect(await store.claim("default", before.map((id) => ({ id, workerId: "w" })), T0 + 1, LEASE)).toEqual([]);
+    expect(await store.claim("default", before.map((id) => ({ id, workerId: "w" })), T0 + 1, LEASE, LEADER)).toEqual([]);
     // Submissions are still taken; the running task still finishes; other queues are unaffected.
     const late = await submitOne({ priority: 1 }, T0 + 2);
     expect(late.status).toBe(TaskStatus.QUEUED);
@@ -1137,7 +1199,7 @@ describe("pause and resume", () => {
 
     await store.setPaused("default", false);
     expect((await store.peekReady("default", 10)).map((p) => p.id)).toEqual([...before, late.id]);
-    const claimed = await store.claim("default", [{ id: high.id, workerId: "w" }], T0 + 5, LEASE);
+    const claimed = await store.claim("default", [{ id: high.id, workerId: "w" }], T0 + 5, LEASE, LEADER);
     expect(claimed.map((c) => c.id)).toEqual([high.id]);
     byName = new Map((await store.stats(T0 + 5)).map((s) => [s.name, s]));
     expect(byName.get("default")?.paused).toBe(false);
@@ -1160,15 +1222,15 @@ describe("re-queue limit", () => {
     let now = T0;
     // Ten losses, alternating a lost worker and an expired lease: each goes back to the queue.
     for (let i = 1; i <= 10; i++) {
-      const [c] = await store.claim("default", [{ id: t.id, workerId: "w" }], now, 1000);
+      const [c] = await store.claim("default", [{ id: t.id, workerId: "w" }], now, 1000, LEADER);
       expect(c?.attempt).toBe(i);
-      if (i % 2 === 0) expect(await store.requeue([{ id: t.id, attempt: i }], "worker gone", now + 1)).toBe(1);
-      else expect(await store.expireLeases("default", now + 1000, 10)).toEqual([{ id: t.id, attempt: i }]);
+      if (i % 2 === 0) expect(await store.requeue([{ id: t.id, attempt: i }], "worker gone", now + 1, LEADER)).toBe(1);
+      else expect(await store.expireLeases("default", now + 1000, 10, LEADER)).toEqual([{ id: t.id, attempt: i }]);
       expect((await mustGet(t.id)).status).toBe(TaskStatus.QUEUED);
       now += 2000;
     }
-    await store.claim("default", [{ id: t.id, workerId: "w" }], now, 1000);
-    expect(await store.requeue([{ id: t.id, attempt: 11 }], "worker gone", now + 1)).toBe(0);
+    await store.claim("default", [{ id: t.id, workerId: "w" }], now, 1000, LEADER);
+    expect(await store.requeue([{ id: t.id, attempt: 11 }], "worker gone", now + 1, LEADER)).toBe(0);
     const failed = await mustGet(t.id);
     expect(failed.status).toBe(TaskStatus.FAILED);
     expect(failed.error).toMatchObject({ code: "TOO_MANY_REQUEUES", message: "re-queued 10 times; last: worker gone", retryable: false });
@@ -1180,15 +1242,15 @@ describe("re-queue limit", () => {
 
     const r = await store.retry("acme", t.id, now + 10);
     expect("task" in r).toBe(true);
-    await store.claim("default", [{ id: t.id, workerId: "w" }], now + 20, 1000);
-    expect(await store.requeue([{ id: t.id, attempt: 12 }], "worker gone", now + 21)).toBe(1);
+    await store.claim("default", [{ id: t.id, workerId: "w" }], now + 20, 1000, LEADER);
+    expect(await store.requeue([{ id: t.id, attempt: 12 }], "worker gone", now + 21, LEADER)).toBe(1);
   });
 
   it("honours maxRequeues on the lease-expiry path, 0 failing at the first loss", async () => {
     const strict = makeStore({ maxRequeues: 0 });
     const t = await submitOne();
-    await strict.claim("default", [{ id: t.id, workerId: "w" }], T0, 1000);
-    expect(await strict.expireLeases("default", T0 + 1000, 10)).toEqual([]);
+    await strict.claim("default", [{ id: t.id, workerId: "w" }], T0, 1000, LEADER);
+    expect(await strict.expireLeases("default", T0 + 1000, 10, LEADER)).toEqual([]);
     const got = await mustGet(t.id);
     expect(got.status).toBe(TaskStatus.FAILED);
     expect(got.error).toMatchObject({ code: "TOO_MANY_REQUEUES", message: "re-queued 0 times; last: lease expired" });

@@ -4,7 +4,7 @@ import { silentLogger } from "../../lib/logger.js";
 import { schedulerMetrics } from "../../lib/metrics.js";
 import { Dispatcher } from "../../services/scheduler/dispatcher.js";
 import { Ring } from "../../services/scheduler/ring.js";
-import type { ClaimedTask, NewTask, SubmitResult, TaskStore } from "../../services/scheduler/task-store.js";
+import { FencedError, type ClaimedTask, type LeaderStamp, type NewTask, type SubmitResult, type TaskStore } from "../../services/scheduler/task-store.js";
 import type { WorkerSession } from "../../services/scheduler/worker-session.js";
 import { waitFor } from "../support/wait.js";
 
@@ -33,8 +33,12 @@ class FakeStore {
     return this.ready.slice(0, limit).map((r) => ({ ...r }));
   }
 
-  async claim(queue: string, claims: readonly { id: string; workerId: string }[]): Promise<ClaimedTask[]> {
+  /** Set when a later leader has taken over: claims fail as Redis refuses them. */
+  fencedBy: bigint | undefined;
+
+  async claim(queue: string, claims: readonly { id: string; workerId: string }[], _now: number, _lease: number, leader: LeaderStamp): Promise<ClaimedTask[]> {
     this.calls.push(`claim ${claims.length}`);
+    if (this.fencedBy !== undefined && this.fencedBy > leader.epoch) throw new FencedError(this.fencedBy);
     const out: ClaimedTask[] = [];
     for (const c of claims) {
       const i = this.ready.findIndex((r) => r.id === c.id);
@@ -101,6 +105,7 @@ function setup(workers: { id: string; slots: number; types?: string[] }[]) {
   const store = new FakeStore();
   const ring = new Ring();
   const sessions = new Map<string, FakeSession>();
+  const fenced: FencedError[] = [];
   for (const w of workers) {
     sessions.set(w.id, new FakeSession(w.id, w.slots));
     ring.add(w.id, w.types ?? ["noop"]);
@@ -112,8 +117,9 @@ function setup(workers: { id: string; slots: number; types?: string[] }[]) {
     leaseMs: () => 10_000,
     metrics: schedulerMetrics(new Registry()),
     logger: silentLogger(),
+    onFenced: (err) => fenced.push(err),
   });
-  return { store, sessions, dispatcher };
+  return { store, sessions, dispatcher, fenced };
 }
 
 describe("Dispatcher", () => {
@@ -209,7 +215,7 @@ describe("Dispatcher", () => {
       ({ id, type, queue: "q", affinityKey: "", runAtMs }) as unknown as NewTask;
     // Not leading (never started): no plan.
     expect(dispatcher.planDirect([newTask("x")], 1000)).toBeUndefined();
-    dispatcher.start();
+    dispatcher.start(() => ({ epoch: 1n, until: Number.MAX_SAFE_INTEGER }));
     try {
       const tasks = [newTask("t1"), newTask("t2"), newTask("t3"), newTask("o1", "other"), newTask("late", "noop", 5000)];
       const plan = dispatcher.planDirect(tasks, 1000);
@@ -248,6 +254,22 @@ describe("Dispatcher", () => {
       expect(a.reserved).toBe(0);
       // No free slot for the type: no plan at all.
       expect(dispatcher.planDirect([newTask("o2", "other")], 1000)).toBeUndefined();
+    } finally {
+      await dispatcher.stop();
+    }
+  });
+
+  it("reports a claim refused for an older epoch, sends nothing and gives the slots back", async () => {
+    const { store, sessions, dispatcher, fenced } = setup([{ id: "w", slots: 4 }]);
+    store.add(4);
+    store.fencedBy = 7n;
+    dispatcher.start(() => ({ epoch: 5n, until: Number.MAX_SAFE_INTEGER }));
+    try {
+      await waitFor(() => fenced.length > 0, { what: "the fenced claim reported" });
+      const w = sessions.get("w") as FakeSession;
+      expect(fenced[0]?.newerEpoch).toBe(7n);
+      expect(w.assigned).toEqual([]);
+      await waitFor(() => w.reserved === 0, { what: "reservations given back" });
     } finally {
       await dispatcher.stop();
     }

@@ -4,16 +4,20 @@
 -- and stays in line at its place; items are taken in the order given, so of several tasks of
 -- one key the earlier ones win the free places. A task is QUEUED exactly while it is in its
 -- ready list: the claimed ones leave their lists together at the end (ready_remove_many).
--- KEYS: 1 running, 2 concurrency counts, 3 paused flag
--- ARGV[6] lease ms; ARGV[7..]: per task 2 values: id, worker id.
+-- Leader-only: fenced by epoch (lib.lua fence).
+-- KEYS: 1 running, 2 concurrency counts, 3 paused flag, 4 epoch
+-- ARGV[6] lease ms, ARGV[7] the caller's epoch, ARGV[8] until when it leads (ms);
+-- ARGV[9..]: per task 2 values: id, worker id.
 -- Returns per claimed task: {id, attempt, type, tenant, spec JSON (false = none), traceparent
 -- ('' = none), ms when it became ready}.
 -- The claim is an implied event (see lib.lua): it only bumps the event number.
+local fenced = fence(KEYS[4], ARGV[7], ARGV[8])
+if fenced then return fenced end
 if redis.call('EXISTS', KEYS[3]) == 1 then return {} end
 local lease = NOW + tonumber(ARGV[6])
 local out = {}
 local leaving, counts = {}, {}
-for i = 7, #ARGV, 2 do
+for i = 9, #ARGV, 2 do
   local id, wid = ARGV[i], ARGV[i + 1]
   local tk = tkey(id)
   local f = redis.call('HMGET', tk, 's', 'a', 'y', 'n', 'ck', 'cl', 'tp', 'e', 'c', 'p', 'd', 'q', 'qe')

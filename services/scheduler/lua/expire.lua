@@ -1,7 +1,11 @@
 -- expire: running tasks whose lease deadline passed go back in line.
--- KEYS: 1 running, 2 done, 3 dead, 4 concurrency counts
--- ARGV[6] limit, ARGV[7] max re-queues per task.
+-- Leader-only: fenced by epoch (lib.lua fence).
+-- KEYS: 1 running, 2 done, 3 dead, 4 concurrency counts, 5 epoch
+-- ARGV[6] limit, ARGV[7] max re-queues per task, ARGV[8] the caller's epoch, ARGV[9] until when
+-- it leads (ms).
 -- Returns the re-queued refs flattened: {id, attempt, ...} (not those requeue_running ended).
+local fenced = fence(KEYS[5], ARGV[8], ARGV[9])
+if fenced then return fenced end
 local k = {running = KEYS[1], done = KEYS[2], dead = KEYS[3], cc = KEYS[4]}
 local max_rq = tonumber(ARGV[7])
 local out = {}

@@ -79,6 +79,34 @@ local function queue_of(id)
   return false
 end
 
+-- ---- leader epochs ----
+-- P:{Q}:epoch holds the epoch of the newest leader that did leader-only work on the queue
+-- (claims, re-queues, lease expiry). A script called with an older epoch changes nothing and
+-- fails with "FENCED <epoch>": its caller was deposed and must stop. Each such write refreshes
+-- the key, which lives FENCE_TTL_MS after the last one, so that after etcd is rebuilt from
+-- scratch (its revisions, the epochs, start low again) a leader can work again after that long.
+local FENCE_TTL_MS = 60000
+-- A leader-only write also carries `until_ms`: when its leader's lease stops being known to hold
+-- (its own clock). A write that reaches Redis later than that (held in a socket buffer through a
+-- partition, say, while another leader may have been elected) is refused too: by Redis's clock,
+-- so hosts' clocks must agree to well within a lease (NTP does).
+-- True, recording `epoch`, when the write may go ahead; else false and the newer epoch (0 when
+-- the write came too late).
+local function epoch_current(k, epoch, until_ms)
+  local t = redis.call('TIME')
+  if tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) > tonumber(until_ms) then return false, 0 end
+  local cur = tonumber(redis.call('GET', k) or '0')
+  if tonumber(epoch) < cur then return false, cur end
+  redis.call('SET', k, epoch, 'PX', FENCE_TTL_MS)
+  return true
+end
+-- Returns an error reply to return when the write may not go ahead (see epoch_current), else false.
+local function fence(k, epoch, until_ms)
+  local ok, newer = epoch_current(k, epoch, until_ms)
+  if ok then return false end
+  return redis.error_reply('FENCED ' .. string.format('%d', newer))
+end
+
 -- ---- lists kept in order ----
 
 -- Pushes `items` onto list k (RPUSH keeps their order at the tail; LPUSH puts the last one at

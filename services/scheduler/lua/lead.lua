@@ -1,0 +1,20 @@
+-- lead: a newly elected leader takes queue Q over. It fences the queue with its epoch (from now
+-- on an older leader's claims, re-queues and lease expiries fail: lib.lua fence) and restarts
+-- the lease of every running attempt at NOW + lease ms (while no leader ran, nobody could renew
+-- them; the workers' hellos and re-sent results reach the new leader within that time).
+-- KEYS: 1 running, 2 epoch
+-- ARGV[6] lease ms, ARGV[7] the leader's epoch, ARGV[8] until when it leads (ms).
+-- Returns how many leases were restarted.
+local fenced = fence(KEYS[2], ARGV[7], ARGV[8])
+if fenced then return fenced end
+local until_ms = NOW + tonumber(ARGV[6])
+local late = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. until_ms)
+for i = 1, #late, 1000 do
+  local args = {}
+  for j = i, math.min(i + 999, #late) do
+    args[#args + 1] = until_ms
+    args[#args + 1] = late[j]
+  end
+  redis.call('ZADD', KEYS[1], 'XX', unpack(args))
+end
+return #late
