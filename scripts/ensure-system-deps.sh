@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Sourced by start.sh and test.sh: installs the Debian packages taskmesh needs when they are
 # missing and we are root; otherwise prints the command to run and fails. The mesh needs etcd and
-# Redis; with TASKMESH_TEST_DEPS=1 (npm test) also promtool, docker-compose (validation only) and
-# Chromium (the dashboard's browser test).
+# Redis; with TASKMESH_TEST_DEPS=1 (npm test) also promtool, docker-compose (validation only),
+# Chromium (the dashboard's browser test), and ip and iptables-legacy (the multi-host fault test's
+# network namespaces and faults).
 missing=()
 need() { command -v "$1" >/dev/null 2>&1 || missing+=("$2"); }
 need etcd etcd-server
@@ -13,6 +14,8 @@ if [ "${TASKMESH_TEST_DEPS:-0}" = "1" ]; then
   need promtool prometheus
   need docker-compose docker-compose
   need chromium chromium
+  need ip iproute2
+  need iptables-legacy iptables
 fi
 if ((${#missing[@]})); then
   if [ "$(id -u)" -eq 0 ]; then
