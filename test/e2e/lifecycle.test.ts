@@ -660,7 +660,7 @@ describe("result TTL: Redis memory stays bounded", () => {
       expect(cursor).toBe("0");
       const p = mesh.redisPrefix;
       const esc = (s: string): string => s.replace(/[.*+?^${}()|[\]\\]/g, "\\$&");
-      const queueLevel = new RegExp(`^${esc(p)}:\\{[^}]+\\}:(ready:[1-4]|delayed|running|done|dead|rw|cc|paused)$`);
+      const queueLevel = new RegExp(`^${esc(p)}:\\{[^}]+\\}:(ready:[1-4]|delayed|running|done|dead|rw|cc|paused|epoch)$`);
       const global = new Set([`${p}:queues`, `${p}:wstat`, `${p}:sch:due`, `${p}:sch:pend`]);
       // Per API key (the gateway's rate-limit buckets, which expire), not per task.
       const perKey = (k: string): boolean => k.startsWith(`${p}:rl:`);
