@@ -3,33 +3,15 @@ import type { Redis } from "ioredis";
 import { afterEach, describe, expect, it } from "vitest";
 import { silentLogger } from "../../lib/logger.js";
 import { FailoverAwareSentinelConnector, ReplicaWaiter, createRedis } from "../../lib/redis.js";
-import { taskIdFactory } from "../../services/scheduler/submit.js";
 import { TaskStore, type NewTask } from "../../services/scheduler/task-store.js";
 import { redisCommand, startRedis, startSentinelGroup, type Backend, type SentinelGroup } from "../support/backends.js";
 import { uniquePrefix } from "../support/ids.js";
+import { newTask } from "../support/tasks.js";
 import { waitFor } from "../support/wait.js";
 
-const nextId = taskIdFactory();
 
 function task(): NewTask {
-  return {
-    id: nextId("default", Date.now()),
-    tenant: "acme",
-    type: "noop",
-    queue: "default",
-    priority: 2,
-    payload: {},
-    affinityKey: "",
-    maxAttempts: 3,
-    backoff: { initialMs: 1000, maxMs: 60_000, multiplier: 2, jitter: 0 },
-    timeoutMs: 0,
-    runAtMs: 0,
-    idempotencyKey: "",
-    labels: {},
-    resultTtlMs: 60_000,
-    concurrencyKey: "",
-    concurrencyLimit: 0,
-  };
+  return newTask({ resultTtlMs: 60_000 });
 }
 
 /** The port of the server a client is connected to, as that server reports it. */

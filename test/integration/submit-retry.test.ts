@@ -6,29 +6,12 @@ import { silentLogger } from "../../lib/logger.js";
 import { requestTaskIds } from "../../services/scheduler/submit.js";
 import { TaskStore, type NewTask } from "../../services/scheduler/task-store.js";
 import { uniquePrefix } from "../support/ids.js";
+import { newTask } from "../support/tasks.js";
 
 const T0 = 1_700_000_000_000;
 
 function task(id: string, over: Partial<NewTask> = {}): NewTask {
-  return {
-    id,
-    tenant: "acme",
-    type: "noop",
-    queue: "default",
-    priority: 2,
-    payload: { n: 1 },
-    affinityKey: "",
-    maxAttempts: 3,
-    backoff: { initialMs: 1000, maxMs: 60_000, multiplier: 2, jitter: 0 },
-    timeoutMs: 0,
-    runAtMs: 0,
-    idempotencyKey: "",
-    labels: {},
-    resultTtlMs: 86_400_000,
-    concurrencyKey: "",
-    concurrencyLimit: 0,
-    ...over,
-  };
+  return newTask({ payload: { n: 1 }, ...over, id });
 }
 
 describe("a submit repeated with the same task ids (a request retried on another replica)", () => {

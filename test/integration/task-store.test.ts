@@ -7,6 +7,7 @@ import { taskIdFactory } from "../../services/scheduler/submit.js";
 import { DEFAULT_BACKOFF, queueTag } from "../../services/scheduler/task-codec.js";
 import { FencedError, readyScore, TaskStore, type LeaderStamp, type NewTask, type TaskStoreOptions } from "../../services/scheduler/task-store.js";
 import { uniquePrefix } from "../support/ids.js";
+import { newTask } from "../support/tasks.js";
 import { waitFor } from "../support/wait.js";
 
 const T0 = 1_700_000_000_000;
@@ -30,25 +31,7 @@ function makeStore(opts: Partial<TaskStoreOptions> = {}): TaskStore {
 }
 
 function task(over: Partial<NewTask> = {}): NewTask {
-  return {
-    id: nextId(over.queue ?? "default", Date.now()),
-    tenant: "acme",
-    type: "noop",
-    queue: "default",
-    priority: 2,
-    payload: { n: 1, s: "x" },
-    affinityKey: "",
-    maxAttempts: 3,
-    backoff: { initialMs: 1000, maxMs: 60_000, multiplier: 2, jitter: 0 },
-    timeoutMs: 0,
-    runAtMs: 0,
-    idempotencyKey: "",
-    labels: {},
-    resultTtlMs: 86_400_000,
-    concurrencyKey: "",
-    concurrencyLimit: 0,
-    ...over,
-  };
+  return newTask({ payload: { n: 1, s: "x" }, ...over });
 }
 
 async function submitOne(over: Partial<NewTask> = {}, now = T0): Promise<Task> {

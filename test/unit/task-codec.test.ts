@@ -2,6 +2,7 @@ import { readFileSync } from "node:fs";
 import { describe, expect, it } from "vitest";
 import { timestampMs } from "@bufbuild/protobuf/wkt";
 import { TaskStatus, type Task } from "../../gen/taskmesh/v1/task_pb.js";
+import { newTask as storeTask } from "../support/tasks.js";
 import {
   applyEvent,
   decodeSpec,
@@ -25,25 +26,7 @@ import {
 const T0 = 1_700_000_000_000;
 
 function newTask(over: Partial<NewTask> = {}): NewTask {
-  return {
-    id: "01HZX0000000000000000000AA",
-    tenant: "acme",
-    type: "noop",
-    queue: "default",
-    priority: 2,
-    payload: {},
-    affinityKey: "",
-    maxAttempts: 3,
-    backoff: { initialMs: 1000, maxMs: 60_000, multiplier: 2, jitter: 0.1 },
-    timeoutMs: 0,
-    runAtMs: 0,
-    idempotencyKey: "",
-    labels: {},
-    resultTtlMs: 86_400_000,
-    concurrencyKey: "",
-    concurrencyLimit: 0,
-    ...over,
-  };
+  return storeTask({ id: "01HZX0000000000000000000AA", backoff: { initialMs: 1000, maxMs: 60_000, multiplier: 2, jitter: 0.1 }, ...over });
 }
 
 /** Parses entries written the way the Lua scripts write them. */
