@@ -1,5 +1,5 @@
 /**
- * etcd key layout of DESIGN.md §3, in one place. Every key lives under a root (default
+ * The etcd key layout, in one place. Every key lives under a root (default
  * "/taskmesh/") so tests and side-by-side meshes can share one etcd with their own roots.
  */
 export interface EtcdKeys {

@@ -21,7 +21,7 @@ const RETRY_MAX_MS = 5_000;
 
 /**
  * A key held under an etcd lease for as long as this process lives: how workers and services
- * announce themselves (DESIGN.md §3). The lease is kept alive by etcd3; when the process dies
+ * announce themselves. The lease is kept alive by etcd3; when the process dies
  * the key disappears after the TTL, and `close()` revokes the lease so it disappears at once.
  *
  * If the lease is lost (etcd unreachable for longer than the TTL, or the lease revoked behind

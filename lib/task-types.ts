@@ -1,5 +1,5 @@
 /**
- * The built-in task types every worker runs (DESIGN.md §5). Part of the contract: the scheduler
+ * The built-in task types every worker runs. Part of the contract: the scheduler
  * accepts these even before a worker has registered; other types must be announced by a worker.
  */
 export const BUILTIN_TASK_TYPES: readonly string[] = [

@@ -18,7 +18,7 @@ export interface SubmitDefaults {
   maxPayloadBytes: number;
 }
 
-/** The defaults of DESIGN.md: 3 attempts, 1 s → 60 s backoff doubling with 20% jitter, 24 h results. */
+/** The defaults: 3 attempts, 1 s → 60 s backoff doubling with 20% jitter, 24 h results. */
 export const DEFAULT_SUBMIT: SubmitDefaults = {
   maxAttempts: 3,
   backoff: { initialMs: 1000, maxMs: 60_000, multiplier: 2, jitter: 0.2 },

@@ -28,7 +28,7 @@ export type { NewTask, BackoffPolicy } from "./task-codec.js";
 /**
  * The scheduler's task store: every task state change is one Lua script call on Redis, batched
  * (many tasks per call) and fenced by attempt, so a late report from an old attempt can never
- * overwrite a newer one. See DESIGN.md §4 and `task-codec.ts` for the per-task layout.
+ * overwrite a newer one. The key layout is below; `task-codec.ts` has the fields of a task's hash.
  *
  * Keys (`P` = prefix; a queue's keys share the hash tag `{q}`, so one queue fits one Cluster slot).
  * The layout keeps a task small (scenario E of bench/: Redis bytes per task): one compact hash

@@ -7,7 +7,7 @@ import { h, replace } from "./dom.js";
 import { json, PRIORITIES, priorityName } from "./format.js";
 import type { View, ViewContext } from "./view.js";
 
-/** Example payloads of the built-in task types (DESIGN.md §5). */
+/** Example payloads of the built-in task types (the README lists them). */
 const EXAMPLES: Readonly<Record<string, JsonObject>> = {
   data_processing: { data: [{ x: 1 }, { x: 2 }, { x: 3 }], item_delay_ms: 200 },
   sleep: { ms: 5000 },

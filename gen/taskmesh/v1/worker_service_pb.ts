@@ -477,7 +477,7 @@ export const WorkerHeartbeatSchema: GenMessage<WorkerHeartbeat> = /*@__PURE__*/
 export const WorkerService: GenService<{
   /**
    * Work is the assignment stream. The worker's first message is a hello.
-   * The message names are the design's (DESIGN.md §2), not <Method>Request.
+   * The message names say who sends them (kept from the first version of the protocol), not <Method>Request.
    * buf:lint:ignore RPC_REQUEST_STANDARD_NAME
    *
    * @generated from rpc taskmesh.v1.WorkerService.Work

@@ -21,7 +21,7 @@ export interface BuiltinOptions {
   slots: () => { slots: number; used: number };
 }
 
-/** The built-in task types (DESIGN.md §5), keyed by type; the keys are {@link BUILTIN_TASK_TYPES}. */
+/** The built-in task types, keyed by type; the keys are {@link BUILTIN_TASK_TYPES}. */
 export function builtinHandlers(opts: BuiltinOptions): Map<string, TaskHandler> {
   const map = new Map<string, TaskHandler>([
     ["data_processing", dataProcessing],
