@@ -202,17 +202,9 @@ export interface RedisDeployment {
 /** Starts Redis for the cluster: pluggable, so that a Sentinel deployment can replace the single one. */
 export type RedisStarter = (mh: Multihost) => Promise<RedisDeployment>;
 
-/**
- * One Redis on host c, append-only with fsync on every write: a single point of failure, so it
- * has no failover. The Redis failover fault waits for a Sentinel starter (master + replica +
- * three sentinels, URL `redis-sentinel://…`) to replace this one.
- */
-export const singleRedis: RedisStarter = async (mh) => {
-  const host = PLACEMENT.redis;
-  const ip = mh.net.ip(host);
-  const dir = join(mh.dataDir, "redis");
-  await mkdir(dir, { recursive: true });
-  const p = mh.define("redis", host, "redis", `${ip}:${PORTS.redis}`, "redis-server", [
+/** A redis-server on a host address with its data in `dir`, every write on disk (AOF, fsync always). */
+function redisServerArgs(ip: string, dir: string): string[] {
+  return [
     "--bind", ip,
     "--port", String(PORTS.redis),
     "--protected-mode", "no",
@@ -222,7 +214,19 @@ export const singleRedis: RedisStarter = async (mh) => {
     "--appendfsync", "always",
     "--daemonize", "no",
     "--loglevel", "notice",
-  ]);
+  ];
+}
+
+/**
+ * One Redis on host c, append-only with fsync on every write: a single point of failure, so it
+ * has no failover (TASKMESH_MULTIHOST_REDIS=single; {@link sentinelRedis} is the default).
+ */
+export const singleRedis: RedisStarter = async (mh) => {
+  const host = PLACEMENT.redis;
+  const ip = mh.net.ip(host);
+  const dir = join(mh.dataDir, "redis");
+  await mkdir(dir, { recursive: true });
+  const p = mh.define("redis", host, "redis", `${ip}:${PORTS.redis}`, "redis-server", redisServerArgs(ip, dir));
   await p.start();
   return { url: `redis://${ip}:${PORTS.redis}`, processes: [p] };
 };
@@ -267,16 +271,8 @@ export const sentinelRedis: RedisStarter = async (mh) => {
       replicaOf: name === "redis" ? undefined : master0,
     };
     node.process = mh.define(name, host, "redis", `${ip}:${PORTS.redis}`, "redis-server", () => [
-      "--bind", ip,
-      "--port", String(PORTS.redis),
-      "--protected-mode", "no",
-      "--dir", dir,
-      "--save", "",
-      "--appendonly", "yes",
-      "--appendfsync", "always",
+      ...redisServerArgs(ip, dir),
       "--repl-diskless-sync-delay", "0",
-      "--daemonize", "no",
-      "--loglevel", "notice",
       ...(node.replicaOf === undefined ? [] : ["--replicaof", ...node.replicaOf.split(":")]),
     ]);
     nodes.set(name, node as { process: ManagedProcess; replicaOf: string | undefined });
