@@ -3,7 +3,7 @@ import { mkdir, readFile, rename, rm, writeFile } from "node:fs/promises";
 import { dirname } from "node:path";
 import { fromJson, type DescField, type DescMessage, type JsonObject, type MessageShape } from "@bufbuild/protobuf";
 import { Code, ConnectError, createClient, type Transport } from "@connectrpc/connect";
-import { createGrpcTransport, Http2SessionManager } from "@connectrpc/connect-node";
+import type { Http2SessionManager } from "@connectrpc/connect-node";
 import type { Registry } from "prom-client";
 import { ConfigEvent_Type, ConfigService, type ConfigEvent } from "../gen/taskmesh/v1/config_service_pb.js";
 import { delay } from "./lifecycle.js";
@@ -13,6 +13,7 @@ import { configClientMetrics, type ConfigClientMetrics } from "./metrics.js";
 import type { Etcd3 } from "etcd3";
 import { etcdKeys, parseServiceRecord, type ServiceRecord } from "./keys.js";
 import { Membership } from "./membership.js";
+import { meshTransport, type MeshSecurity } from "./mesh-security.js";
 
 /** Options for {@link ConfigClient}. */
 export interface ConfigClientOptions {
@@ -47,6 +48,8 @@ export interface ConfigClientOptions {
   pingIntervalMs?: number;
   /** How long a PING may stay unanswered before the connection is dropped. @default 5000 */
   pingTimeoutMs?: number;
+  /** Mesh credentials to dial the config service with (mTLS, service token); plaintext without. */
+  security?: MeshSecurity;
 }
 
 /** Events of a {@link ConfigClient}. */
@@ -518,12 +521,10 @@ export class ConfigClient extends EventEmitter<ConfigClientEvents> {
   private transport(address: string): Transport {
     let t = this.transports.get(address);
     if (t === undefined) {
-      const baseUrl = `http://${address}`;
-      const manager = new Http2SessionManager(baseUrl, {
+      t = meshTransport(this.opts.security, address, ["config"], {
         pingIntervalMs: this.opts.pingIntervalMs ?? DEFAULTS.pingIntervalMs,
         pingTimeoutMs: this.opts.pingTimeoutMs ?? DEFAULTS.pingTimeoutMs,
       });
-      t = { manager, transport: createGrpcTransport({ baseUrl, sessionManager: manager, acceptCompression: [] }) };
       this.transports.set(address, t);
     }
     return t.transport;
@@ -631,6 +632,8 @@ export interface ConnectConfigOptions {
   cacheFile: string;
   registry: Registry;
   logger: Logger;
+  /** Mesh credentials (mTLS, service token); plaintext without. */
+  security?: MeshSecurity;
 }
 
 /** A service's live configuration: the client plus the discovery it uses. */
@@ -663,6 +666,7 @@ export async function connectConfig(opts: ConnectConfigOptions): Promise<Service
     ...(opts.cacheFile !== "" ? { cacheFile: opts.cacheFile } : {}),
     registry: opts.registry,
     logger: opts.logger,
+    ...(opts.security !== undefined ? { security: opts.security } : {}),
   });
   await client.start();
   return {

@@ -16,6 +16,8 @@ import type { Socket } from "node:net";
 import { Code, ConnectError } from "@connectrpc/connect";
 import { findTrailerError } from "@connectrpc/connect/protocol-grpc";
 import { frame, unframe, webHeaders } from "./grpc-fast.js";
+import type { MeshRole } from "./mesh-identity.js";
+import type { MeshSecurity } from "./mesh-security.js";
 
 /** Options for {@link GrpcChannel}. */
 export interface GrpcChannelOptions {
@@ -33,6 +35,13 @@ export interface GrpcChannelOptions {
    * @default 1000
    */
   connectTimeoutMs?: number;
+  /**
+   * The mesh credentials to dial with (lib/mesh-security.ts): mTLS (the peer must present a
+   * certificate of one of `peerRoles`) and/or the service token. Plaintext without.
+   */
+  security?: MeshSecurity;
+  /** Roles the peer's certificate may have (mTLS). @default ["scheduler"] */
+  peerRoles?: readonly MeshRole[];
 }
 
 /**
@@ -85,6 +94,9 @@ export class GrpcChannel {
   private readonly pingIntervalMs: number;
   private readonly pingTimeoutMs: number;
   private readonly connectTimeoutMs: number;
+  private readonly url: string;
+  private readonly connectOptions: http2.SecureClientSessionOptions;
+  private readonly extraHeaders: Record<string, string>;
 
   constructor(
     readonly address: string,
@@ -93,13 +105,16 @@ export class GrpcChannel {
     this.pingIntervalMs = opts.pingIntervalMs ?? 1000;
     this.pingTimeoutMs = opts.pingTimeoutMs ?? 1000;
     this.connectTimeoutMs = opts.connectTimeoutMs ?? 1000;
+    this.url = opts.security?.url(address) ?? `http://${address}`;
+    this.connectOptions = opts.security?.clientOptions(opts.peerRoles ?? ["scheduler"]) ?? {};
+    this.extraHeaders = opts.security?.headers() ?? {};
   }
 
   /** The current connection, or a new one. */
   private connection(): Conn {
     const c = this.conn;
     if (c !== undefined && c.failure === undefined && !c.session.closed && !c.session.destroyed) return c;
-    const session = http2.connect(`http://${this.address}`);
+    const session = http2.connect(this.url, this.connectOptions);
     const conn: Conn = { session, ready: false, failure: undefined, waiting: [] };
     const settle = (failure: ChannelFailure | undefined): void => {
       const waiting = conn.waiting;
@@ -224,6 +239,7 @@ export class GrpcChannel {
         try {
           req = session.request({
             ...headers,
+            ...this.extraHeaders,
             ":method": "POST",
             ":path": path,
             "content-type": "application/grpc+proto",

@@ -23,6 +23,8 @@ import {
   type ServiceImpl,
 } from "@connectrpc/connect";
 import { parseTimeout, setTrailerStatus } from "@connectrpc/connect/protocol-grpc";
+import type { MeshPeer } from "./mesh-identity.js";
+import { MESH_PEER } from "./mesh-security.js";
 
 /** True in the HandlerContext of a call served by the fast path (for logs and tests). */
 export const FAST_PATH = createContextKey(false, { description: "served by the fast gRPC path" });
@@ -39,6 +41,8 @@ export interface FastCall {
   readonly signal: AbortSignal;
   /** Milliseconds left until the client's `grpc-timeout`, read when asked; undefined without one. */
   timeoutMs(): number | undefined;
+  /** The authenticated caller, on an internal port of the mesh (lib/mesh-security.ts). */
+  readonly peer?: MeshPeer | undefined;
 }
 
 /** Answers one call with the response message (unframed), or throws (a ConnectError keeps its code). */
@@ -151,6 +155,7 @@ export function serveFast(
   headers: http2.IncomingHttpHeaders,
   handler: FastHandler,
   opts: FastServeOptions,
+  peer?: MeshPeer,
 ): void {
   const path = headers[":path"] ?? "";
   const done = opts.observer.start(path);
@@ -240,6 +245,7 @@ export function serveFast(
         return abort.signal;
       },
       timeoutMs: () => (deadline === undefined ? undefined : Math.max(0, deadline - performance.now())),
+      peer,
     };
     let result: Promise<Uint8Array>;
     try {
@@ -306,7 +312,7 @@ export function implRoutes(service: DescService, impl: Partial<ServiceImpl<DescS
         responseHeader: new Headers(),
         responseTrailer: new Headers(),
         protocolName: "grpc",
-        values: createContextValues().set(FAST_PATH, true),
+        values: createContextValues().set(FAST_PATH, true).set(MESH_PEER, call.peer),
         url,
       };
       const out = await (fn as (req: unknown, ctx: HandlerContext) => unknown).call(impl, request, ctx);

@@ -6,7 +6,7 @@ import { hostname } from "node:os";
 import * as tls from "node:tls";
 import type { GenFile } from "@bufbuild/protobuf/codegenv2";
 import type { DescService } from "@bufbuild/protobuf";
-import { Code, ConnectError, type ConnectRouter, type Interceptor, type ServiceImpl } from "@connectrpc/connect";
+import { Code, ConnectError, createContextValues, type ConnectRouter, type Interceptor, type ServiceImpl } from "@connectrpc/connect";
 import { connectNodeAdapter } from "@connectrpc/connect-node";
 import type { Registry } from "prom-client";
 import { implRoutes, isPlainGrpc, serveFast, type FastObserver, type FastRoutes, type LazyAbort } from "./grpc-fast.js";
@@ -17,6 +17,8 @@ import type { Logger } from "./logger.js";
 import { grpcCodeName, rpcMetrics, rpcMetricsInterceptor } from "./metrics.js";
 import { REFLECTION_SERVICE_NAMES, registerReflectionServices } from "./reflection.js";
 import { tracingEnabled, tracingInterceptor } from "./tracing.js";
+import { authorize, MESH_PEER, SERVICE_TOKEN_HEADER, type AccessPolicy, type MeshSecurity } from "./mesh-security.js";
+import type { MeshPeer } from "./mesh-identity.js";
 
 /** A plain HTTP request as either Node server hands it over. */
 export type HttpRequest = http.IncomingMessage | http2.Http2ServerRequest;
@@ -78,6 +80,13 @@ export interface ServerOptions {
    * `ca` and `requireClientCert`, clients must present a certificate signed by it (mTLS).
    */
   tls?: { cert: string | Buffer; key: string | Buffer; ca?: string | Buffer; requireClientCert?: boolean };
+  /**
+   * An internal port of the mesh: callers are authenticated by `security` (a client certificate
+   * of the mesh CA, the service token, or loopback when neither is set) and may call only what
+   * `access` grants their role; without mTLS or a token the server refuses a non-loopback
+   * address. Mutually exclusive with `tls` (mTLS comes from `security`). See docs/security.md.
+   */
+  mesh?: { security: MeshSecurity; access: AccessPolicy };
   /**
    * How long close() lets open connections finish their calls before destroying them.
    * @default 2000
@@ -152,6 +161,19 @@ export async function startServer(opts: ServerOptions): Promise<RpcServer> {
   const fastInflight = new Set<LazyAbort>();
   let state: "running" | "draining" | "stopped" = "running";
   let closing: Promise<void> | undefined;
+  const mesh = opts.mesh;
+  if (mesh !== undefined) {
+    if (opts.tls !== undefined) throw new Error(`${opts.name}: tls and mesh are exclusive (mesh TLS comes from its security)`);
+    mesh.security.assertSafeBind(host, opts.name);
+  }
+  // The caller of each connection, as its connection tells (certificate or loopback): HTTP/1
+  // requests by socket, HTTP/2 streams by session.
+  const socketPeers = new WeakMap<object, MeshPeer | undefined>();
+  let nextSessionPeer: MeshPeer | undefined;
+  const peerOf = (holder: object, token: string | string[] | undefined): MeshPeer | undefined =>
+    mesh?.security.peerOfRequest(socketPeers.get(holder), token);
+  const requestPeer = (req: HttpRequest): MeshPeer | undefined =>
+    peerOf(req instanceof http.IncomingMessage ? req.socket : req.stream.session ?? req.stream, req.headers[SERVICE_TOKEN_HEADER]);
 
   const rpcHandler = connectNodeAdapter({
     routes(router) {
@@ -171,9 +193,11 @@ export async function startServer(opts: ServerOptions): Promise<RpcServer> {
       tracingInterceptor(),
       rpcMetricsInterceptor(opts.registry, opts.name),
       rpcLogInterceptor(log),
+      ...(mesh !== undefined ? [accessInterceptor(mesh.access)] : []),
       ...(opts.interceptors ?? []),
     ],
     shutdownSignal: shutdown.signal,
+    ...(mesh !== undefined ? { contextValues: (req: HttpRequest) => createContextValues().set(MESH_PEER, requestPeer(req)) } : {}),
     fallback(req, res) {
       // The fallback's response type is connect-node's patched union of both servers' responses.
       const response = res as HttpResponse;
@@ -203,7 +227,10 @@ export async function startServer(opts: ServerOptions): Promise<RpcServer> {
     const path = (req.url ?? "/").split("?", 1)[0];
     if ((req.method === "GET" || req.method === "HEAD") && (path === "/healthz" || path === "/metrics")) {
       const head = req.method === "HEAD";
-      if (path === "/healthz") {
+      const denied = path === "/metrics" && mesh !== undefined ? authorize(mesh.access, path, requestPeer(req)) : undefined;
+      if (denied !== undefined) {
+        sendText(res, denied.code === Code.Unauthenticated ? 401 : 403, "text/plain", `${denied.rawMessage}\n`, head);
+      } else if (path === "/healthz") {
         const serving = health.get("") === ServingStatus.SERVING;
         const body = JSON.stringify({ status: serving ? "SERVING" : "NOT_SERVING" });
         sendText(res, serving ? 200 : 503, "application/json", body, head);
@@ -239,6 +266,7 @@ export async function startServer(opts: ServerOptions): Promise<RpcServer> {
   const h2 = http2.createServer({}, onRequest);
   const sessions = new Set<http2.ServerHttp2Session>();
   h2.on("session", (session) => {
+    socketPeers.set(session, nextSessionPeer);
     sessions.add(session);
     session.once("close", () => sessions.delete(session));
     // A session accepted while closing must not live on.
@@ -253,8 +281,12 @@ export async function startServer(opts: ServerOptions): Promise<RpcServer> {
     if (compat.length !== 1 || toCompat === undefined) throw new Error("unexpected http2 server listeners");
     h2.removeAllListeners("stream");
     h2.on("stream", (stream: http2.ServerHttp2Stream, headers: http2.IncomingHttpHeaders, flags: number, rawHeaders: string[]) => {
-      const handler = state === "running" && isPlainGrpc(headers) ? fast.get(headers[":path"] ?? "") : undefined;
-      if (handler !== undefined && !tracingEnabled()) serveFast(stream, headers, handler, fastOptions);
+      const path = headers[":path"] ?? "";
+      const handler = state === "running" && isPlainGrpc(headers) ? fast.get(path) : undefined;
+      const peer = mesh !== undefined && handler !== undefined ? peerOf(stream.session ?? stream, headers[SERVICE_TOKEN_HEADER]) : undefined;
+      // A call its caller may not make goes the slow way: connect-node answers it with the error.
+      const allowed = mesh === undefined || authorize(mesh.access, path, peer) === undefined;
+      if (handler !== undefined && allowed && !tracingEnabled()) serveFast(stream, headers, handler, fastOptions, peer);
       else toCompat.call(h2, stream, headers, flags, rawHeaders);
     });
   }
@@ -267,6 +299,8 @@ export async function startServer(opts: ServerOptions): Promise<RpcServer> {
     // Nagle's algorithm off. With it on, small frames wait for delayed ACKs (tens of ms a call).
     socket.setNoDelay(true);
     sockets.add(socket);
+    const peer = mesh?.security.peerOfSocket(socket);
+    socketPeers.set(socket, peer);
     socket.once("close", () => {
       sockets.delete(socket);
       h1Sockets.delete(socket);
@@ -281,6 +315,7 @@ export async function startServer(opts: ServerOptions): Promise<RpcServer> {
       // TLS: the protocol was negotiated by ALPN (no ALPN at all means HTTP/1.1).
       if (alpn === "h2") {
         h2Sockets.add(socket);
+        nextSessionPeer = peer;
         h2.emit("connection", socket);
       } else {
         h1Sockets.set(socket, 0);
@@ -295,28 +330,36 @@ export async function startServer(opts: ServerOptions): Promise<RpcServer> {
       },
       h2: () => {
         h2Sockets.add(socket);
+        nextSessionPeer = peer;
         h2.emit("connection", socket);
       },
       error: (err) => log.debug({ err }, "connection failed before protocol detection"),
     });
   };
-  const tlsOpts = opts.tls;
+  const tlsOpts: tls.TlsOptions | undefined =
+    mesh?.security.tls === true
+      ? mesh.security.serverTlsOptions()
+      : opts.tls === undefined
+        ? undefined
+        : {
+            cert: opts.tls.cert,
+            key: opts.tls.key,
+            ...(opts.tls.ca !== undefined ? { ca: opts.tls.ca } : {}),
+            requestCert: opts.tls.requireClientCert === true,
+            rejectUnauthorized: opts.tls.requireClientCert === true,
+          };
+  let unwatchCerts: (() => void) | undefined;
   const listener: net.Server =
     tlsOpts === undefined
       ? net.createServer((socket) => onSocket(socket))
-      : tls.createServer(
-          {
-            cert: tlsOpts.cert,
-            key: tlsOpts.key,
-            ...(tlsOpts.ca !== undefined ? { ca: tlsOpts.ca } : {}),
-            requestCert: tlsOpts.requireClientCert === true,
-            rejectUnauthorized: tlsOpts.requireClientCert === true,
-            ALPNProtocols: ["h2", "http/1.1"],
-          },
-          (socket) => onSocket(socket, socket.alpnProtocol ?? false),
-        );
+      : tls.createServer({ ...tlsOpts, ALPNProtocols: ["h2", "http/1.1"] }, (socket) => onSocket(socket, socket.alpnProtocol ?? false));
   if (tlsOpts !== undefined) {
     listener.on("tlsClientError", (err) => log.debug({ err }, "tls handshake failed"));
+  }
+  if (mesh?.security.tls === true && listener instanceof tls.Server) {
+    // New connections get the new certificate; open ones keep theirs until they close.
+    const tlsListener = listener;
+    unwatchCerts = mesh.security.onReload(() => tlsListener.setSecureContext(mesh.security.serverTlsOptions()));
   }
   listener.on("error", (err) => log.error({ err }, "listener error"));
 
@@ -344,6 +387,7 @@ export async function startServer(opts: ServerOptions): Promise<RpcServer> {
 
   const close = async (): Promise<void> => {
     state = "draining";
+    unwatchCerts?.();
     log.debug({ address }, "server closing");
     const listenerClosed = new Promise<void>((resolve) => listener.close(() => resolve()));
     shutdown.abort(new ConnectError("server shutting down", Code.Unavailable));
@@ -454,6 +498,15 @@ function fastObserver(registry: Registry, service: string, log: Logger): FastObs
         logRpc(log, entry.method, started, code === 0 ? undefined : (err ?? new ConnectError("", code)));
       };
     },
+  };
+}
+
+/** Refuses calls that the caller's role may not make (see AccessPolicy). */
+function accessInterceptor(access: AccessPolicy): Interceptor {
+  return (next) => (req) => {
+    const denied = authorize(access, `/${req.service.typeName}/${req.method.name}`, req.contextValues.get(MESH_PEER));
+    if (denied !== undefined) throw denied;
+    return next(req);
   };
 }
 

@@ -92,8 +92,25 @@ export function readSettings<S extends Specs>(
   return out as Values<S>;
 }
 
-/** Settings every service shares: where etcd and Redis are, and the etcd key root. */
+/** Settings every internal service and client shares (flags and env vars). */
+const meshSettings = {
+  "mesh-ca": { env: "TASKMESH_MESH_CA", default: "", parse: as.string, help: "PEM file of the mesh CA: turns mTLS on (with --mesh-cert and --mesh-key)" },
+  "mesh-cert": { env: "TASKMESH_MESH_CERT", default: "", parse: as.string, help: "PEM certificate of this service's mesh identity (spiffe://taskmesh/<role>/<name>)" },
+  "mesh-key": { env: "TASKMESH_MESH_KEY", default: "", parse: as.string, help: "PEM private key of --mesh-cert" },
+  "service-token": {
+    env: "TASKMESH_SERVICE_TOKEN",
+    default: "",
+    parse: (raw: string): string => {
+      if (raw.length < 32) throw new Error("expected at least 32 characters (e.g. openssl rand -hex 32)");
+      return raw;
+    },
+    help: "shared secret of the mesh's services when mTLS is not used (at least 32 characters)",
+  },
+} satisfies Specs;
+
+/** Settings every service shares: where etcd and Redis are, the etcd key root, mesh credentials. */
 export const commonSettings = {
+  ...meshSettings,
   etcd: { env: "TASKMESH_ETCD", default: ["127.0.0.1:2379"], parse: as.list, help: "etcd endpoints, comma-separated" },
   "etcd-root": { env: "TASKMESH_ETCD_ROOT", default: "/taskmesh/", parse: as.string, help: "root of taskmesh's etcd keys" },
   "log-level": { env: "TASKMESH_LOG_LEVEL", default: "info", parse: as.string, help: "pino log level" },

@@ -27,6 +27,7 @@ import { AsyncQueue } from "../../lib/async-queue.js";
 import { cancelWatcher } from "../../lib/membership.js";
 import { dependencyUnavailable, invalidArgument, toConnectError } from "../../lib/errors.js";
 import { AUTHOR_HEADER } from "../../lib/task-types.js";
+import { meshPeer, type AccessPolicy } from "../../lib/mesh-security.js";
 import { ConfigStore } from "./config-store.js";
 import { checkNamespace } from "./config-validation.js";
 
@@ -67,10 +68,31 @@ function rpcError(err: unknown, log: Logger, method: string): ConnectError {
   return toConnectError(err, log, { method });
 }
 
+/**
+ * Who made a change: the gateway, or a caller trusted by loopback or the service token, names the
+ * author (the API key) in the author header; an admin calling with its own certificate is
+ * `admin:<name>`, whatever it sends (docs/security.md).
+ */
 function authorOf(ctx: HandlerContext): string {
+  const peer = meshPeer(ctx);
+  if (peer?.kind === "certificate" && peer.role !== "gateway") return `${peer.role}:${peer.name}`;
   const a = ctx.requestHeader.get(AUTHOR_HEADER)?.trim();
   return a === undefined || a === "" ? ANONYMOUS_AUTHOR : a.slice(0, 200);
 }
+
+/**
+ * Who may call the config service (docs/security.md): every service reads and watches; only the
+ * gateway (for API-key holders) and admins change anything.
+ */
+export const CONFIG_ACCESS: AccessPolicy = {
+  [ConfigService.typeName]: ["gateway", "scheduler", "worker", "config", "admin"],
+  ...Object.fromEntries(
+    ["PutConfig", "DeleteConfig", "RollbackConfig", "PromoteGrayConfig", "AbandonGrayConfig"].map((m) => [
+      `/${ConfigService.typeName}/${m}`,
+      ["gateway", "admin"] as const,
+    ]),
+  ),
+};
 
 /**
  * The ConfigService implementation over etcd (see {@link ConfigStore} for the layout).

@@ -11,7 +11,8 @@ import { Registration } from "../../lib/registration.js";
 import { startServer } from "../../lib/server.js";
 import { as, commonSettings, readSettings } from "../../lib/settings.js";
 import { VERSION } from "../../lib/version.js";
-import { configRoutes } from "./config-service.js";
+import { MeshSecurity } from "../../lib/mesh-security.js";
+import { CONFIG_ACCESS, configRoutes } from "./config-service.js";
 import { initTracing, traceMixin } from "../../lib/tracing.js";
 
 const settings = readSettings("taskmesh-config", {
@@ -27,6 +28,7 @@ try {
   const keys = etcdKeys(settings["etcd-root"]);
   const etcd = createEtcd({ endpoints: settings.etcd, logger });
   const registry = createRegistry("config");
+  const security = MeshSecurity.fromSettings(settings, { role: "config", logger });
   const server = await startServer({
     name: "config",
     host: settings.host,
@@ -34,6 +36,7 @@ try {
     routes: configRoutes(etcd, keys.root, logger, registry),
     files: [file_taskmesh_v1_config_service],
     advertiseAddress: settings["advertise-address"],
+    mesh: { security, access: CONFIG_ACCESS },
     registry,
     logger,
   });

@@ -27,7 +27,8 @@ import { gatewayFastRoutes, gatewayRoutes } from "./public-services.js";
 import { RateLimiter, type RateLimits } from "./rate-limit.js";
 import { createCorsHandler, createRestHandler } from "./rest/transcoder.js";
 import { createUiHandler } from "./ui.js";
-import { Upstreams } from "./upstreams.js";
+import { meshConnector, Upstreams } from "./upstreams.js";
+import type { MeshSecurity } from "../../lib/mesh-security.js";
 
 /** Everything a gateway needs, already parsed (main.ts reads env and flags). */
 export interface GatewayOptions {
@@ -50,6 +51,8 @@ export interface GatewayOptions {
   configCache: string;
   /** What other services dial (see ServerOptions.advertiseAddress); "" for the bound address. */
   advertiseAddress: string;
+  /** Mesh credentials to dial schedulers and config services with (mTLS, service token). @default none (loopback only) */
+  security?: MeshSecurity;
   /** Certificate and key (PEM) to serve TLS; plaintext without. */
   tls?: { cert: Buffer; key: Buffer };
   version: string;
@@ -83,6 +86,7 @@ export async function startGateway(opts: GatewayOptions): Promise<Gateway> {
   let cors = opts.corsOrigins.length > 0 ? createCorsHandler({ allowedOrigins: opts.corsOrigins }) : undefined;
   const registry = createRegistry("gateway");
   const config = await connectConfig({
+    ...(opts.security !== undefined ? { security: opts.security } : {}),
     etcd,
     root: opts.etcdRoot,
     namespaces: ["gateway"],
@@ -105,9 +109,9 @@ export async function startGateway(opts: GatewayOptions): Promise<Gateway> {
   const limiter = new RateLimiter(redis, opts.redisPrefix, () => limits);
 
   const upstreams = {
-    schedulers: new Upstreams(SchedulerService, "scheduler", schedulers),
-    schedules: new Upstreams(ScheduleService, "scheduler", schedulers),
-    config: new Upstreams(ConfigService, "config", configs),
+    schedulers: new Upstreams(SchedulerService, "scheduler", schedulers, {}, meshConnector(opts.security, "scheduler")),
+    schedules: new Upstreams(ScheduleService, "scheduler", schedulers, {}, meshConnector(opts.security, "scheduler")),
+    config: new Upstreams(ConfigService, "config", configs, {}, meshConnector(opts.security, "config")),
   };
   breakerMetrics(registry, () =>
     (["schedulers", "config"] as const).flatMap((u) =>

@@ -5,6 +5,7 @@ import { Shutdown } from "../../lib/lifecycle.js";
 import { as, commonSettings, readSettings } from "../../lib/settings.js";
 import { redisUrlSetting } from "../../lib/redis.js";
 import { VERSION } from "../../lib/version.js";
+import { MeshSecurity } from "../../lib/mesh-security.js";
 import { startGateway } from "./gateway.js";
 import { initTracing, traceMixin } from "../../lib/tracing.js";
 
@@ -51,7 +52,9 @@ try {
     settings["tls-cert"] === ""
       ? undefined
       : { cert: readFileSync(settings["tls-cert"]), key: readFileSync(settings["tls-key"]) };
+  const security = MeshSecurity.fromSettings(settings, { role: "gateway", logger });
   const gateway = await startGateway({
+    security,
     host: settings.host,
     port: settings.port,
     etcdEndpoints: settings.etcd,

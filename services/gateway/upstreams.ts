@@ -1,6 +1,7 @@
 import type { DescService } from "@bufbuild/protobuf";
 import { Code, ConnectError, createClient, type Client, type Transport } from "@connectrpc/connect";
-import { createGrpcTransport, Http2SessionManager } from "@connectrpc/connect-node";
+import type { MeshRole } from "../../lib/mesh-identity.js";
+import { meshTransport, type MeshSecurity } from "../../lib/mesh-security.js";
 import { isDependencyUnavailable, unavailable } from "../../lib/errors.js";
 import { ChannelFailure, GrpcChannel } from "../../lib/grpc-channel.js";
 import type { ServiceRecord } from "../../lib/keys.js";
@@ -143,25 +144,33 @@ export interface ReplicaConnector {
   channel(address: string): ReplicaChannel;
 }
 
-/** The gateway's connections: connect-node's gRPC transport and a GrpcChannel, both with {@link REPLICA_HEALTH}. */
-export const defaultConnector: ReplicaConnector = {
-  transport(address) {
-    const url = `http://${address}`;
-    // The session manager given explicitly, so a replica that leaves or restarts can be closed.
-    const sessionManager = new Http2SessionManager(url, {
-      pingIntervalMs: REPLICA_HEALTH.pingIntervalMs,
-      pingTimeoutMs: REPLICA_HEALTH.pingTimeoutMs,
-      // Pinged while idle too: a call then never waits for a stale connection to be verified.
-      pingIdleConnection: true,
-    });
-    return {
-      transport: createGrpcTransport({ baseUrl: url, sessionManager }),
-      // Calls in flight get a moment to finish (a replica may leave before it stops serving).
-      close: () => setTimeout(() => sessionManager.abort(new ConnectError("replica left", Code.Unavailable)), 2000).unref(),
-    };
-  },
-  channel: (address) => new GrpcChannel(address, REPLICA_HEALTH),
-};
+/**
+ * The gateway's connections to the replicas of a service whose certificates hold `role`:
+ * connect-node's gRPC transport and a GrpcChannel, both with {@link REPLICA_HEALTH} and the
+ * gateway's mesh credentials (plaintext without).
+ */
+export function meshConnector(security: MeshSecurity | undefined, role: MeshRole): ReplicaConnector {
+  return {
+    transport(address) {
+      // The session manager kept, so a replica that leaves or restarts can be closed.
+      const { manager, transport } = meshTransport(security, address, [role], {
+        pingIntervalMs: REPLICA_HEALTH.pingIntervalMs,
+        pingTimeoutMs: REPLICA_HEALTH.pingTimeoutMs,
+        // Pinged while idle too: a call then never waits for a stale connection to be verified.
+        pingIdleConnection: true,
+      });
+      return {
+        transport,
+        // Calls in flight get a moment to finish (a replica may leave before it stops serving).
+        close: () => setTimeout(() => manager.abort(new ConnectError("replica left", Code.Unavailable)), 2000).unref(),
+      };
+    },
+    channel: (address) => new GrpcChannel(address, { ...REPLICA_HEALTH, ...(security !== undefined ? { security } : {}), peerRoles: [role] }),
+  };
+}
+
+/** Plaintext connections (tests, and a mesh without mTLS or token on loopback). */
+export const defaultConnector: ReplicaConnector = meshConnector(undefined, "scheduler");
 
 /** What Upstreams follows: the members of a Membership. */
 export interface UpstreamMembers {

@@ -4,6 +4,7 @@ import { Shutdown } from "../../lib/lifecycle.js";
 import { as, commonSettings, readSettings } from "../../lib/settings.js";
 import { redisUrlSetting } from "../../lib/redis.js";
 import { VERSION } from "../../lib/version.js";
+import { MeshSecurity } from "../../lib/mesh-security.js";
 import { startScheduler } from "./scheduler.js";
 import { initTracing, traceMixin } from "../../lib/tracing.js";
 
@@ -47,7 +48,9 @@ const settings = readSettings("taskmesh-scheduler", {
 const logger = createLogger("scheduler", { level: settings["log-level"], mixin: traceMixin });
 try {
   const stopTracing = initTracing("taskmesh-scheduler", { otlpEndpoint: settings["otlp-endpoint"], always: settings.tracing, version: VERSION, logger });
+  const security = MeshSecurity.fromSettings(settings, { role: "scheduler", logger });
   const scheduler = await startScheduler({
+    security,
     ...(settings.id !== "" ? { id: settings.id } : {}),
     host: settings.host,
     port: settings.port,

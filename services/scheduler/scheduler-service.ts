@@ -21,6 +21,7 @@ import { invalidArgument, notFound, toConnectError } from "../../lib/errors.js";
 import type { WorkerRecord } from "../../lib/keys.js";
 import type { Membership } from "../../lib/membership.js";
 import { LIMITS, REQUEST_ID_HEADER, TENANT_HEADER } from "../../lib/task-types.js";
+import { meshPeer } from "../../lib/mesh-security.js";
 import { currentTraceparent } from "../../lib/tracing.js";
 import { isRequestId, requestTaskIds, toNewTask, type SubmitDefaults } from "./submit.js";
 import type { DirectPlan } from "./dispatcher.js";
@@ -67,9 +68,23 @@ function requestIds(ctx: HandlerContext, tenant: string): ((index: number, queue
   return requestTaskIds(id, tenant);
 }
 
-/** Reads the caller's tenant from the header the gateway sets ("default" when absent). */
+/**
+ * The caller's tenant. A producer calling directly acts for the tenant its certificate names,
+ * whatever headers it sends (one naming another tenant is refused); the gateway, an admin, or a
+ * caller trusted by loopback or the service token says whose call it forwards in the tenant
+ * header ("default" when absent). See docs/security.md.
+ */
 export function tenantOf(ctx: HandlerContext): string {
-  const t = ctx.requestHeader.get(TENANT_HEADER) ?? "default";
+  const header = ctx.requestHeader.get(TENANT_HEADER);
+  const peer = meshPeer(ctx);
+  if (peer?.kind === "certificate" && peer.role === "producer") {
+    if (header !== null && header !== peer.name) {
+      throw new ConnectError(`producer ${peer.name} may act only for tenant ${peer.name}, not ${JSON.stringify(header)}`, Code.PermissionDenied);
+    }
+    if (!TENANT.test(peer.name)) throw new ConnectError(`producer certificate names no valid tenant`, Code.PermissionDenied);
+    return peer.name;
+  }
+  const t = header ?? "default";
   if (!TENANT.test(t)) throw invalidArgument(TENANT_HEADER, "malformed tenant");
   return t;
 }

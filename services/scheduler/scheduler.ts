@@ -8,8 +8,8 @@ import type { Logger } from "pino";
 import { SchedulerInfoSchema } from "../../gen/taskmesh/v1/cluster_service_pb.js";
 import { SchedulerConfigSchema } from "../../gen/taskmesh/v1/config_service_pb.js";
 import { connectConfig, decodeConfig } from "../../lib/config-client.js";
-import { file_taskmesh_v1_schedule_service } from "../../gen/taskmesh/v1/schedule_service_pb.js";
-import { file_taskmesh_v1_scheduler_service } from "../../gen/taskmesh/v1/scheduler_service_pb.js";
+import { file_taskmesh_v1_schedule_service, ScheduleService } from "../../gen/taskmesh/v1/schedule_service_pb.js";
+import { file_taskmesh_v1_scheduler_service, SchedulerService } from "../../gen/taskmesh/v1/scheduler_service_pb.js";
 import {
   etcdKeys,
   parseServiceRecord,
@@ -22,6 +22,7 @@ import { Membership } from "../../lib/membership.js";
 import { createRegistry, queueMetrics, schedulerMetrics } from "../../lib/metrics.js";
 import { Registration } from "../../lib/registration.js";
 import { startServer } from "../../lib/server.js";
+import { MeshSecurity, type AccessPolicy } from "../../lib/mesh-security.js";
 import { BUILTIN_TASK_TYPES } from "../../lib/task-types.js";
 import { Dispatcher } from "./dispatcher.js";
 import { Leadership } from "./leadership.js";
@@ -65,9 +66,26 @@ export interface SchedulerOptions {
   configCache: string;
   /** What other services dial (see ServerOptions.advertiseAddress); "" for the bound address. */
   advertiseAddress: string;
+  /** Mesh credentials: who may call this replica, and how it dials workers and the config service. @default none (loopback only) */
+  security?: MeshSecurity;
   version: string;
   logger: Logger;
 }
+
+/**
+ * Who may call a scheduler replica (docs/security.md): the gateway and admins anything; a trusted
+ * producer, calling directly, its own tenant's tasks and schedules; nobody else.
+ */
+export const SCHEDULER_ACCESS: AccessPolicy = {
+  [SchedulerService.typeName]: ["gateway", "admin"],
+  ...Object.fromEntries(
+    ["SubmitTask", "SubmitTasks", "GetTask", "ListTasks", "CancelTask", "WatchTask", "RetryTask"].map((m) => [
+      `/${SchedulerService.typeName}/${m}`,
+      ["gateway", "admin", "producer"] as const,
+    ]),
+  ),
+  [ScheduleService.typeName]: ["gateway", "admin", "producer"],
+};
 
 /** A running scheduler replica. */
 export interface Scheduler {
@@ -87,6 +105,7 @@ export async function startScheduler(opts: SchedulerOptions): Promise<Scheduler>
   const id = opts.id ?? `${hostname()}-${process.pid}-${randomBytes(3).toString("hex")}`;
   const log = opts.logger.child({ schedulerId: id });
   let state: ComponentState = "starting";
+  const security = opts.security ?? MeshSecurity.none();
   const registry = createRegistry("scheduler");
   const metrics = schedulerMetrics(registry);
   const keys = etcdKeys(opts.etcdRoot);
@@ -118,6 +137,7 @@ export async function startScheduler(opts: SchedulerOptions): Promise<Scheduler>
   let defaults: SubmitDefaults = DEFAULT_SUBMIT;
   let leaseMs = opts.taskLeaseMs;
   const config = await connectConfig({
+    security,
     etcd,
     root: opts.etcdRoot,
     namespaces: ["scheduler"],
@@ -226,6 +246,7 @@ export async function startScheduler(opts: SchedulerOptions): Promise<Scheduler>
       void existing.close(true);
     }
     const s = new WorkerSession({
+      security,
       record,
       epoch,
       store,
@@ -448,6 +469,7 @@ export async function startScheduler(opts: SchedulerOptions): Promise<Scheduler>
       scheduleRoutes({ schedules, knownTypes: () => knownTypes, defaults: () => defaults, logger: log })(router);
     },
     files: [file_taskmesh_v1_scheduler_service, file_taskmesh_v1_schedule_service],
+    mesh: { security, access: SCHEDULER_ACCESS },
     advertiseAddress: opts.advertiseAddress,
     registry,
     logger: log,

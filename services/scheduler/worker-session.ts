@@ -1,6 +1,6 @@
 import { create } from "@bufbuild/protobuf";
 import { createClient, type Client } from "@connectrpc/connect";
-import { createGrpcTransport } from "@connectrpc/connect-node";
+import { meshTransport, type MeshSecurity } from "../../lib/mesh-security.js";
 import type { Logger } from "pino";
 import {
   SchedulerMessageSchema,
@@ -53,6 +53,8 @@ export interface WorkerSessionOptions {
   leader: () => LeaderStamp;
   /** Redis refused a re-queue: a leader of a later epoch took over; stop leading. */
   onFenced: (err: FencedError) => void;
+  /** Mesh credentials to dial the worker with (it must present a worker certificate under mTLS). */
+  security?: MeshSecurity;
 }
 
 /**
@@ -94,8 +96,7 @@ export class WorkerSession {
     this.taskTypes = opts.record.taskTypes;
     this.log = opts.logger.child({ component: "worker-session", workerId: opts.record.id });
     this.pingMs = opts.pingMs ?? 1000;
-    const transport = createGrpcTransport({
-      baseUrl: `http://${opts.record.address}`,
+    const { transport } = meshTransport(opts.security, opts.record.address, ["worker"], {
       pingIntervalMs: this.pingMs,
       pingTimeoutMs: this.pingMs * 2,
     });

@@ -4,6 +4,7 @@ import { resolve } from "node:path";
 import { createLogger } from "../../lib/logger.js";
 import { as, commonSettings, readSettings } from "../../lib/settings.js";
 import { VERSION } from "../../lib/version.js";
+import { MeshSecurity } from "../../lib/mesh-security.js";
 import { startWorker } from "./worker.js";
 import { initTracing, traceMixin } from "../../lib/tracing.js";
 
@@ -45,7 +46,9 @@ const settings = readSettings("taskmesh-worker", {
 const logger = createLogger("worker", { level: settings["log-level"], mixin: traceMixin });
 try {
   const stopTracing = initTracing("taskmesh-worker", { otlpEndpoint: settings["otlp-endpoint"], always: settings.tracing, version: VERSION, logger });
+  const security = MeshSecurity.fromSettings(settings, { role: "worker", logger });
   const worker = await startWorker({
+    security,
     id: settings.id,
     host: settings.host,
     port: settings.port,

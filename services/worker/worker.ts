@@ -2,13 +2,14 @@ import { hostname } from "node:os";
 import { warnIfUnreachable } from "../../lib/advertise.js";
 import { createEtcd } from "../../lib/etcd.js";
 import type { Logger } from "pino";
-import { file_taskmesh_v1_worker_service } from "../../gen/taskmesh/v1/worker_service_pb.js";
+import { file_taskmesh_v1_worker_service, WorkerService } from "../../gen/taskmesh/v1/worker_service_pb.js";
 import { WorkerConfigSchema } from "../../gen/taskmesh/v1/config_service_pb.js";
 import { connectConfig, decodeConfig, workerNamespaces } from "../../lib/config-client.js";
 import { etcdKeys, type WorkerRecord } from "../../lib/keys.js";
 import { createRegistry, workerMetrics } from "../../lib/metrics.js";
 import { Registration } from "../../lib/registration.js";
 import { startServer, type RpcServer } from "../../lib/server.js";
+import { MeshSecurity, type AccessPolicy } from "../../lib/mesh-security.js";
 import { Shutdown, type ComponentState } from "../../lib/lifecycle.js";
 import { Executor } from "./executor.js";
 import { builtinHandlers, loadHandlers, type TaskHandler } from "./handlers.js";
@@ -40,9 +41,14 @@ export interface WorkerOptions {
   configCache: string;
   /** What other services dial (see ServerOptions.advertiseAddress); "" for the bound address. */
   advertiseAddress: string;
+  /** Mesh credentials: only a scheduler may open a Work stream; how to dial the config service. @default none (loopback only) */
+  security?: MeshSecurity;
   version: string;
   logger: Logger;
 }
+
+/** Who may call a worker: schedulers only (a Work stream runs tasks; docs/security.md). */
+export const WORKER_ACCESS: AccessPolicy = { [WorkerService.typeName]: ["scheduler"] };
 
 /** A running worker: registered in etcd, serving WorkerService.Work, executing tasks. */
 export interface Worker {
@@ -119,6 +125,7 @@ export async function startWorker(opts: WorkerOptions): Promise<Worker> {
     routes: workerRoutes(work),
     files: [file_taskmesh_v1_worker_service],
     advertiseAddress: opts.advertiseAddress,
+    mesh: { security: opts.security ?? MeshSecurity.none(), access: WORKER_ACCESS },
     registry,
     logger: log,
   });
@@ -141,6 +148,7 @@ export async function startWorker(opts: WorkerOptions): Promise<Worker> {
     draining,
   });
   const config = await connectConfig({
+    ...(opts.security !== undefined ? { security: opts.security } : {}),
     etcd,
     root: opts.etcdRoot,
     namespaces: workerNamespaces(opts.id),

@@ -1,7 +1,10 @@
 import { spawn, type ChildProcess } from "node:child_process";
-import { mkdtemp, rm } from "node:fs/promises";
+import { mkdtemp, readFile, rm } from "node:fs/promises";
+import * as https from "node:https";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { DevCa } from "../../lib/dev-ca.js";
+import type { MeshRole } from "../../lib/mesh-identity.js";
 import { SERVICE_NODE_FLAGS } from "../../lib/node-flags.js";
 import { freePort } from "./ports.js";
 import { waitFor } from "./wait.js";
@@ -29,7 +32,7 @@ export async function startService(
   service: string,
   name: string,
   args: string[],
-  opts: { port?: number; env?: NodeJS.ProcessEnv; healthTimeoutMs?: number } = {},
+  opts: { port?: number; env?: NodeJS.ProcessEnv; healthTimeoutMs?: number; healthCa?: string } = {},
 ): Promise<ServiceProcess> {
   const port = opts.port ?? (await freePort());
   // `node --import tsx` runs the service in this one process (the tsx CLI would add a wrapper
@@ -83,10 +86,7 @@ export async function startService(
     await Promise.race([
       died,
       waitFor(
-        async () => {
-          const r = await fetch(`http://127.0.0.1:${port}/healthz`).catch(() => undefined);
-          return r?.status === 200;
-        },
+        async () => (await healthStatus(port, opts.healthCa)) === 200,
         { timeoutMs: opts.healthTimeoutMs ?? 30_000, what: `${name} healthy`, intervalMs: 50 },
       ),
     ]);
@@ -96,6 +96,23 @@ export async function startService(
     throw err;
   }
   return proc;
+}
+
+/** The status of `GET /healthz` (over TLS trusting `ca` when given), or undefined if unanswered. */
+async function healthStatus(port: number, ca: string | undefined): Promise<number | undefined> {
+  if (ca === undefined) {
+    const r = await fetch(`http://127.0.0.1:${port}/healthz`).catch(() => undefined);
+    return r?.status;
+  }
+  const caPem = await readFile(ca);
+  return new Promise((resolve) => {
+    const req = https.get({ host: "127.0.0.1", port, path: "/healthz", ca: caPem, checkServerIdentity: () => undefined, timeout: 2000 }, (res) => {
+      res.resume();
+      resolve(res.statusCode);
+    });
+    req.on("error", () => resolve(undefined));
+    req.on("timeout", () => req.destroy());
+  });
 }
 
 /** Options for {@link startMesh}. */
@@ -115,6 +132,11 @@ export interface MeshOptions {
   schedulerArgs?: string[];
   /** Extra flags for the gateway. */
   gatewayArgs?: string[];
+  /**
+   * mTLS inside the mesh: a CA made for this mesh (`Mesh.ca`) and a certificate per service.
+   * @default false (plaintext on loopback)
+   */
+  tls?: boolean;
 }
 
 /** A whole mesh of real processes against the test run's etcd and Redis. */
@@ -128,6 +150,8 @@ export interface Mesh {
   readonly config: ServiceProcess | undefined;
   /** The gateway's bootstrap admin key (tenant "default"). */
   readonly apiKey: string;
+  /** The mesh's CA, with `tls` (issue client certificates with it). */
+  readonly ca: DevCa | undefined;
   /** Starts one more worker with this id. */
   addWorker(id: string, extraArgs?: string[]): Promise<ServiceProcess>;
   /** Stops everything (SIGTERM, then SIGKILL) and removes temp files. */
@@ -140,7 +164,15 @@ export async function startMesh(o: MeshOptions): Promise<Mesh> {
   const redisPrefix = o.prefix;
   const filesRoot = await mkdtemp(join(tmpdir(), "taskmesh-files-"));
   const cacheDir = await mkdtemp(join(tmpdir(), "taskmesh-cache-"));
+  const ca = o.tls === true ? await DevCa.open(join(cacheDir, "ca")) : undefined;
   const common = ["--etcd", o.etcdEndpoint, "--etcd-root", etcdRoot];
+  // With TLS: the flags of a certificate for `role`/`name`, and health checked over TLS.
+  const identity = async (role: MeshRole, name: string): Promise<string[]> => {
+    if (ca === undefined) return [];
+    const files = await ca.issue({ role, name, hosts: ["127.0.0.1", "localhost"] });
+    return ["--mesh-ca", ca.caCert, "--mesh-cert", files.cert, "--mesh-key", files.key];
+  };
+  const healthCa = ca !== undefined ? { healthCa: ca.caCert } : {};
   const cache = (name: string): string[] => ["--config-cache", join(cacheDir, `${name}.json`)];
   const all: ServiceProcess[] = [];
   const track = (p: ServiceProcess): ServiceProcess => {
@@ -150,6 +182,7 @@ export async function startMesh(o: MeshOptions): Promise<Mesh> {
   const addWorker = async (id: string, extraArgs: string[] = []): Promise<ServiceProcess> => {
     const w = await startService("worker", id, [
       ...common,
+      ...(await identity("worker", id)),
       "--id", id,
       ...cache(id),
       "--slots", String(o.slots ?? 10),
@@ -157,22 +190,24 @@ export async function startMesh(o: MeshOptions): Promise<Mesh> {
       "--shutdown-grace-ms", "3000",
       ...(o.workerArgs ?? []),
       ...extraArgs,
-    ]);
+    ], healthCa);
     return track(w);
   };
   try {
-    const config = o.config === true ? track(await startService("config", "config", common)) : undefined;
+    const config =
+      o.config === true ? track(await startService("config", "config", [...common, ...(await identity("config", "config"))], healthCa)) : undefined;
     const schedulers: ServiceProcess[] = [];
     for (let i = 0; i < (o.schedulers ?? 1); i++) {
       schedulers.push(
         track(
           await startService("scheduler", `scheduler-${i + 1}`, [
             ...common,
+            ...(await identity("scheduler", `scheduler-${i + 1}`)),
             ...cache(`scheduler-${i + 1}`),
             "--redis", o.redisUrl,
             "--redis-prefix", redisPrefix,
             ...(o.schedulerArgs ?? []),
-          ]),
+          ], healthCa),
         ),
       );
     }
@@ -183,7 +218,14 @@ export async function startMesh(o: MeshOptions): Promise<Mesh> {
       await startService(
         "gateway",
         "gateway",
-        [...common, ...cache("gateway"), "--redis", o.redisUrl, "--redis-prefix", redisPrefix, ...(o.gatewayArgs ?? [])],
+        [
+          ...common,
+          ...(await identity("gateway", "gateway")),
+          ...cache("gateway"),
+          "--redis", o.redisUrl,
+          "--redis-prefix", redisPrefix,
+          ...(o.gatewayArgs ?? []),
+        ],
         { env: { TASKMESH_BOOTSTRAP_API_KEY: apiKey } },
       ),
     );
@@ -196,6 +238,7 @@ export async function startMesh(o: MeshOptions): Promise<Mesh> {
       workers,
       config,
       apiKey,
+      ca,
       addWorker,
       async close() {
         // Tests add processes to these lists too (a scheduler restarted, a worker added): stop all.
