@@ -117,7 +117,8 @@ export class DevCa {
         "basicConstraints=critical,CA:FALSE",
         "keyUsage=critical,digitalSignature,keyAgreement",
         "extendedKeyUsage=serverAuth,clientAuth",
-        `subjectAltName=${san}`,
+        // A client certificate of no mesh identity and no host (an etcd user) has none.
+        ...(san !== "" ? [`subjectAltName=${san}`] : []),
         "",
       ].join("\n"),
     );

@@ -1,7 +1,7 @@
 import { randomBytes } from "node:crypto";
 import { hostname } from "node:os";
 import { warnIfUnreachable } from "../../lib/advertise.js";
-import { createEtcd } from "../../lib/etcd.js";
+import { createEtcd, etcdSecurityFrom, etcdSecuritySettings } from "../../lib/etcd.js";
 import { file_taskmesh_v1_config_service } from "../../gen/taskmesh/v1/config_service_pb.js";
 import { etcdKeys } from "../../lib/keys.js";
 import { Shutdown } from "../../lib/lifecycle.js";
@@ -17,6 +17,7 @@ import { initTracing, traceMixin } from "../../lib/tracing.js";
 
 const settings = readSettings("taskmesh-config", {
   ...commonSettings,
+  ...etcdSecuritySettings,
   host: { env: "TASKMESH_CONFIG_HOST", default: "127.0.0.1", parse: as.string, help: "address to bind" },
   port: { env: "TASKMESH_CONFIG_PORT", default: 8082, parse: as.port, help: "port to bind (0 = any free port)" },
 });
@@ -26,7 +27,7 @@ try {
   const stopTracing = initTracing("taskmesh-config", { otlpEndpoint: settings["otlp-endpoint"], always: settings.tracing, version: VERSION, logger });
   const id = `${hostname()}-${process.pid}-${randomBytes(3).toString("hex")}`;
   const keys = etcdKeys(settings["etcd-root"]);
-  const etcd = createEtcd({ endpoints: settings.etcd, logger });
+  const etcd = createEtcd({ endpoints: settings.etcd, logger, security: etcdSecurityFrom(settings) });
   const registry = createRegistry("config");
   const security = MeshSecurity.fromSettings(settings, { role: "config", logger });
   const server = await startServer({

@@ -2,7 +2,7 @@ import { randomBytes } from "node:crypto";
 import { hostname } from "node:os";
 import { join } from "node:path";
 import { createRouterTransport } from "@connectrpc/connect";
-import { createEtcd } from "../../lib/etcd.js";
+import { createEtcd, type EtcdSecurity } from "../../lib/etcd.js";
 import { createRedis } from "../../lib/redis.js";
 import type { Logger } from "pino";
 import { ApiKeyService, file_taskmesh_v1_api_key_service } from "../../gen/taskmesh/v1/api_key_service_pb.js";
@@ -35,6 +35,8 @@ export interface GatewayOptions {
   host: string;
   port: number;
   etcdEndpoints: string[];
+  /** TLS and user of the etcd connections (lib/etcd.ts); plaintext without auth when absent. */
+  etcdSecurity?: EtcdSecurity | undefined;
   etcdRoot: string;
   /** The `--redis` setting: `redis://`, `rediss://` or `redis-sentinel://` (lib/redis.ts). */
   redisUrl: string;
@@ -72,7 +74,7 @@ export async function startGateway(opts: GatewayOptions): Promise<Gateway> {
   let state: ComponentState = "starting";
   const id = `${hostname()}-${process.pid}-${randomBytes(3).toString("hex")}`;
   const keys = etcdKeys(opts.etcdRoot);
-  const etcd = createEtcd({ endpoints: opts.etcdEndpoints, logger: log });
+  const etcd = createEtcd({ endpoints: opts.etcdEndpoints, logger: log, security: opts.etcdSecurity });
   const redis = createRedis(opts.redisUrl, { maxRetriesPerRequest: 2, enableAutoPipelining: true });
   const members = (service: string) =>
     new Membership<ServiceRecord>({ client: etcd, prefix: keys.services(service), parse: parseServiceRecord, logger: log });

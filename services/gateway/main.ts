@@ -5,12 +5,14 @@ import { Shutdown } from "../../lib/lifecycle.js";
 import { as, commonSettings, readSettings } from "../../lib/settings.js";
 import { redisUrlSetting } from "../../lib/redis.js";
 import { VERSION } from "../../lib/version.js";
+import { etcdSecurityFrom, etcdSecuritySettings } from "../../lib/etcd.js";
 import { MeshSecurity } from "../../lib/mesh-security.js";
 import { startGateway } from "./gateway.js";
 import { initTracing, traceMixin } from "../../lib/tracing.js";
 
 const settings = readSettings("taskmesh-gateway", {
   ...commonSettings,
+  ...etcdSecuritySettings,
   host: { env: "TASKMESH_GATEWAY_HOST", default: "127.0.0.1", parse: as.string, help: "address to bind" },
   port: { env: "TASKMESH_GATEWAY_PORT", default: 8080, parse: as.port, help: "port to bind (0 = any free port)" },
   redis: {
@@ -55,6 +57,7 @@ try {
   const security = MeshSecurity.fromSettings(settings, { role: "gateway", logger });
   const gateway = await startGateway({
     security,
+    etcdSecurity: etcdSecurityFrom(settings),
     host: settings.host,
     port: settings.port,
     etcdEndpoints: settings.etcd,

@@ -4,12 +4,14 @@ import { Shutdown } from "../../lib/lifecycle.js";
 import { as, commonSettings, readSettings } from "../../lib/settings.js";
 import { redisUrlSetting } from "../../lib/redis.js";
 import { VERSION } from "../../lib/version.js";
+import { etcdSecurityFrom, etcdSecuritySettings } from "../../lib/etcd.js";
 import { MeshSecurity } from "../../lib/mesh-security.js";
 import { startScheduler } from "./scheduler.js";
 import { initTracing, traceMixin } from "../../lib/tracing.js";
 
 const settings = readSettings("taskmesh-scheduler", {
   ...commonSettings,
+  ...etcdSecuritySettings,
   id: { env: "TASKMESH_SCHEDULER_ID", default: "", parse: as.string, help: "replica id (default: host-pid-random)" },
   host: { env: "TASKMESH_SCHEDULER_HOST", default: "127.0.0.1", parse: as.string, help: "address to bind" },
   port: { env: "TASKMESH_SCHEDULER_PORT", default: 8081, parse: as.port, help: "port to bind (0 = any free port)" },
@@ -51,6 +53,7 @@ try {
   const security = MeshSecurity.fromSettings(settings, { role: "scheduler", logger });
   const scheduler = await startScheduler({
     security,
+    etcdSecurity: etcdSecurityFrom(settings),
     ...(settings.id !== "" ? { id: settings.id } : {}),
     host: settings.host,
     port: settings.port,

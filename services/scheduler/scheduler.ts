@@ -2,7 +2,7 @@ import { randomBytes } from "node:crypto";
 import { hostname } from "node:os";
 import { create } from "@bufbuild/protobuf";
 import { warnIfUnreachable } from "../../lib/advertise.js";
-import { createEtcd } from "../../lib/etcd.js";
+import { createEtcd, type EtcdSecurity } from "../../lib/etcd.js";
 import { DEFAULT_REDIS_COMMAND_TIMEOUT_MS, createRedis } from "../../lib/redis.js";
 import type { Logger } from "pino";
 import { SchedulerInfoSchema } from "../../gen/taskmesh/v1/cluster_service_pb.js";
@@ -42,6 +42,8 @@ export interface SchedulerOptions {
   host: string;
   port: number;
   etcdEndpoints: string[];
+  /** TLS and user of the etcd connections (lib/etcd.ts); plaintext without auth when absent. */
+  etcdSecurity?: EtcdSecurity | undefined;
   etcdRoot: string;
   /** The `--redis` setting: `redis://`, `rediss://` or `redis-sentinel://` (lib/redis.ts). */
   redisUrl: string;
@@ -132,7 +134,7 @@ export async function startScheduler(opts: SchedulerOptions): Promise<Scheduler>
     logger: log,
   });
   const schedules = new ScheduleStore({ redis, prefix, logger: log });
-  const etcd = createEtcd({ endpoints: opts.etcdEndpoints, logger: log });
+  const etcd = createEtcd({ endpoints: opts.etcdEndpoints, logger: log, security: opts.etcdSecurity });
   // Live settings: flags give the defaults, the `scheduler` config namespace overrides them.
   let defaults: SubmitDefaults = DEFAULT_SUBMIT;
   let leaseMs = opts.taskLeaseMs;

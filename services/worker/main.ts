@@ -4,12 +4,14 @@ import { resolve } from "node:path";
 import { createLogger } from "../../lib/logger.js";
 import { as, commonSettings, readSettings } from "../../lib/settings.js";
 import { VERSION } from "../../lib/version.js";
+import { etcdSecurityFrom, etcdSecuritySettings } from "../../lib/etcd.js";
 import { MeshSecurity } from "../../lib/mesh-security.js";
 import { startWorker } from "./worker.js";
 import { initTracing, traceMixin } from "../../lib/tracing.js";
 
 const settings = readSettings("taskmesh-worker", {
   ...commonSettings,
+  ...etcdSecuritySettings,
   id: {
     env: "TASKMESH_WORKER_ID",
     default: `${hostname()}-${process.pid}-${randomBytes(3).toString("hex")}`,
@@ -49,6 +51,7 @@ try {
   const security = MeshSecurity.fromSettings(settings, { role: "worker", logger });
   const worker = await startWorker({
     security,
+    etcdSecurity: etcdSecurityFrom(settings),
     id: settings.id,
     host: settings.host,
     port: settings.port,

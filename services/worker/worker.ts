@@ -1,6 +1,6 @@
 import { hostname } from "node:os";
 import { warnIfUnreachable } from "../../lib/advertise.js";
-import { createEtcd } from "../../lib/etcd.js";
+import { createEtcd, type EtcdSecurity } from "../../lib/etcd.js";
 import type { Logger } from "pino";
 import { file_taskmesh_v1_worker_service, WorkerService } from "../../gen/taskmesh/v1/worker_service_pb.js";
 import { WorkerConfigSchema } from "../../gen/taskmesh/v1/config_service_pb.js";
@@ -25,6 +25,8 @@ export interface WorkerOptions {
   port: number;
   slots: number;
   etcdEndpoints: string[];
+  /** TLS and user of the etcd connections (lib/etcd.ts); plaintext without auth when absent. */
+  etcdSecurity?: EtcdSecurity | undefined;
   etcdRoot: string;
   /** Path of a module of user-defined handlers, or "" for none. */
   handlersPath: string;
@@ -130,7 +132,7 @@ export async function startWorker(opts: WorkerOptions): Promise<Worker> {
     logger: log,
   });
 
-  const etcd = createEtcd({ endpoints: opts.etcdEndpoints, logger: log });
+  const etcd = createEtcd({ endpoints: opts.etcdEndpoints, logger: log, security: opts.etcdSecurity });
   const keys = etcdKeys(opts.etcdRoot);
   const started = new Date().toISOString();
   let draining = false;
