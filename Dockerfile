@@ -16,6 +16,9 @@ ENV NODE_ENV=production \
 
 WORKDIR /app
 
+# openssl makes the mesh's certificates (`certs`, scripts/certs.ts; docs/security.md).
+RUN apt-get update && apt-get install -y --no-install-recommends openssl && rm -rf /var/lib/apt/lists/*
+
 # Dependencies first: this layer is rebuilt only when the lockfile changes.
 COPY package.json package-lock.json ./
 RUN npm ci --omit=dev --no-audit --no-fund && npm cache clean --force
@@ -24,12 +27,13 @@ COPY tsconfig.json ./
 COPY gen ./gen
 COPY lib ./lib
 COPY services ./services
-COPY deploy/docker/entrypoint.sh ./deploy/docker/entrypoint.sh
+COPY scripts/certs.ts ./scripts/certs.ts
+COPY deploy/docker/entrypoint.sh deploy/docker/healthcheck.mjs ./deploy/docker/
 
 # Services write their last-known-good config under .taskmesh/cache; workers' file_operation
-# tasks live under .taskmesh/files (a volume in docker-compose.yml). Run as the image's
-# unprivileged `node` user.
-RUN mkdir -p .taskmesh/cache .taskmesh/files && chown -R node:node .taskmesh
+# tasks live under .taskmesh/files, the mesh's certificates under .taskmesh/tls (volumes in
+# docker-compose.yml). Run as the image's unprivileged `node` user.
+RUN mkdir -p .taskmesh/cache .taskmesh/files .taskmesh/tls && chown -R node:node .taskmesh
 USER node
 
 # Gateway 8080, scheduler 8081, config 8082, worker 8090 (each service uses one).

@@ -1,3 +1,5 @@
+import * as http from "node:http";
+import * as https from "node:https";
 import { create } from "@bufbuild/protobuf";
 import { Code, ConnectError, type ConnectRouter, type HandlerContext } from "@connectrpc/connect";
 import {
@@ -117,5 +119,27 @@ export function registerHealthService(router: ConnectRouter, health: HealthRegis
       for (const [service, status] of health.list()) statuses[service] = response(status);
       return create(HealthListResponseSchema, { statuses });
     },
+  });
+}
+
+/**
+ * The HTTP status of `GET /healthz` on `host:port`, or undefined when nothing answered within
+ * `timeoutMs`. With `ca` (PEM) the port is spoken to over TLS trusting that CA; `/healthz` needs
+ * no client certificate (docs/security.md), and the server's identity is not checked: this only
+ * asks whether something healthy listens there.
+ */
+export function probeHealthz(host: string, port: number, opts: { ca?: Buffer | string; timeoutMs?: number } = {}): Promise<number | undefined> {
+  return new Promise((resolve) => {
+    const options = { host, port, path: "/healthz", timeout: opts.timeoutMs ?? 2000 };
+    const onResponse = (res: http.IncomingMessage): void => {
+      res.resume();
+      resolve(res.statusCode);
+    };
+    const req =
+      opts.ca === undefined
+        ? http.get(options, onResponse)
+        : https.get({ ...options, ca: opts.ca, checkServerIdentity: () => undefined }, onResponse);
+    req.on("error", () => resolve(undefined));
+    req.on("timeout", () => req.destroy());
   });
 }

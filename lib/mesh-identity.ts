@@ -5,8 +5,12 @@
  * the shared service token.
  */
 
-/** The roles of the mesh. */
-export const MESH_ROLES = ["gateway", "scheduler", "worker", "config", "producer", "admin"] as const;
+/**
+ * The roles of the mesh: its services; `producer`, a trusted client submitting for the tenant its
+ * certificate names; `admin`, an operator; `observer`, a metrics scraper (Prometheus), which
+ * may read metrics, health and reflection and call nothing.
+ */
+export const MESH_ROLES = ["gateway", "scheduler", "worker", "config", "producer", "admin", "observer"] as const;
 /** A role of the mesh. */
 export type MeshRole = (typeof MESH_ROLES)[number];
 

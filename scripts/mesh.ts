@@ -11,14 +11,21 @@
  * - `TASKMESH_MESH_PORTS`: `preferred` (default) uses 2379, 6379, 8080… when free and any free
  *   port otherwise; `any` takes any free port for everything (tests, several meshes at once).
  * - `TASKMESH_PROMETHEUS_TARGETS`: the Prometheus targets file to write (default
- *   `deploy/prometheus/targets/local.json`), or `off`.
+ *   `deploy/prometheus/targets/local.json`), or `off`. With mTLS, the observer certificate
+ *   Prometheus scrapes with goes to `tls/` beside the targets file's folder.
+ * - `TASKMESH_MESH_TLS`: `on` (default) makes a development CA under `<data>/tls` and gives
+ *   every service its certificate: the services talk mTLS (docs/security.md); `off` runs them in
+ *   plaintext on loopback.
  */
 import { randomBytes } from "node:crypto";
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { createConnection, createServer } from "node:net";
 import { join, resolve } from "node:path";
+import { DevCa } from "../lib/dev-ca.js";
+import { probeHealthz } from "../lib/health.js";
+import type { MeshRole } from "../lib/mesh-identity.js";
 import { SERVICE_NODE_FLAGS } from "../lib/node-flags.js";
-import { LOCAL_TARGETS_FILE, removePrometheusTargets, writePrometheusTargets } from "./prometheus-targets.js";
+import { copyObserverCertificate, LOCAL_TARGETS_FILE, prometheusTlsDir, removePrometheusTargets, writePrometheusTargets } from "./prometheus-targets.js";
 import { Supervisor, describeExit, shownPath, type SupervisedService } from "./supervisor.js";
 
 const root = resolve(import.meta.dirname, "..");
@@ -33,6 +40,11 @@ const logs = join(data, "logs");
 const portMode = setting("TASKMESH_MESH_PORTS") ?? "preferred";
 if (portMode !== "preferred" && portMode !== "any") {
   out(`TASKMESH_MESH_PORTS must be "preferred" or "any", not ${JSON.stringify(portMode)}`);
+  process.exit(2);
+}
+const tlsMode = setting("TASKMESH_MESH_TLS") ?? "on";
+if (tlsMode !== "on" && tlsMode !== "off") {
+  out(`TASKMESH_MESH_TLS must be "on" or "off", not ${JSON.stringify(tlsMode)}`);
   process.exit(2);
 }
 const targetsSetting = setting("TASKMESH_PROMETHEUS_TARGETS");
@@ -116,13 +128,9 @@ function start(name: string, cmd: string, args: string[], env: NodeJS.ProcessEnv
   });
 }
 
-async function healthy(port: number): Promise<boolean> {
-  try {
-    const r = await fetch(`http://127.0.0.1:${port}/healthz`);
-    return r.status === 200;
-  } catch {
-    return false;
-  }
+/** True when `/healthz` on the port answers 200 (over TLS trusting `ca` for an internal port). */
+async function healthy(port: number, ca?: Buffer): Promise<boolean> {
+  return (await probeHealthz("127.0.0.1", port, ca === undefined ? {} : { ca })) === 200;
 }
 
 async function stopAll(code: number): Promise<never> {
@@ -184,6 +192,14 @@ try {
     (existsSync(keyFile) ? readFileSync(keyFile, "utf8").trim() : `tm_dev_${randomBytes(16).toString("hex")}`);
   writeFileSync(keyFile, apiKey, { mode: 0o600 });
 
+  // mTLS inside the mesh: a development CA under the data directory, a certificate per service.
+  const ca = tlsMode === "on" ? await DevCa.open(join(data, "tls")) : undefined;
+  const caPem = ca === undefined ? undefined : readFileSync(ca.caCert);
+  const identity = async (role: MeshRole, name: string): Promise<NodeJS.ProcessEnv> => {
+    if (ca === undefined) return {};
+    const files = await ca.issue({ role, name, hosts: ["127.0.0.1", "localhost"] });
+    return { TASKMESH_MESH_CA: ca.caCert, TASKMESH_MESH_CERT: files.cert, TASKMESH_MESH_KEY: files.key };
+  };
   const common = { TASKMESH_ETCD: etcdEndpoint, TASKMESH_REDIS: redisUrl };
   // The services' own default cache files, but under the data directory.
   const cache = (file: string): { TASKMESH_CONFIG_CACHE: string } => ({ TASKMESH_CONFIG_CACHE: join(data, "cache", file) });
@@ -194,19 +210,22 @@ try {
     worker1: await pickPort(8090),
     worker2: await pickPort(8091),
   };
-  const config = service("config", ports.config, { ...common, TASKMESH_CONFIG_PORT: String(ports.config) });
+  const config = service("config", ports.config, { ...common, ...(await identity("config", "config")), TASKMESH_CONFIG_PORT: String(ports.config) });
   const scheduler = service("scheduler", ports.scheduler, {
     ...common,
+    ...(await identity("scheduler", "scheduler-1")),
     ...cache("scheduler.json"),
     TASKMESH_SCHEDULER_PORT: String(ports.scheduler),
   });
-  await until(config, () => healthy(ports.config));
-  await until(scheduler, () => healthy(ports.scheduler));
+  await until(config, () => healthy(ports.config, caPem));
+  await until(scheduler, () => healthy(ports.scheduler, caPem));
   const files = join(data, "files");
   mkdirSync(files, { recursive: true });
+  const workerIdentities = [await identity("worker", "worker-1"), await identity("worker", "worker-2")];
   const workers = [ports.worker1, ports.worker2].map((port, i) =>
     service(`worker-${i + 1}`, port, {
       ...common,
+      ...workerIdentities[i],
       ...cache(`worker-worker-${i + 1}.json`),
       TASKMESH_WORKER_ID: `worker-${i + 1}`,
       TASKMESH_WORKER_PORT: String(port),
@@ -215,22 +234,26 @@ try {
   );
   const gateway = service("gateway", ports.gateway, {
     ...common,
+    ...(await identity("gateway", "gateway")),
     ...cache("gateway.json"),
     TASKMESH_GATEWAY_PORT: String(ports.gateway),
     TASKMESH_BOOTSTRAP_API_KEY: apiKey,
   });
-  for (const [i, w] of workers.entries()) await until(w, () => healthy(i === 0 ? ports.worker1 : ports.worker2));
+  for (const [i, w] of workers.entries()) await until(w, () => healthy(i === 0 ? ports.worker1 : ports.worker2, caPem));
   await until(gateway, () => healthy(ports.gateway));
 
-  // A Prometheus started with deploy/prometheus/prometheus.yml finds this mesh through this file.
+  // A Prometheus started with deploy/prometheus/prometheus.yml finds this mesh through this file,
+  // and scrapes the internal ports with an observer certificate from tls/ next to it.
   if (targetsFile !== undefined) {
+    const mtls = ca !== undefined ? ({ transport: "mtls" } as const) : {};
+    if (ca !== undefined) await copyObserverCertificate(ca, prometheusTlsDir(targetsFile));
     await writePrometheusTargets(
       targetsFile,
       [
-        { component: "config", address: `127.0.0.1:${ports.config}` },
-        { component: "scheduler", address: `127.0.0.1:${ports.scheduler}` },
-        { component: "worker", address: `127.0.0.1:${ports.worker1}` },
-        { component: "worker", address: `127.0.0.1:${ports.worker2}` },
+        { component: "config", address: `127.0.0.1:${ports.config}`, ...mtls },
+        { component: "scheduler", address: `127.0.0.1:${ports.scheduler}`, ...mtls },
+        { component: "worker", address: `127.0.0.1:${ports.worker1}`, ...mtls },
+        { component: "worker", address: `127.0.0.1:${ports.worker2}`, ...mtls },
         { component: "gateway", address: `127.0.0.1:${ports.gateway}` },
       ],
       { mesh: "local" },

@@ -3,8 +3,13 @@
 # TASKMESH_SERVICE; the remaining arguments are that service's flags.
 #   docker run taskmesh worker --slots 4
 #   docker run -e TASKMESH_SERVICE=scheduler taskmesh
+#   docker run -v tls:/app/.taskmesh/tls taskmesh certs --dir /app/.taskmesh/tls scheduler/s1@s1 …
 # `exec` makes node PID 1, so SIGTERM from `docker stop` reaches the service's shutdown handler.
 set -eu
+if [ "${1:-}" = certs ]; then
+  shift
+  exec node --import tsx /app/scripts/certs.ts "$@"
+fi
 case "${1:-}" in
   gateway | scheduler | worker | config)
     service="$1"
@@ -15,7 +20,7 @@ esac
 case "$service" in
   gateway | scheduler | worker | config) ;;
   *)
-    echo "usage: <image> gateway|scheduler|worker|config [flags...]  (or set TASKMESH_SERVICE)" >&2
+    echo "usage: <image> gateway|scheduler|worker|config [flags...]  (or set TASKMESH_SERVICE), or <image> certs --dir <dir> <role>/<name>[@host]..." >&2
     exit 64
     ;;
 esac

@@ -29,7 +29,9 @@ import {
   workerMetrics,
 } from "../../lib/metrics.js";
 import { startServer, type RpcServer } from "../../lib/server.js";
+import { DevCa } from "../../lib/dev-ca.js";
 import {
+  copyObserverCertificate,
   prometheusTargetGroups,
   removePrometheusTargets,
   writePrometheusTargets,
@@ -233,19 +235,34 @@ function dashboardExprs(d: Dashboard): string[] {
   return exprs;
 }
 
+/**
+ * A copy of deploy/prometheus (config, alert rules) in a temporary directory, with the `tls/`
+ * files the mTLS scrape job reads made by a development CA, as `npm start` and compose provide.
+ */
+async function prometheusDir(): Promise<string> {
+  const dir = await mkdtemp(join(tmpdir(), "taskmesh-prom-"));
+  await mkdir(join(dir, "targets"));
+  await copyFile(join(PROM, "prometheus.yml"), join(dir, "prometheus.yml"));
+  await copyFile(join(PROM, "alerts.yml"), join(dir, "alerts.yml"));
+  await copyObserverCertificate(await DevCa.open(join(dir, "ca")), join(dir, "tls"));
+  return dir;
+}
+
 describe("Prometheus configuration (promtool)", () => {
   it("checks prometheus.yml and the rule file it loads", async () => {
-    const r = await tool("promtool", ["check", "config", "deploy/prometheus/prometheus.yml"]);
-    expectOk(r, "promtool check config");
-    expect(r.stdout).toContain("SUCCESS: 1 rule files found");
+    const dir = await prometheusDir();
+    try {
+      const r = await tool("promtool", ["check", "config", join(dir, "prometheus.yml")]);
+      expectOk(r, "promtool check config");
+      expect(r.stdout).toContain("SUCCESS: 1 rule files found");
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
   });
 
   it("accepts the compose targets and a targets file written by the launcher, with no warning", async () => {
-    const dir = await mkdtemp(join(tmpdir(), "taskmesh-prom-"));
+    const dir = await prometheusDir();
     try {
-      await mkdir(join(dir, "targets"));
-      await copyFile(join(PROM, "prometheus.yml"), join(dir, "prometheus.yml"));
-      await copyFile(join(PROM, "alerts.yml"), join(dir, "alerts.yml"));
       for (const f of await readdir(join(PROM, "compose-targets"))) {
         await copyFile(join(PROM, "compose-targets", f), join(dir, "targets", f));
       }
@@ -253,8 +270,8 @@ describe("Prometheus configuration (promtool)", () => {
         join(dir, "targets", "local.json"),
         [
           { component: "gateway", address: "127.0.0.1:8080" },
-          { component: "worker", address: "127.0.0.1:8090" },
-          { component: "worker", address: "[::1]:8091" },
+          { component: "worker", address: "127.0.0.1:8090", transport: "mtls" },
+          { component: "worker", address: "[::1]:8091", transport: "mtls" },
         ],
         { mesh: "local" },
       );
@@ -551,26 +568,27 @@ describe("docker-compose.yml", () => {
 
   it("runs the whole mesh with pinned images, health checks and healthy dependencies", async () => {
     const { services } = await composeConfig();
-    expect(Object.keys(services).sort()).toEqual([...TASKMESH, "etcd", "grafana", "prometheus", "redis"].sort());
+    expect(Object.keys(services).sort()).toEqual([...TASKMESH, "certs", "etcd", "grafana", "prometheus", "redis"].sort());
     for (const [name, s] of Object.entries(services)) {
-      expect(s.healthcheck?.test?.length, `${name} health check`).toBeGreaterThan(0);
+      // `certs` runs once, to completion: what depends on it waits for that instead.
+      if (name !== "certs") expect(s.healthcheck?.test?.length, `${name} health check`).toBeGreaterThan(0);
       expect(s.image, name).toMatch(/:[\w.-]+$/);
       expect(s.image, name).not.toMatch(/:latest$/);
       for (const [dep, how] of Object.entries(s.depends_on ?? {})) {
-        expect(how.condition, `${name} → ${dep}`).toBe("service_healthy");
+        expect(how.condition, `${name} → ${dep}`).toBe(dep === "certs" ? "service_completed_successfully" : "service_healthy");
       }
     }
     const redis = services.redis?.command?.join(" ") ?? "";
     expect(redis).toContain("--appendonly yes");
     expect(redis).toContain("--appendfsync always");
     expect(services.gateway?.environment?.TASKMESH_BOOTSTRAP_API_KEY).toBe("tm_test_key");
-    expect(Object.keys(services.gateway?.depends_on ?? {}).sort()).toEqual(["config", "redis", "scheduler-1", "scheduler-2"]);
+    expect(Object.keys(services.gateway?.depends_on ?? {}).sort()).toEqual(["certs", "config", "redis", "scheduler-1", "scheduler-2"]);
   });
 
   it("restarts every service whose process exits, unless it was stopped on purpose", async () => {
     const { services } = await composeConfig();
-    expect(Object.keys(services).length).toBe(TASKMESH.length + 4);
-    for (const [name, s] of Object.entries(services)) expect(s.restart, `${name} restart policy`).toBe("unless-stopped");
+    expect(Object.keys(services).length).toBe(TASKMESH.length + 5);
+    for (const [name, s] of Object.entries(services)) expect(s.restart, `${name} restart policy`).toBe(name === "certs" ? "no" : "unless-stopped");
   });
 
   it("has each taskmesh service advertise its compose name and health-check the port it serves", async () => {
@@ -583,8 +601,29 @@ describe("docker-compose.yml", () => {
       expect(port, `${name} runs ${kind}`).toBeDefined();
       expect(s?.environment?.TASKMESH_ADVERTISE_ADDRESS, name).toBe(`${name}:${port}`);
       expect(s?.environment?.TASKMESH_ETCD, name).toBe("etcd:2379");
-      expect(s?.healthcheck?.test?.join(" "), name).toContain(`http://127.0.0.1:${port}/healthz`);
+      expect(s?.healthcheck?.test?.join(" "), name).toContain(`/app/deploy/docker/healthcheck.mjs ${port}`);
     }
+  });
+
+  it("gives every taskmesh service its own mesh certificate, made by the certs service for its compose name", async () => {
+    const { services } = await composeConfig();
+    const issued = (services.certs?.command ?? []).filter((a) => !a.startsWith("-") && a !== "certs");
+    const tlsMounts = (name: string) => mountsOf(services[name]).filter((m) => m.endsWith(":/app/.taskmesh/tls"));
+    for (const name of TASKMESH) {
+      const s = services[name];
+      const role = s?.command?.[0] ?? "";
+      expect(issued, name).toContain(`${role}/${name}@${name}`);
+      expect(s?.environment?.TASKMESH_MESH_CA, name).toBe("/app/.taskmesh/tls/ca.crt");
+      expect(s?.environment?.TASKMESH_MESH_CERT, name).toBe(`/app/.taskmesh/tls/${role}-${name}.crt`);
+      expect(s?.environment?.TASKMESH_MESH_KEY, name).toBe(`/app/.taskmesh/tls/${role}-${name}.key`);
+      expect(tlsMounts(name).length, name).toBe(1);
+      expect(Object.keys(s?.depends_on ?? {}), name).toContain("certs");
+    }
+    // The public port is the gateway's only plaintext one; Prometheus scrapes the rest as an observer.
+    expect(services.gateway?.healthcheck?.test?.join(" ")).toContain("8080 plain");
+    expect(issued).toContain("observer/prometheus");
+    expect(services.certs?.command).toContain("--readable=observer/prometheus");
+    expect(mountsOf(services.prometheus)).toContainEqual(expect.stringMatching(/:\/etc\/prometheus\/tls$/));
   });
 
   it("mounts the Prometheus config, rules and compose targets, and the Grafana provisioning", async () => {

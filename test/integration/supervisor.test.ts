@@ -5,11 +5,12 @@
  * gateway, and stopping cleanly on Ctrl-C.
  */
 import { spawn, type ChildProcess } from "node:child_process";
-import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { existsSync, mkdtempSync, readFileSync, readdirSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { afterEach, describe, expect, it } from "vitest";
 import { Etcd3 } from "etcd3";
+import { probeHealthz } from "../../lib/health.js";
 import type { ServiceRecord, WorkerRecord } from "../../lib/keys.js";
 import { Supervisor, restartDelay, type ServiceSpec, type SupervisorStatus } from "../../scripts/supervisor.js";
 import { waitFor } from "../support/wait.js";
@@ -307,7 +308,7 @@ function launch(extraEnv: NodeJS.ProcessEnv = {}): Launcher {
   Object.assign(env, {
     TASKMESH_DATA_DIR: dir,
     TASKMESH_MESH_PORTS: "any",
-    TASKMESH_PROMETHEUS_TARGETS: join(dir, "targets.json"),
+    TASKMESH_PROMETHEUS_TARGETS: join(dir, "prometheus", "targets", "local.json"),
     ...extraEnv,
   });
   const child = spawn(join(ROOT, "node_modules/.bin/tsx"), ["scripts/mesh.ts"], {
@@ -375,9 +376,9 @@ async function whileRunning<T>(l: Launcher, what: string, check: () => T | undef
   }
 }
 
-async function healthz(port: number): Promise<boolean> {
-  const r = await fetch(`http://127.0.0.1:${port}/healthz`).catch(() => undefined);
-  return r?.status === 200;
+/** `/healthz` answers 200: over TLS with the launcher's development CA when `ca` is given (internal ports). */
+async function healthz(port: number, ca?: Buffer): Promise<boolean> {
+  return (await probeHealthz("127.0.0.1", port, ca === undefined ? {} : { ca })) === 200;
 }
 
 const SERVICES = ["etcd", "redis", "config", "scheduler", "worker-1", "worker-2", "gateway"];
@@ -398,7 +399,17 @@ describe("npm start (scripts/mesh.ts)", () => {
       const gatewayPort = first?.services.gateway?.port ?? 0;
       expect(l.output()).toContain(`gateway     http://127.0.0.1:${gatewayPort} `);
       expect(l.output()).toContain(`Logs in ${l.dir}/logs/.`);
-      expect(existsSync(join(l.dir, "targets.json"))).toBe(true);
+      const targets = join(l.dir, "prometheus", "targets", "local.json");
+      expect(existsSync(targets)).toBe(true);
+      // The internal ports speak mTLS: Prometheus scrapes them with an observer certificate.
+      const groups = JSON.parse(readFileSync(targets, "utf8")) as { labels: Record<string, string> }[];
+      expect(groups.map((g) => `${g.labels.component}:${g.labels.transport ?? "plain"}`)).toEqual([
+        "config:mtls",
+        "scheduler:mtls",
+        "worker:mtls",
+        "gateway:plain",
+      ]);
+      expect(readdirSync(join(l.dir, "prometheus", "tls")).sort()).toEqual(["ca.crt", "observer-prometheus.crt", "observer-prometheus.key"]);
       const apiKey = readFileSync(join(l.dir, "dev-api-key"), "utf8").trim();
       const api = (path: string): Promise<Response> =>
         fetch(`http://127.0.0.1:${gatewayPort}${path}`, { headers: { Authorization: `Bearer ${apiKey}` } });
@@ -418,7 +429,8 @@ describe("npm start (scripts/mesh.ts)", () => {
         );
         pids.add(after.pid ?? 0);
         expect(after).toMatchObject({ restarts: 1, port, lastExit: { code: null, signal: "SIGKILL" } });
-        await whileRunning(l, `${name} healthy again on port ${port}`, () => healthz(port), 30_000);
+        const ca = name === "gateway" ? undefined : readFileSync(join(l.dir, "tls", "ca.crt"));
+        await whileRunning(l, `${name} healthy again on port ${port}`, () => healthz(port, ca), 30_000);
         const line = new RegExp(`^${name} exited \\(signal SIGKILL\\) after \\d+\\.\\d s; restarting in \\d+ ms \\(restart 1\\)$`, "m");
         expect(l.output()).toMatch(line);
         const logged = await waitFor(() => supervisorLines(join(l.dir, "logs", `${name}.log`)).length > 0, { what: `${name}'s log line` }).then(() =>
@@ -473,7 +485,7 @@ describe("npm start (scripts/mesh.ts)", () => {
       expect(last?.state).toBe("stopped");
       for (const name of SERVICES) expect(last?.services[name], name).toMatchObject({ state: "stopped", pid: null });
       for (const pid of [...pids, ...l.seenPids()]) expect(alive(pid), `pid ${pid}`).toBe(false);
-      expect(existsSync(join(l.dir, "targets.json"))).toBe(false);
+      expect(existsSync(targets)).toBe(false);
     },
     180_000,
   );

@@ -1,9 +1,9 @@
 import { spawn, type ChildProcess } from "node:child_process";
 import { mkdtemp, readFile, rm } from "node:fs/promises";
-import * as https from "node:https";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { DevCa } from "../../lib/dev-ca.js";
+import { probeHealthz } from "../../lib/health.js";
 import type { MeshRole } from "../../lib/mesh-identity.js";
 import { SERVICE_NODE_FLAGS } from "../../lib/node-flags.js";
 import { freePort } from "./ports.js";
@@ -35,6 +35,7 @@ export async function startService(
   opts: { port?: number; env?: NodeJS.ProcessEnv; healthTimeoutMs?: number; healthCa?: string } = {},
 ): Promise<ServiceProcess> {
   const port = opts.port ?? (await freePort());
+  const healthCa = opts.healthCa === undefined ? undefined : await readFile(opts.healthCa);
   // `node --import tsx` runs the service in this one process (the tsx CLI would add a wrapper
   // process, and a SIGKILL of the wrapper leaves the service running).
   const main = join(root, "services", service, "main.ts");
@@ -86,7 +87,7 @@ export async function startService(
     await Promise.race([
       died,
       waitFor(
-        async () => (await healthStatus(port, opts.healthCa)) === 200,
+        async () => (await probeHealthz("127.0.0.1", port, healthCa === undefined ? {} : { ca: healthCa })) === 200,
         { timeoutMs: opts.healthTimeoutMs ?? 30_000, what: `${name} healthy`, intervalMs: 50 },
       ),
     ]);
@@ -96,23 +97,6 @@ export async function startService(
     throw err;
   }
   return proc;
-}
-
-/** The status of `GET /healthz` (over TLS trusting `ca` when given), or undefined if unanswered. */
-async function healthStatus(port: number, ca: string | undefined): Promise<number | undefined> {
-  if (ca === undefined) {
-    const r = await fetch(`http://127.0.0.1:${port}/healthz`).catch(() => undefined);
-    return r?.status;
-  }
-  const caPem = await readFile(ca);
-  return new Promise((resolve) => {
-    const req = https.get({ host: "127.0.0.1", port, path: "/healthz", ca: caPem, checkServerIdentity: () => undefined, timeout: 2000 }, (res) => {
-      res.resume();
-      resolve(res.statusCode);
-    });
-    req.on("error", () => resolve(undefined));
-    req.on("timeout", () => req.destroy());
-  });
 }
 
 /** Options for {@link startMesh}. */
