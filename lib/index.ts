@@ -5,6 +5,10 @@
 export { AsyncQueue } from "./async-queue.js";
 export { unaryClient, type CallOptions, type UnaryClient, type UnaryClientOptions } from "./client.js";
 export { GrpcChannel, type GrpcChannelOptions } from "./grpc-channel.js";
+export { DevCa, type CertFiles, type LeafSpec } from "./dev-ca.js";
+export { createEtcd, etcdSecurityFrom, etcdSecuritySettings, type EtcdSecurity } from "./etcd.js";
+export { MESH_ROLES, meshUri, type MeshPeer, type MeshRole } from "./mesh-identity.js";
+export { MeshSecurity, meshPeer, meshTransport, SERVICE_TOKEN_HEADER, type AccessPolicy } from "./mesh-security.js";
 export { RETRYABLE_CODES, invalidArgument, notFound, toConnectError } from "./errors.js";
 export { HealthRegistry, ServingStatus } from "./health.js";
 export {
@@ -25,9 +29,13 @@ export {
   ReplicaWaiter,
   createRedis,
   parseRedisUrl,
+  redactRedisUrl,
   redisClientOptions,
+  redisTlsFrom,
+  redisTlsSettings,
   redisUrlSetting,
   type RedisClientOptions,
+  type RedisTls,
   type RedisTarget,
   type ReplicaTicket,
   type ReplicaWaiterOptions,

@@ -1,6 +1,9 @@
 import { Code, ConnectError } from "@connectrpc/connect";
+import { readFileSync } from "node:fs";
 import type { Socket } from "node:net";
+import type { ConnectionOptions } from "node:tls";
 import { Redis, SentinelConnector, type RedisOptions, type SentinelConnectionOptions } from "ioredis";
+import { as, type SettingSpec } from "./settings.js";
 
 /**
  * Where Redis is, as given by the `--redis` setting (see {@link parseRedisUrl}): one server, or a
@@ -19,7 +22,7 @@ export interface StandaloneTarget {
   tls: boolean;
 }
 
-/** A master group behind Redis Sentinel: `redis-sentinel://`. */
+/** A master group behind Redis Sentinel: `redis-sentinel://`, or `rediss-sentinel://` (TLS). */
 export interface SentinelTarget {
   kind: "sentinel";
   /** Sentinels to ask for the master, tried in order (more are learned from them). */
@@ -27,12 +30,28 @@ export interface SentinelTarget {
   /** The master group's name (`sentinel monitor <name> …`). */
   name: string;
   db: number;
+  /** TLS to the Sentinels and to the master and replicas (`rediss-sentinel://`). */
+  tls: boolean;
   /** ACL user and password of the Redis master and replicas (not of the Sentinels). */
   username?: string;
   password?: string;
   /** ACL user and password of the Sentinels themselves. */
   sentinelUsername?: string;
   sentinelPassword?: string;
+}
+
+/**
+ * PEM files for Redis over TLS (`rediss://`, `rediss-sentinel://`), read when the client is
+ * created: `ca`, the CA certificate(s) to verify the servers with instead of Node's default trust
+ * store (a private CA); `cert` and `key` (always together), the client certificate for servers
+ * that require one (`tls-auth-clients yes`). With Sentinel the same files serve for the
+ * Sentinels and for the master and replicas. Given by the `--redis-ca`, `--redis-cert` and
+ * `--redis-key` settings ({@link redisTlsSettings}, {@link redisTlsFrom}).
+ */
+export interface RedisTls {
+  ca?: string;
+  cert?: string;
+  key?: string;
 }
 
 /**
@@ -52,22 +71,92 @@ export const DEFAULT_SENTINEL_PORT = 26379;
  */
 export const DEFAULT_REDIS_COMMAND_TIMEOUT_MS = 5000;
 
+/**
+ * The forms of the `--redis` setting, one line for a service's `--help` (see
+ * {@link parseRedisUrl}).
+ */
+export const REDIS_URL_HELP =
+  "Redis: redis://[user:password@]host:port[/db], rediss://… (TLS), " +
+  "redis-sentinel://[user:password@]host:26379,host2:26379/<masterName>[?db=N&sentinelPassword=…] " +
+  "or rediss-sentinel://… (Sentinel, TLS to the Sentinels and to Redis)";
+
 const FORMS =
-  "expected redis://[user:password@]host[:port][/db], rediss://… or " +
-  "redis-sentinel://[user:password@]host[:port][,host[:port]…]/<masterName>[?db=N&sentinelPassword=…]";
+  "expected redis://[user:password@]host[:port][/db], rediss://… (TLS), " +
+  "redis-sentinel://[user:password@]host[:port][,host[:port]…]/<masterName>[?db=N&sentinelPassword=…] " +
+  "or rediss-sentinel://… (Sentinel over TLS)";
 const SENTINEL_PARAMS = ["db", "sentinelUsername", "sentinelPassword"] as const;
 const HOST = /^(?:[A-Za-z0-9._-]+|\[[0-9A-Fa-f:.]+\])$/;
+/** Query parameters whose values are secrets (`sentinelPassword`, ioredis' `password`, …). */
+const SECRET_PARAM = /^[^=]*(?:pass|secret|token)/i;
 
-/** The input with any credentials masked, for error messages (never echo a password). */
-function redact(raw: string): string {
-  const at = raw.lastIndexOf("@");
-  if (at < 0) return raw;
-  const scheme = raw.indexOf("://");
-  return `${scheme >= 0 && scheme < at ? raw.slice(0, scheme + 3) : ""}***${raw.slice(at)}`;
+/**
+ * A Redis URL (any of the {@link parseRedisUrl} forms, or something that failed to parse as one)
+ * with its secrets masked, for logs and error messages: the credentials before the last `@`
+ * become `***`, as do the values of query parameters named like a password (`sentinelPassword`,
+ * `password`, …). Never echo a Redis URL any other way.
+ */
+export function redactRedisUrl(raw: string): string {
+  // Spans [from, to) to mask: the values of password-like query parameters, then the userinfo,
+  // ending at the last "@" that is not inside one of those values (a password may hold a raw "@").
+  const spans: [number, number][] = [];
+  const query = raw.indexOf("?");
+  if (query >= 0) {
+    let at = query;
+    while (at < raw.length) {
+      let end = raw.indexOf("&", at + 1);
+      if (end < 0) end = raw.length;
+      const pair = raw.slice(at + 1, end);
+      const eq = pair.indexOf("=");
+      if (eq >= 0 && SECRET_PARAM.test(pair.slice(0, eq)) && eq + 1 < pair.length) spans.push([at + 1 + eq + 1, end]);
+      at = end;
+    }
+  }
+  const inSpan = (i: number): boolean => spans.some(([from, to]) => i >= from && i < to);
+  let userEnd = raw.lastIndexOf("@");
+  while (userEnd >= 0 && inSpan(userEnd)) userEnd = userEnd === 0 ? -1 : raw.lastIndexOf("@", userEnd - 1);
+  if (userEnd >= 0) {
+    const scheme = raw.indexOf("://");
+    spans.push([scheme >= 0 && scheme < userEnd ? scheme + 3 : 0, userEnd]);
+  }
+  spans.sort((a, b) => a[0] - b[0]);
+  let out = "";
+  let pos = 0;
+  for (const [from, to] of spans) {
+    if (to <= pos) continue;
+    out += `${raw.slice(pos, Math.max(pos, from))}***`;
+    pos = to;
+  }
+  return out + raw.slice(pos);
 }
 
-function database(raw: string, where: string): number {
-  if (!/^\d{1,9}$/.test(raw)) throw new Error(`${where}: the database must be a non-negative integer, got ${JSON.stringify(raw)}`);
+/**
+ * Quotes pieces of `raw` for error messages: a piece shows only if it is also in the redacted URL
+ * (so it holds nothing of a secret); else it shows as `"***"` (a password with a stray `/`, `:`
+ * or `?` is cut into pieces that end up in host or path positions).
+ */
+interface Quote {
+  /** The piece in JSON quotes, or `"***"`. */
+  (piece: string): string;
+  /** The piece as it is, or `***`. */
+  bare(piece: string): string;
+  /** Whether a piece was hidden. */
+  readonly hid: boolean;
+}
+
+function quoter(raw: string): Quote {
+  const visible = redactRedisUrl(raw);
+  const state = { hid: false };
+  const bare = (piece: string): string => {
+    if (visible.includes(piece)) return piece;
+    state.hid = true;
+    return "***";
+  };
+  const quote = Object.assign((piece: string) => JSON.stringify(bare(piece)), { bare });
+  return Object.defineProperty(quote, "hid", { get: () => state.hid }) as Quote;
+}
+
+function database(raw: string, where: string, q: Quote): number {
+  if (!/^\d{1,9}$/.test(raw)) throw new Error(`${where}: the database must be a non-negative integer, got ${q(raw)}`);
   return Number(raw);
 }
 
@@ -81,35 +170,49 @@ function decode(raw: string, what: string): string {
 
 /**
  * Parses the `--redis` setting (`TASKMESH_REDIS`), failing with a message that says what is wrong
- * (the settings reader prefixes the flag's name). Three forms:
+ * (the settings reader prefixes the flag's name) and never quotes a password (see
+ * {@link redactRedisUrl}). Four forms:
  *
  * - `redis://[user:password@]host[:port][/db]` — one server (port 6379, db 0 by default);
- * - `rediss://…` — the same over TLS;
+ * - `rediss://…` — the same over TLS (see {@link RedisTls} for a private CA or a client
+ *   certificate);
  * - `redis-sentinel://[[user]:password@]host1[:port1][,host2[:port2]…]/<masterName>[?db=N&sentinelUsername=…&sentinelPassword=…]`
  *   — a master group found through Sentinel (port 26379 by default), the spelling Lettuce and
  *   Spring Data Redis use for the scheme, with the master name as the path (Lettuce writes it
  *   after `#`, redis-py's `redis+sentinel://` as the path). The credentials before `@` are those
  *   of the Redis master and replicas; `sentinelUsername`/`sentinelPassword` are the Sentinels'.
- *   Percent-encode `@`, `:`, `/`, `,`, `?`, `#` and `%` inside credentials.
+ *   Percent-encode `@`, `:`, `/`, `,`, `?`, `#`, `&` and `%` inside credentials;
+ * - `rediss-sentinel://…` — the same with TLS both to the Sentinels and to the master and
+ *   replicas (Sentinels with `tls-port`, Redis with `tls-replication yes`). The servers'
+ *   certificates are checked against the addresses the Sentinels announce (IP addresses unless
+ *   they run with `announce-hostnames yes`), so they need those in their subjectAltNames.
  */
 export function parseRedisUrl(raw: string): RedisTarget {
   const s = raw.trim();
+  const q = quoter(s);
   const schemeEnd = s.indexOf("://");
   const scheme = schemeEnd < 0 ? "" : s.slice(0, schemeEnd).toLowerCase();
-  switch (scheme) {
-    case "redis":
-    case "rediss":
-      return parseStandalone(s, scheme === "rediss");
-    case "redis-sentinel":
-      return parseSentinel(s, schemeEnd + 3);
-    case "rediss-sentinel":
-    case "redis+sentinel":
-    case "sentinel":
-      throw new Error(
-        `${JSON.stringify(scheme + "://")} is not supported (Sentinel over TLS is not implemented); ${FORMS}`,
-      );
-    default:
-      throw new Error(`${FORMS}, got ${JSON.stringify(redact(s))}`);
+  try {
+    switch (scheme) {
+      case "redis":
+      case "rediss":
+        return parseStandalone(s, scheme === "rediss", q);
+      case "redis-sentinel":
+      case "rediss-sentinel":
+        return parseSentinel(s, schemeEnd + 3, scheme === "rediss-sentinel", q);
+      case "redis+sentinel":
+      case "rediss+sentinel":
+      case "sentinel":
+        throw new Error(`${JSON.stringify(scheme + "://")} is not supported; ${FORMS}`);
+      default:
+        throw new Error(`${FORMS}, got ${JSON.stringify(redactRedisUrl(s))}`);
+    }
+  } catch (err) {
+    if (!q.hid) throw err;
+    throw new Error(
+      `${(err as Error).message} (*** is a part of the URL that may belong to a password: percent-encode ` +
+        "@ : / ? # & , and % inside credentials)",
+    );
   }
 }
 
@@ -119,32 +222,34 @@ export function redisUrlSetting(raw: string): string {
   return raw.trim();
 }
 
-function parseStandalone(s: string, tls: boolean): StandaloneTarget {
+function parseStandalone(s: string, tls: boolean, q: Quote): StandaloneTarget {
+  const shown = JSON.stringify(redactRedisUrl(s));
   let url: URL;
   try {
     url = new URL(s);
   } catch {
-    throw new Error(`not a valid URL: ${JSON.stringify(redact(s))}; ${FORMS}`);
+    throw new Error(`not a valid URL: ${shown}; ${FORMS}`);
   }
-  if (url.hostname === "") throw new Error(`no host in ${JSON.stringify(redact(s))}; ${FORMS}`);
-  if (url.port === "0") throw new Error(`port 0 in ${JSON.stringify(redact(s))}`);
-  if (url.hash !== "") throw new Error(`unexpected #fragment in ${JSON.stringify(redact(s))}`);
+  if (url.hostname === "") throw new Error(`no host in ${shown}; ${FORMS}`);
+  if (url.port === "0") throw new Error(`port 0 in ${shown}`);
+  if (url.hash !== "") throw new Error(`unexpected #fragment in ${shown}`);
   const path = url.pathname.replace(/^\//, "");
-  if (path.includes("/")) throw new Error(`the path must be the database number alone, got ${JSON.stringify(url.pathname)}`);
+  if (path.includes("/")) throw new Error(`the path must be the database number alone, got ${q(url.pathname)}`);
   return {
     kind: "standalone",
     url: s,
     host: url.hostname,
     port: url.port === "" ? 6379 : Number(url.port),
-    db: path === "" ? 0 : database(path, "path"),
+    db: path === "" ? 0 : database(path, "path", q),
     tls,
   };
 }
 
-function parseSentinel(s: string, start: number): SentinelTarget {
+function parseSentinel(s: string, start: number, tls: boolean, q: Quote): SentinelTarget {
+  const scheme = tls ? "rediss-sentinel" : "redis-sentinel";
   const hashAt = s.indexOf("#", start);
   if (hashAt >= 0) {
-    throw new Error("the master name goes in the path (redis-sentinel://host:26379/mymaster), not after #");
+    throw new Error(`the master name goes in the path (${scheme}://host:26379/mymaster), not after #`);
   }
   const queryAt = s.indexOf("?", start);
   const beforeQuery = queryAt < 0 ? s.slice(start) : s.slice(start, queryAt);
@@ -154,7 +259,7 @@ function parseSentinel(s: string, start: number): SentinelTarget {
 
   const at = authority.lastIndexOf("@");
   const hostList = at < 0 ? authority : authority.slice(at + 1);
-  const out: SentinelTarget = { kind: "sentinel", sentinels: [], name: "", db: 0 };
+  const out: SentinelTarget = { kind: "sentinel", sentinels: [], name: "", db: 0, tls };
   if (at >= 0) {
     const userinfo = authority.slice(0, at);
     const colon = userinfo.indexOf(":");
@@ -164,29 +269,29 @@ function parseSentinel(s: string, start: number): SentinelTarget {
     if (password !== "") out.password = password;
   }
 
-  if (hostList === "") throw new Error(`no Sentinel address in ${JSON.stringify(redact(s))}; ${FORMS}`);
+  if (hostList === "") throw new Error(`no Sentinel address in ${JSON.stringify(redactRedisUrl(s))}; ${FORMS}`);
   for (const entry of hostList.split(",")) {
     const e = entry.trim();
-    if (e === "") throw new Error(`empty Sentinel address in the list ${JSON.stringify(hostList)}`);
+    if (e === "") throw new Error(`empty Sentinel address in the list ${q(hostList)}`);
     // host, host:port, [v6], [v6]:port
     const m = /^(\[[^\]]*\]|[^:]*)(?::(.*))?$/.exec(e);
     const host = m?.[1] ?? "";
     const port = m?.[2];
-    if (!HOST.test(host)) throw new Error(`bad Sentinel host ${JSON.stringify(host)} in ${JSON.stringify(e)}`);
+    if (!HOST.test(host)) throw new Error(`bad Sentinel host ${q(host)} in ${q(e)}`);
     let p = DEFAULT_SENTINEL_PORT;
     if (port !== undefined) {
       p = /^\d{1,5}$/.test(port) ? Number(port) : NaN;
-      if (!(p >= 1 && p <= 65535)) throw new Error(`bad Sentinel port ${JSON.stringify(port)} in ${JSON.stringify(e)}`);
+      if (!(p >= 1 && p <= 65535)) throw new Error(`bad Sentinel port ${q(port)} in ${q(e)}`);
     }
     out.sentinels.push({ host: host.startsWith("[") ? host.slice(1, -1) : host, port: p });
   }
 
   const name = decode(path, "master name");
   if (name === "") {
-    throw new Error(`no master name: write redis-sentinel://${hostList}/<masterName> (the name of \`sentinel monitor <name> …\`)`);
+    throw new Error(`no master name: write ${scheme}://${q.bare(hostList)}/<masterName> (the name of \`sentinel monitor <name> …\`)`);
   }
   if (name.includes("/")) {
-    throw new Error(`the path must be the master name alone, got ${JSON.stringify(path)} (the database goes in ?db=N)`);
+    throw new Error(`the path must be the master name alone, got ${q(path)} (the database goes in ?db=N)`);
   }
   out.name = name;
 
@@ -194,11 +299,11 @@ function parseSentinel(s: string, start: number): SentinelTarget {
     const seen = new Set<string>();
     for (const [key, value] of new URLSearchParams(s.slice(queryAt + 1))) {
       if (!(SENTINEL_PARAMS as readonly string[]).includes(key)) {
-        throw new Error(`unknown parameter ${JSON.stringify(key)} (known: ${SENTINEL_PARAMS.join(", ")})`);
+        throw new Error(`unknown parameter ${q(key)} (known: ${SENTINEL_PARAMS.join(", ")})`);
       }
       if (seen.has(key)) throw new Error(`parameter ${JSON.stringify(key)} is given twice`);
       seen.add(key);
-      if (key === "db") out.db = database(value, "db");
+      if (key === "db") out.db = database(value, "db", q);
       else if (value !== "") out[key as "sentinelUsername" | "sentinelPassword"] = value;
     }
   }
@@ -255,12 +360,22 @@ function reconnectOnReadonly(err: Error): boolean | 2 {
  *   replica, about 10 s later, and those writes are lost). ioredis' own `failoverDetector` is off:
  *   in 6.0.0 an announcement arriving while the client is asking a Sentinel for the master (during
  *   a reconnect) ends the client for good ("Connection is closed.", never reconnecting).
+ * - TLS (`rediss://`, `rediss-sentinel://`): `tls` with the files of `tls` ({@link RedisTls};
+ *   Node's default trust store without a `ca`), for Sentinel also `sentinelTLS` (the same files,
+ *   used by the failover detection too) and `enableTLSForSentinelMode`. Files given for a URL
+ *   without TLS are refused.
  *
  * `duplicate()` copies all of these (pub/sub connections keep the Sentinel setup), and ioredis
  * resubscribes a subscriber's channels after a reconnect (`autoResubscribe`, on by default).
+ * Throws when a TLS file cannot be read.
  */
-export function redisClientOptions(target: RedisTarget, overrides: RedisClientOptions = {}): RedisClientOptions {
+export function redisClientOptions(
+  target: RedisTarget,
+  overrides: RedisClientOptions = {},
+  tls?: RedisTls,
+): RedisClientOptions {
   const commandTimeout = overrides.commandTimeout ?? DEFAULT_REDIS_COMMAND_TIMEOUT_MS;
+  const secure = tlsOptions(target, tls);
   const common: RedisClientOptions = {
     connectTimeout: 3000,
     commandTimeout,
@@ -269,7 +384,8 @@ export function redisClientOptions(target: RedisTarget, overrides: RedisClientOp
     retryStrategy: redisReconnectDelay,
     reconnectOnError: reconnectOnReadonly,
   };
-  if (target.kind === "standalone") return { ...common, ...overrides };
+  // Given even without files: ioredis itself only turns TLS on for a lower-case "rediss://".
+  if (target.kind === "standalone") return { ...common, ...(secure !== undefined ? { tls: secure } : {}), ...overrides };
   return {
     ...common,
     sentinels: target.sentinels.map((s) => ({ host: s.host, port: s.port })),
@@ -280,6 +396,7 @@ export function redisClientOptions(target: RedisTarget, overrides: RedisClientOp
     ...(target.password !== undefined ? { password: target.password } : {}),
     ...(target.sentinelUsername !== undefined ? { sentinelUsername: target.sentinelUsername } : {}),
     ...(target.sentinelPassword !== undefined ? { sentinelPassword: target.sentinelPassword } : {}),
+    ...(secure !== undefined ? { enableTLSForSentinelMode: true, tls: secure, sentinelTLS: { ...secure } } : {}),
     Connector: FailoverAwareSentinelConnector,
     failoverDetector: false,
     updateSentinels: true,
@@ -287,6 +404,114 @@ export function redisClientOptions(target: RedisTarget, overrides: RedisClientOp
     sentinelCommandTimeout: 2000,
     ...overrides,
   };
+}
+
+const TLS_FLAGS = { ca: "--redis-ca", cert: "--redis-cert", key: "--redis-key" } as const;
+
+/** The file of `what`, or `undefined` for none (an empty path is none). */
+function tlsFile(tls: RedisTls | undefined, what: keyof RedisTls): string | undefined {
+  const path = tls?.[what]?.trim();
+  return path === undefined || path === "" ? undefined : path;
+}
+
+/** Why `tls` cannot be used with `target` (`undefined` when it can), naming the settings. */
+function tlsProblem(tls: RedisTls | undefined, target: RedisTarget | undefined): string | undefined {
+  const given = (Object.keys(TLS_FLAGS) as (keyof RedisTls)[]).filter((k) => tlsFile(tls, k) !== undefined);
+  if (given.includes("cert") !== given.includes("key")) {
+    const [has, lacks] = given.includes("cert") ? (["cert", "key"] as const) : (["key", "cert"] as const);
+    return `${TLS_FLAGS[has]} is set without ${TLS_FLAGS[lacks]}: a client certificate needs both ${TLS_FLAGS.cert} and ${TLS_FLAGS.key}`;
+  }
+  if (given.length > 0 && target !== undefined && !target.tls) {
+    const scheme = target.kind === "standalone" ? "redis://" : "redis-sentinel://";
+    return (
+      `${given.map((k) => TLS_FLAGS[k]).join(", ")} ${given.length === 1 ? "is" : "are"} set but the Redis URL is ` +
+      `${scheme} (no TLS): write rediss://… or rediss-sentinel://… to use TLS`
+    );
+  }
+  return undefined;
+}
+
+/** Node TLS options for `target` (undefined when it is not TLS), with the files of `tls` read. */
+function tlsOptions(target: RedisTarget, tls: RedisTls | undefined): ConnectionOptions | undefined {
+  const problem = tlsProblem(tls, target);
+  if (problem !== undefined) throw new Error(problem);
+  if (!target.tls) return undefined;
+  const out: ConnectionOptions = {};
+  for (const what of ["ca", "cert", "key"] as const) {
+    const path = tlsFile(tls, what);
+    if (path !== undefined) out[what] = readPem(path, what);
+  }
+  return out;
+}
+
+function readPem(path: string, what: keyof RedisTls): string {
+  let text: string;
+  try {
+    text = readFileSync(path, "utf8");
+  } catch (err) {
+    const e = err as NodeJS.ErrnoException;
+    throw new Error(`cannot read the Redis TLS ${what} file (${TLS_FLAGS[what]}) ${JSON.stringify(path)}: ${e.code ?? e.message}`);
+  }
+  if (!text.includes("-----BEGIN ")) {
+    throw new Error(`the Redis TLS ${what} file (${TLS_FLAGS[what]}) ${JSON.stringify(path)} is not PEM (no "-----BEGIN" line)`);
+  }
+  return text;
+}
+
+/**
+ * The settings of Redis over TLS, to spread into a service's settings next to `--redis` (see
+ * lib/settings.ts); {@link redisTlsFrom} turns their values into the `tls` of
+ * {@link createRedis}. All empty (the default) is Node's default trust store and no client
+ * certificate.
+ */
+export const redisTlsSettings = {
+  "redis-ca": {
+    env: "TASKMESH_REDIS_CA",
+    default: "",
+    parse: as.string,
+    help: "PEM file of the CA that signed the Redis (and Sentinel) server certificates, for rediss:// and rediss-sentinel:// (empty = the system's trusted CAs)",
+  },
+  "redis-cert": {
+    env: "TASKMESH_REDIS_CERT",
+    default: "",
+    parse: as.string,
+    help: "PEM client certificate for Redis servers that require one (tls-auth-clients yes); needs --redis-key (empty = none)",
+  },
+  "redis-key": {
+    env: "TASKMESH_REDIS_KEY",
+    default: "",
+    parse: as.string,
+    help: "PEM private key of --redis-cert (empty = none)",
+  },
+} satisfies Record<string, SettingSpec<string>>;
+
+/** The values of {@link redisTlsSettings}, and optionally the `--redis` URL to check them against. */
+export interface RedisTlsSettingValues {
+  "redis-ca": string;
+  "redis-cert": string;
+  "redis-key": string;
+  /** The `--redis` setting: when given, TLS files with a URL without TLS are refused here already. */
+  redis?: string;
+}
+
+/**
+ * The {@link RedisTls} of a service's settings ({@link redisTlsSettings}): `undefined` when none
+ * of the files is given. Throws, naming the settings, when only one of `--redis-cert` and
+ * `--redis-key` is given, or when files are given and `settings.redis` is a URL without TLS
+ * (`redis://`, `redis-sentinel://`): whoever set them believes the connection is encrypted. The
+ * files themselves are read by {@link createRedis}.
+ */
+export function redisTlsFrom(settings: RedisTlsSettingValues): RedisTls | undefined {
+  const tls: RedisTls = {};
+  const ca = settings["redis-ca"].trim();
+  const cert = settings["redis-cert"].trim();
+  const key = settings["redis-key"].trim();
+  if (ca !== "") tls.ca = ca;
+  if (cert !== "") tls.cert = cert;
+  if (key !== "") tls.key = key;
+  const problem = tlsProblem(tls, settings.redis === undefined ? undefined : parseRedisUrl(settings.redis));
+  if (problem !== undefined) throw new Error(problem);
+  return Object.keys(tls).length === 0 ? undefined : tls;
 }
 
 /** A master switch announced by a Sentinel: where the master is now, and when we heard it. */
@@ -314,7 +539,13 @@ class SwitchWatch {
   ) {}
 
   static of(options: SentinelConnectionOptions): SwitchWatch {
-    const key = JSON.stringify([options.name, options.sentinels, options.sentinelUsername, options.sentinelPassword]);
+    const key = JSON.stringify([
+      options.name,
+      options.sentinels,
+      options.sentinelUsername,
+      options.sentinelPassword,
+      options.sentinelTLS ?? null,
+    ]);
     let w = SwitchWatch.groups.get(key);
     if (w === undefined) SwitchWatch.groups.set(key, (w = new SwitchWatch(key, options)));
     return w;
@@ -338,12 +569,15 @@ class SwitchWatch {
         port: s.port ?? DEFAULT_SENTINEL_PORT,
         ...(o.sentinelUsername !== undefined ? { username: o.sentinelUsername } : {}),
         ...(o.sentinelPassword !== undefined ? { password: o.sentinelPassword } : {}),
+        // As ioredis' own connections to the Sentinels (sentinelTLS, whatever enableTLSForSentinelMode).
+        ...(o.sentinelTLS !== undefined ? { tls: o.sentinelTLS } : {}),
         enableReadyCheck: false,
         connectTimeout: 3000,
         maxRetriesPerRequest: null,
         retryStrategy: (times: number) => Math.min(times * 200, 2000),
       });
       sub.on("error", () => undefined);
+      // "connect" is emitted once TCP (and TLS) is up, for plain and TLS streams alike.
       sub.on("connect", () => (sub.stream as Socket).unref());
       sub.on("message", (_channel: string, message: string) => this.heard(message));
       sub.subscribe("+switch-master").catch(() => undefined);
@@ -415,13 +649,59 @@ export class FailoverAwareSentinelConnector extends SentinelConnector {
 }
 
 /**
- * Creates an ioredis client for the `--redis` setting `url` (see {@link parseRedisUrl}) with
- * {@link redisClientOptions}; `overrides` are the caller's own options. Throws on a bad URL.
+ * The error itself (changed in place, along its `cause` chain), with the credentials among the
+ * arguments of a failed AUTH or HELLO replaced by `***`: ioredis attaches the command a reply
+ * error answers to the error (`err.command.args`), which for a refused login holds the user name
+ * and password — and an error is logged whole (`log.warn({ err })` serializes every property).
  */
-export function createRedis(url: string, overrides: RedisClientOptions = {}): Redis {
+function withoutCredentials<T>(err: T): T {
+  for (let e: unknown = err, depth = 0; e instanceof Error && depth < 5; e = e.cause, depth++) {
+    const command = (e as { command?: unknown }).command;
+    if (typeof command !== "object" || command === null) continue;
+    const c = command as { name?: unknown; args?: unknown };
+    const name = typeof c.name === "string" ? c.name.toLowerCase() : "";
+    if (!Array.isArray(c.args)) continue;
+    const args: unknown[] = c.args;
+    // AUTH [user] password; HELLO protover [AUTH user password] [SETNAME name]
+    const auth = name === "auth" ? -1 : name === "hello" ? args.findIndex((a) => String(a).toUpperCase() === "AUTH") : -2;
+    if (auth === -1) c.args = args.map(() => "***");
+    else if (auth >= 0) c.args = args.map((a, i) => (i === auth + 1 || i === auth + 2 ? "***" : a));
+  }
+  return err;
+}
+
+/**
+ * An ioredis client whose errors never carry a password (see {@link withoutCredentials}): a login
+ * refused during the connection handshake fails the queued commands and is emitted as "error"
+ * through the two methods overridden here. `duplicate()` makes another such client.
+ */
+class CredentialSafeRedis extends Redis {
+  override silentEmit(eventName: string, arg?: unknown): boolean {
+    return super.silentEmit(eventName, eventName === "error" ? withoutCredentials(arg) : arg);
+  }
+
+  override recoverFromFatalError(...[commandError, err, options]: Parameters<Redis["recoverFromFatalError"]>): void {
+    super.recoverFromFatalError(withoutCredentials(commandError), withoutCredentials(err), options);
+  }
+
+  override duplicate(override: RedisClientOptions = {}): Redis {
+    // Our clients keep ioredis' default reply shapes ("legacy"), as RedisClientOptions says.
+    const { replyMapping: _legacy, ...options } = this.options;
+    return new CredentialSafeRedis({ ...options, ...override });
+  }
+}
+
+/**
+ * Creates an ioredis client for the `--redis` setting `url` (see {@link parseRedisUrl}) with
+ * {@link redisClientOptions}; `overrides` are the caller's own options, `tls` the files of a
+ * private CA and a client certificate for `rediss://` and `rediss-sentinel://` (read now). Throws
+ * on a bad URL, on TLS files with a URL without TLS and on an unreadable file, never quoting a
+ * password. The client's errors (events and rejected commands) carry no password either.
+ */
+export function createRedis(url: string, overrides: RedisClientOptions = {}, tls?: RedisTls): Redis {
   const target = parseRedisUrl(url);
-  const options = redisClientOptions(target, overrides);
-  return target.kind === "standalone" ? new Redis(target.url, options) : new Redis(options);
+  const options = redisClientOptions(target, overrides, tls);
+  return target.kind === "standalone" ? new CredentialSafeRedis(target.url, options) : new CredentialSafeRedis(options);
 }
 
 /** Options of {@link ReplicaWaiter}. */

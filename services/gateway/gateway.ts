@@ -3,7 +3,7 @@ import { hostname } from "node:os";
 import { join } from "node:path";
 import { createRouterTransport } from "@connectrpc/connect";
 import { createEtcd, type EtcdSecurity } from "../../lib/etcd.js";
-import { createRedis } from "../../lib/redis.js";
+import { createRedis, type RedisTls } from "../../lib/redis.js";
 import type { Logger } from "pino";
 import { ApiKeyService, file_taskmesh_v1_api_key_service } from "../../gen/taskmesh/v1/api_key_service_pb.js";
 import { ClusterService, file_taskmesh_v1_cluster_service } from "../../gen/taskmesh/v1/cluster_service_pb.js";
@@ -38,8 +38,10 @@ export interface GatewayOptions {
   /** TLS and user of the etcd connections (lib/etcd.ts); plaintext without auth when absent. */
   etcdSecurity?: EtcdSecurity | undefined;
   etcdRoot: string;
-  /** The `--redis` setting: `redis://`, `rediss://` or `redis-sentinel://` (lib/redis.ts). */
+  /** The `--redis` setting: `redis://`, `rediss://`, `redis-sentinel://` or `rediss-sentinel://` (lib/redis.ts). */
   redisUrl: string;
+  /** TLS files of the Redis connections (lib/redis.ts; `rediss://` and `rediss-sentinel://` URLs). */
+  redisTls?: RedisTls | undefined;
   redisPrefix: string;
   /** Admin key of tenant "default", or "" for none. */
   bootstrapApiKey: string;
@@ -75,7 +77,7 @@ export async function startGateway(opts: GatewayOptions): Promise<Gateway> {
   const id = `${hostname()}-${process.pid}-${randomBytes(3).toString("hex")}`;
   const keys = etcdKeys(opts.etcdRoot);
   const etcd = createEtcd({ endpoints: opts.etcdEndpoints, logger: log, security: opts.etcdSecurity });
-  const redis = createRedis(opts.redisUrl, { maxRetriesPerRequest: 2, enableAutoPipelining: true });
+  const redis = createRedis(opts.redisUrl, { maxRetriesPerRequest: 2, enableAutoPipelining: true }, opts.redisTls);
   const members = (service: string) =>
     new Membership<ServiceRecord>({ client: etcd, prefix: keys.services(service), parse: parseServiceRecord, logger: log });
   const schedulers = members("scheduler");

@@ -3,7 +3,7 @@ import { resolve } from "node:path";
 import { createLogger } from "../../lib/logger.js";
 import { Shutdown } from "../../lib/lifecycle.js";
 import { as, commonSettings, readSettings } from "../../lib/settings.js";
-import { redisUrlSetting } from "../../lib/redis.js";
+import { REDIS_URL_HELP, redisTlsFrom, redisTlsSettings, redisUrlSetting } from "../../lib/redis.js";
 import { VERSION } from "../../lib/version.js";
 import { etcdSecurityFrom, etcdSecuritySettings } from "../../lib/etcd.js";
 import { MeshSecurity } from "../../lib/mesh-security.js";
@@ -13,13 +13,14 @@ import { initTracing, traceMixin } from "../../lib/tracing.js";
 const settings = readSettings("taskmesh-gateway", {
   ...commonSettings,
   ...etcdSecuritySettings,
+  ...redisTlsSettings,
   host: { env: "TASKMESH_GATEWAY_HOST", default: "127.0.0.1", parse: as.string, help: "address to bind" },
   port: { env: "TASKMESH_GATEWAY_PORT", default: 8080, parse: as.port, help: "port to bind (0 = any free port)" },
   redis: {
     env: "TASKMESH_REDIS",
     default: "redis://127.0.0.1:6379",
     parse: redisUrlSetting,
-    help: "Redis for rate limits: redis://…, rediss://… or redis-sentinel://host:26379,…/<masterName> (as the scheduler's)",
+    help: `${REDIS_URL_HELP}; the gateway keeps its rate limits there`,
   },
   "redis-prefix": { env: "TASKMESH_REDIS_PREFIX", default: "tm", parse: as.string, help: "prefix of every Redis key" },
   "bootstrap-api-key": {
@@ -58,6 +59,7 @@ try {
   const gateway = await startGateway({
     security,
     etcdSecurity: etcdSecurityFrom(settings),
+    redisTls: redisTlsFrom(settings),
     host: settings.host,
     port: settings.port,
     etcdEndpoints: settings.etcd,

@@ -2,7 +2,7 @@ import { resolve } from "node:path";
 import { createLogger } from "../../lib/logger.js";
 import { Shutdown } from "../../lib/lifecycle.js";
 import { as, commonSettings, readSettings } from "../../lib/settings.js";
-import { redisUrlSetting } from "../../lib/redis.js";
+import { REDIS_URL_HELP, redisTlsFrom, redisTlsSettings, redisUrlSetting } from "../../lib/redis.js";
 import { VERSION } from "../../lib/version.js";
 import { etcdSecurityFrom, etcdSecuritySettings } from "../../lib/etcd.js";
 import { MeshSecurity } from "../../lib/mesh-security.js";
@@ -12,6 +12,7 @@ import { initTracing, traceMixin } from "../../lib/tracing.js";
 const settings = readSettings("taskmesh-scheduler", {
   ...commonSettings,
   ...etcdSecuritySettings,
+  ...redisTlsSettings,
   id: { env: "TASKMESH_SCHEDULER_ID", default: "", parse: as.string, help: "replica id (default: host-pid-random)" },
   host: { env: "TASKMESH_SCHEDULER_HOST", default: "127.0.0.1", parse: as.string, help: "address to bind" },
   port: { env: "TASKMESH_SCHEDULER_PORT", default: 8081, parse: as.port, help: "port to bind (0 = any free port)" },
@@ -19,7 +20,7 @@ const settings = readSettings("taskmesh-scheduler", {
     env: "TASKMESH_REDIS",
     default: "redis://127.0.0.1:6379",
     parse: redisUrlSetting,
-    help: "Redis: redis://[user:password@]host:port[/db], rediss://… (TLS) or redis-sentinel://[user:password@]host:26379,host2:26379/<masterName>[?db=N&sentinelPassword=…]",
+    help: REDIS_URL_HELP,
   },
   "redis-wait-replicas": {
     env: "TASKMESH_REDIS_WAIT_REPLICAS",
@@ -54,6 +55,7 @@ try {
   const scheduler = await startScheduler({
     security,
     etcdSecurity: etcdSecurityFrom(settings),
+    redisTls: redisTlsFrom(settings),
     ...(settings.id !== "" ? { id: settings.id } : {}),
     host: settings.host,
     port: settings.port,

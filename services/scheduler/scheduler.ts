@@ -3,7 +3,7 @@ import { hostname } from "node:os";
 import { create } from "@bufbuild/protobuf";
 import { warnIfUnreachable } from "../../lib/advertise.js";
 import { createEtcd, type EtcdSecurity } from "../../lib/etcd.js";
-import { DEFAULT_REDIS_COMMAND_TIMEOUT_MS, createRedis } from "../../lib/redis.js";
+import { DEFAULT_REDIS_COMMAND_TIMEOUT_MS, createRedis, type RedisTls } from "../../lib/redis.js";
 import type { Logger } from "pino";
 import { SchedulerInfoSchema } from "../../gen/taskmesh/v1/cluster_service_pb.js";
 import { SchedulerConfigSchema } from "../../gen/taskmesh/v1/config_service_pb.js";
@@ -45,8 +45,10 @@ export interface SchedulerOptions {
   /** TLS and user of the etcd connections (lib/etcd.ts); plaintext without auth when absent. */
   etcdSecurity?: EtcdSecurity | undefined;
   etcdRoot: string;
-  /** The `--redis` setting: `redis://`, `rediss://` or `redis-sentinel://` (lib/redis.ts). */
+  /** The `--redis` setting: `redis://`, `rediss://`, `redis-sentinel://` or `rediss-sentinel://` (lib/redis.ts). */
   redisUrl: string;
+  /** TLS files of the Redis connections (lib/redis.ts; `rediss://` and `rediss-sentinel://` URLs). */
+  redisTls?: RedisTls | undefined;
   /** Prefix of every Redis key. @default "tm" */
   redisPrefix: string;
   /**
@@ -122,7 +124,7 @@ export async function startScheduler(opts: SchedulerOptions): Promise<Scheduler>
     maxRetriesPerRequest: 3,
     enableAutoPipelining: false,
     commandTimeout: DEFAULT_REDIS_COMMAND_TIMEOUT_MS + ((opts.redisWaitReplicas ?? 0) > 0 ? (opts.redisWaitTimeoutMs ?? 1000) : 0),
-  });
+  }, opts.redisTls);
   const sub = redis.duplicate();
   const store = new TaskStore({
     redis,
