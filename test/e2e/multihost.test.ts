@@ -201,6 +201,15 @@ describe.skipIf(why !== undefined)("multi-host faults: 5 hosts, 3 etcd members, 
     if (failed) process.stdout.write(`multihost: FAILED — logs, execution records and acks kept in ${mh.runDir}\n`);
   }, 60_000);
 
+  it("refuses outsiders on every internal port across hosts: no plaintext, no call without a mesh certificate, no worker hijack", async () => {
+    const m = cluster();
+    for (const name of ["scheduler-1", "scheduler-2", "config", "worker-1", "worker-4"] as const) {
+      const got = await m.intrude(name);
+      expect(got.plaintext, `${name} in plaintext`).not.toBe("ok");
+      expect(got.noCertificate, `${name} without a certificate`).toBe("Unauthenticated");
+    }
+  }, 60_000);
+
   for (const fc of FAULTS) {
     it(`${fc.title}: loses nothing, re-runs only cut-off work, resumes in time`, async (ctx) => {
       onTestFailed(() => {

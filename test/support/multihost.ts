@@ -30,6 +30,8 @@ import { mkdir, open, readdir, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { createInterface } from "node:readline";
+import { DevCa } from "../../lib/dev-ca.js";
+import type { MeshRole } from "../../lib/mesh-identity.js";
 import { SERVICE_NODE_FLAGS } from "../../lib/node-flags.js";
 import { parseRecords, type Ack, type Death, type ExecRecord } from "./checker.js";
 import { Network, NS_PREFIX, sweepStale } from "./netns.js";
@@ -475,6 +477,10 @@ export class Multihost {
   private redisP: RedisDeployment | undefined;
   /** Whether the load runs (then "settled" includes "executions are starting"). */
   private loadRunning = false;
+  /** The mesh's CA file (every service talks mTLS, with a certificate of its own). */
+  private caFile = "";
+  /** The mesh flags (CA, certificate, key) of each service. */
+  private readonly meshFlags = new Map<string, string[]>();
   /** Files read so far, by path: how far, the unfinished last line, the parsed lines. */
   private readonly tails = new Map<string, { offset: number; rest: string; items: unknown[] }>();
 
@@ -585,6 +591,7 @@ export class Multihost {
         "--etcd", this.etcdEndpoints.join(","),
         "--etcd-root", this.etcdRoot,
         "--config-cache", join(this.dataDir, "cache", `${name}.json`),
+        ...(this.meshFlags.get(name) ?? []),
         ...args,
       ],
       env,
@@ -603,7 +610,9 @@ export class Multihost {
         case "redis":
           return (await this.agent.request<{ ok: boolean }>("redisPing", { host: ip, port: Number(port), timeoutMs: 1000 }, 3000)).ok;
         default: {
-          const r = await this.agent.request<{ status: number }>("http", { url: `http://${p.address}/healthz`, timeoutMs: 1000 }, 3000);
+          // The gateway's public port is plaintext; every internal port speaks mTLS.
+          const ca = p.kind === "gateway" ? {} : { ca: this.caFile };
+          const r = await this.agent.request<{ status: number | null }>("healthz", { host: ip, port: Number(port), timeoutMs: 1000, ...ca }, 3000);
           return r.status === 200;
         }
       }
@@ -664,6 +673,7 @@ export class Multihost {
     }
     await Promise.all(members.map((m) => this.process(m).start()));
     this.redisP = await redis(this);
+    await this.issueCertificates();
     const common = ["--redis", this.redis.url, "--redis-prefix", this.redisPrefix];
     this.defineService("config", "config", PORTS.config, []);
     for (const s of ["scheduler-1", "scheduler-2"] as const) {
@@ -699,6 +709,27 @@ export class Multihost {
     await Promise.all(workers.map((w) => this.process(w).start()));
     await Promise.all(["gateway-1", "gateway-2"].map((g) => this.process(g).start()));
     await waitFor(async () => (await this.settled()).ok, { timeoutMs: 30_000, intervalMs: 250, what: "cluster settled after start" });
+  }
+
+  /** A CA for this cluster and a certificate per service, naming the address it is dialled at. */
+  private async issueCertificates(): Promise<void> {
+    const ca = await DevCa.open(join(this.dataDir, "tls"));
+    this.caFile = ca.caCert;
+    const services = Object.keys(PLACEMENT).filter((n) => !n.startsWith("etcd") && n !== "redis") as ProcessName[];
+    for (const name of services) {
+      const role = name.replace(/-\d+$/, "") as MeshRole;
+      const files = await ca.issue({ role, name, hosts: [this.net.ip(PLACEMENT[name])] });
+      this.meshFlags.set(name, ["--mesh-ca", ca.caCert, "--mesh-cert", files.cert, "--mesh-key", files.key]);
+    }
+  }
+
+  /**
+   * Calls an internal service from the client host as an outsider would (lib/mesh-security.ts):
+   * in plaintext, and over TLS with no client certificate; how each call ended (`ok` or a code name).
+   */
+  intrude(name: ProcessName): Promise<{ plaintext: string; noCertificate: string }> {
+    const p = this.process(name);
+    return this.agent.request("intrude", { address: p.address, kind: p.kind, ca: this.caFile }, 10_000);
   }
 
   /** One Redis (or Sentinel) command, sent from the client host. */
