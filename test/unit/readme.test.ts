@@ -5,10 +5,15 @@ import { describe, expect, it } from "vitest";
 const root = join(import.meta.dirname, "../..");
 const read = (path: string): string => readFileSync(join(root, path), "utf8");
 
-/** Every environment variable a settings schema reads: `env: "TASKMESH_…"` in the services' main.ts and lib/settings.ts. */
+/**
+ * Every environment variable a settings schema reads: `env: "TASKMESH_…"` in the services' main.ts
+ * and in lib/ (lib/settings.ts, and the settings lib/etcd.ts and lib/redis.ts export).
+ */
 function settingsEnvVars(): string[] {
   const files = [
-    "lib/settings.ts",
+    ...readdirSync(join(root, "lib"))
+      .filter((f) => f.endsWith(".ts"))
+      .map((f) => `lib/${f}`),
     ...readdirSync(join(root, "services")).map((s) => `services/${s}/main.ts`),
   ];
   const vars = new Set<string>();
