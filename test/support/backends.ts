@@ -1,4 +1,4 @@
-import { spawn, type ChildProcess } from "node:child_process";
+import { execFile, spawn, type ChildProcess } from "node:child_process";
 import { writeFileSync } from "node:fs";
 import { mkdir, mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
@@ -29,7 +29,45 @@ async function portOpen(port: number): Promise<boolean> {
   });
 }
 
+/**
+ * Whether the process listening on loopback `port` is `pid` (read with `ss`, from iproute2): true
+ * when `ss` cannot tell (not installed, no permission to see the owner), so that only a listener
+ * known to be another process counts as not ours.
+ */
+function listenedByUs(port: number, pid: number | undefined): Promise<boolean> {
+  return new Promise((resolve) => {
+    execFile("ss", ["-ltnpH", `sport = :${port}`], { timeout: 2000 }, (err, stdout) => {
+      if (err !== null || pid === undefined) return resolve(true);
+      const owners = [...stdout.matchAll(/pid=(\d+)/g)].map((m) => Number(m[1]));
+      resolve(owners.length === 0 || owners.includes(pid));
+    });
+  });
+}
+
+/**
+ * Starts a backend process on free ports. A free port can be taken by another process between
+ * freePort() and the backend's bind (test files start backends in parallel): a start that fails
+ * with "address already in use" is tried again on new ports, up to three times.
+ */
 async function startProcess(
+  cmd: string,
+  args: (dir: string, port: number, peerPort: number) => string[],
+  address: (port: number) => string,
+  name: string,
+  fixedPort?: number,
+  fixedDir?: string,
+): Promise<Backend> {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await startOnce(cmd, args, address, name, fixedPort, fixedDir);
+    } catch (err) {
+      const taken = /address already in use/i.test((err as Error).message);
+      if (!taken || fixedPort !== undefined || attempt >= 3) throw err;
+    }
+  }
+}
+
+async function startOnce(
   cmd: string,
   args: (dir: string, port: number, peerPort: number) => string[],
   address: (port: number) => string,
@@ -40,22 +78,32 @@ async function startProcess(
   const dir = fixedDir ?? (await mkdtemp(join(tmpdir(), `taskmesh-${name}-`)));
   const port = fixedPort ?? (await freePort());
   const peerPort = await freePort();
-  const child = spawn(cmd, args(dir, port, peerPort), { stdio: ["ignore", "ignore", "pipe"] });
-  let stderr = "";
-  child.stderr?.on("data", (b: Buffer) => {
-    stderr = (stderr + b.toString()).slice(-4000);
-  });
+  // Both streams: redis-server writes its bind error to stdout, etcd to stderr.
+  const child = spawn(cmd, args(dir, port, peerPort), { stdio: ["ignore", "pipe", "pipe"] });
+  let output = "";
+  const keep = (b: Buffer): void => {
+    output = (output + b.toString()).slice(-4000);
+  };
+  child.stdout?.on("data", keep);
+  child.stderr?.on("data", keep);
   let exited = false;
   child.once("exit", () => {
     exited = true;
   });
-  await waitFor(
-    async () => {
-      if (exited) throw new Error(`${name} exited: ${stderr}`);
-      return portOpen(port);
-    },
-    { timeoutMs: 20_000, what: `${name} on port ${port}` },
-  );
+  try {
+    // A process that exits while starting ends the wait at once, with its output.
+    // The port must be open by this process: another one that took the port between freePort()
+    // and our bind would look just as ready (and ours then exits with "address already in use").
+    const how = await waitFor(async () => (exited ? "exited" : (await portOpen(port)) && (await listenedByUs(port, child.pid)) && "listening"), {
+      timeoutMs: 20_000,
+      what: `${name} on port ${port}`,
+    });
+    if (how === "exited") throw new Error(`${name} exited while starting: ${output}`);
+  } catch (err) {
+    if (!exited) child.kill("SIGKILL");
+    if (fixedDir === undefined) await rm(dir, { recursive: true, force: true });
+    throw err;
+  }
   return {
     address: address(port),
     port,
