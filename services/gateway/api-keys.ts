@@ -63,6 +63,15 @@ export interface ApiKeyStoreOptions {
   /** The bootstrap admin key (tenant "default"), or "" for none. */
   bootstrapKey: string;
   logger: Logger;
+  /** Unknown key ids remembered (the oldest forgotten first). @default 10000 */
+  unknownCapacity?: number;
+  /** How long an id etcd did not have is remembered as unknown (unless the watch shows it). @default 30000 */
+  unknownTtlMs?: number;
+  /**
+   * etcd reads per second, for all callers together, for key ids the watch has not shown; beyond
+   * it the watch's view is final. @default 20
+   */
+  lookupsPerSecond?: number;
 }
 
 /**
@@ -73,10 +82,26 @@ export interface ApiKeyStoreOptions {
 export class ApiKeyStore {
   private readonly cache: Membership<ApiKeyRecord>;
   private readonly bootstrap: Buffer | undefined;
+  /** Ids etcd did not have, until when that is believed (insertion order: oldest first). */
+  private readonly unknown = new Map<string, number>();
+  /** etcd reads in flight, by id: concurrent requests with one unknown id make one read. */
+  private readonly reading = new Map<string, Promise<ApiKeyRecord | undefined>>();
+  private readonly lookups: { tokens: number; at: number };
+  private readonly unknownCapacity: number;
+  private readonly unknownTtlMs: number;
+  private readonly lookupsPerSecond: number;
+  /** etcd reads made for ids the watch had not shown (tests and metrics). */
+  lookupCount = 0;
 
   constructor(private readonly opts: ApiKeyStoreOptions) {
     this.cache = new Membership({ client: opts.etcd, prefix: opts.prefix, parse: parseRecord, logger: opts.logger });
     this.bootstrap = opts.bootstrapKey === "" ? undefined : sha256(opts.bootstrapKey);
+    this.unknownCapacity = opts.unknownCapacity ?? 10_000;
+    this.unknownTtlMs = opts.unknownTtlMs ?? 30_000;
+    this.lookupsPerSecond = opts.lookupsPerSecond ?? 20;
+    this.lookups = { tokens: this.lookupsPerSecond, at: performance.now() };
+    // A key created through another gateway is known from the moment the watch shows it.
+    this.cache.on("put", (id) => this.unknown.delete(id));
   }
 
   /** Loads the keys and starts following changes. */
@@ -94,17 +119,53 @@ export class ApiKeyStore {
     const m = KEY_FORMAT.exec(presented);
     if (m === null) return undefined;
     const [, id, secret] = m as unknown as [string, string, string];
-    let rec = this.cache.get(id);
-    if (rec === undefined) {
-      // Created a moment ago through another gateway: the watch may not have delivered it yet.
-      const raw = await this.opts.etcd.get(this.opts.prefix + id).string();
-      rec = raw === null ? undefined : parseRecord(id, raw);
-    }
+    const rec = this.cache.get(id) ?? (await this.lookup(id));
     if (rec === undefined) return undefined;
     const expected = Buffer.from(rec.hash, "hex");
     const got = sha256(secret);
     if (expected.length !== got.length || !timingSafeEqual(expected, got)) return undefined;
     return { keyId: rec.id, tenant: rec.tenant, scopes: new Set(rec.scopes) };
+  }
+
+  /**
+   * Reads a key the watch has not shown from etcd: it may have been created a moment ago through
+   * another gateway. A client guessing ids must not cost etcd a read per request: an id etcd did
+   * not have is remembered for a while (bounded), concurrent reads of one id are one read, and
+   * all such reads together are limited per second — beyond that the watch's view is final
+   * (a key created through another gateway within the last moment may then be refused once).
+   */
+  private async lookup(id: string): Promise<ApiKeyRecord | undefined> {
+    const now = performance.now();
+    const until = this.unknown.get(id);
+    if (until !== undefined) {
+      if (until > now) return undefined;
+      this.unknown.delete(id);
+    }
+    let read = this.reading.get(id);
+    if (read === undefined) {
+      const b = this.lookups;
+      b.tokens = Math.min(this.lookupsPerSecond, b.tokens + ((now - b.at) / 1000) * this.lookupsPerSecond);
+      b.at = now;
+      if (b.tokens < 1) return undefined;
+      b.tokens -= 1;
+      this.lookupCount++;
+      read = this.opts.etcd
+        .get(this.opts.prefix + id)
+        .string()
+        .then((raw) => (raw === null ? undefined : parseRecord(id, raw)))
+        .finally(() => this.reading.delete(id));
+      this.reading.set(id, read);
+    }
+    const rec = await read;
+    if (rec === undefined && this.cache.get(id) === undefined) {
+      this.unknown.delete(id);
+      this.unknown.set(id, performance.now() + this.unknownTtlMs);
+      if (this.unknown.size > this.unknownCapacity) {
+        const oldest = this.unknown.keys().next().value;
+        if (oldest !== undefined) this.unknown.delete(oldest);
+      }
+    }
+    return rec;
   }
 
   /** Creates a key; the returned secret is the only copy. */
