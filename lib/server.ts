@@ -9,7 +9,8 @@ import type { DescService } from "@bufbuild/protobuf";
 import { Code, ConnectError, createContextValues, type ConnectRouter, type Interceptor, type ServiceImpl } from "@connectrpc/connect";
 import { connectNodeAdapter } from "@connectrpc/connect-node";
 import type { Registry } from "prom-client";
-import { implRoutes, isPlainGrpc, serveFast, type FastObserver, type FastRoutes, type LazyAbort } from "./grpc-fast.js";
+import { codeToHttpStatus, codeToString } from "@connectrpc/connect/protocol-connect";
+import { errorHeaders, implRoutes, isPlainGrpc, serveFast, type FastObserver, type FastRoutes, type LazyAbort } from "./grpc-fast.js";
 import { logRpc, rpcLogger, rpcLogInterceptor } from "./rpc-log.js";
 import { file_grpc_health_v1_health, Health } from "../gen/grpc/health/v1/health_pb.js";
 import { HealthRegistry, registerHealthService, ServingStatus } from "./health.js";
@@ -92,6 +93,16 @@ export interface ServerOptions {
    * @default 2000
    */
   shutdownGraceMs?: number;
+  /** Bounds on what one client can hold (see {@link ServerLimits}; each field has a default). */
+  limits?: Partial<ServerLimits>;
+  /**
+   * Runs for every request that is not `/healthz` or `/metrics`, before anything of its body is
+   * read (HTTP/1, HTTP/2 and the fast gRPC path alike): resolve true to go on, or answer the
+   * request with `refuse` (the body is never read, the stream or connection is closed) and
+   * resolve false. The gateway authenticates API keys here, so that no one without a key can
+   * make it buffer a body.
+   */
+  admit?: (req: AdmitRequest, refuse: (err: ConnectError) => void) => Promise<boolean>;
   /**
    * How long an idle HTTP/1.1 keep-alive connection is kept open (announced to clients in the
    * `Keep-Alive: timeout=N` header). It must be longer than the idle timeouts of the clients
@@ -100,6 +111,45 @@ export interface ServerOptions {
    */
   keepAliveTimeoutMs?: number;
 }
+
+/** What {@link ServerOptions.admit} sees of a request: its path, method and headers. */
+export interface AdmitRequest {
+  readonly path: string;
+  readonly method: string;
+  readonly headers: http.IncomingHttpHeaders | http2.IncomingHttpHeaders;
+}
+
+/**
+ * What one client can hold of a server, so that a slow or greedy one cannot exhaust it
+ * (docs/security.md): connections, time to send a request, streams per connection.
+ */
+export interface ServerLimits {
+  /** Open connections in all; more are closed at once. @default 10000 */
+  maxConnections: number;
+  /** Open connections from one IP address; more are closed at once. @default 1000 */
+  maxConnectionsPerAddress: number;
+  /**
+   * Time from a connection's first byte (or a keep-alive connection's next request) to the end of
+   * a request's headers, and for a TLS handshake; HTTP/1 gets 408 after it. @default 10000
+   */
+  headersTimeoutMs: number;
+  /** Time to receive a whole request, body included (HTTP/1: 408; HTTP/2: the stream is reset). @default 60000 */
+  requestTimeoutMs: number;
+  /** An HTTP/2 connection with no stream open for this long is closed (GOAWAY). @default 300000 */
+  idleTimeoutMs: number;
+  /** Streams an HTTP/2 client may have open at once on one connection (SETTINGS_MAX_CONCURRENT_STREAMS). @default 256 */
+  maxConcurrentStreams: number;
+}
+
+/** The defaults of {@link ServerLimits}. */
+export const DEFAULT_SERVER_LIMITS: Readonly<ServerLimits> = {
+  maxConnections: 10_000,
+  maxConnectionsPerAddress: 1000,
+  headersTimeoutMs: 10_000,
+  requestTimeoutMs: 60_000,
+  idleTimeoutMs: 300_000,
+  maxConcurrentStreams: 256,
+};
 
 /**
  * The idle timeout of HTTP/1.1 keep-alive connections: 65 s. Node's own default (5 s) equals the
@@ -131,9 +181,6 @@ export interface RpcServer {
   close(): Promise<void>;
 }
 
-/** A connection that sends nothing for this long is dropped before its protocol is known. */
-const PROTOCOL_DETECT_TIMEOUT_MS = 10_000;
-
 /** The client connection preface that opens every HTTP/2 prior-knowledge (h2c) connection. */
 const H2_PREFACE = Buffer.from("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", "latin1");
 
@@ -159,8 +206,11 @@ export async function startServer(opts: ServerOptions): Promise<RpcServer> {
   // Unary methods of the registered services, for the fast gRPC path (none with interceptors).
   const fast: FastRoutes = new Map();
   const fastInflight = new Set<LazyAbort>();
+  // Paths of streaming methods: their requests may go on as long as the call.
+  const streamingPaths = new Set<string>();
   let state: "running" | "draining" | "stopped" = "running";
   let closing: Promise<void> | undefined;
+  const limits: ServerLimits = { ...DEFAULT_SERVER_LIMITS, ...opts.limits };
   const mesh = opts.mesh;
   if (mesh !== undefined) {
     if (opts.tls !== undefined) throw new Error(`${opts.name}: tls and mesh are exclusive (mesh TLS comes from its security)`);
@@ -183,6 +233,7 @@ export async function startServer(opts: ServerOptions): Promise<RpcServer> {
       registerHealthService(opts.interceptors?.length ? router : recordingRouter(router, fast), health);
       registerReflectionServices(router, [...opts.files, file_grpc_health_v1_health], () => served);
       served = [...own, Health.typeName, ...REFLECTION_SERVICE_NAMES].sort();
+      for (const h of router.handlers) if (h.method.methodKind !== "unary") streamingPaths.add(`/${h.service.typeName}/${h.method.name}`);
     },
     // Compressing responses costs a lot of CPU on streams of batches for little gain on the
     // networks we run on (gzip cut a stream of batches to a third of its throughput): never
@@ -246,7 +297,33 @@ export async function startServer(opts: ServerOptions): Promise<RpcServer> {
       return;
     }
     // connect-node's handler takes either server's request/response pair.
-    rpcHandler(req, res as Parameters<typeof rpcHandler>[1]);
+    const go = (): void => rpcHandler(req, res as Parameters<typeof rpcHandler>[1]);
+    if (opts.admit === undefined) return go();
+    const refuse = (err: ConnectError): void => {
+      if (res.headersSent) return;
+      const r = refusal(path ?? "/", req.headers["content-type"], err);
+      // The body is not read: an HTTP/1 connection closes after the answer, an HTTP/2 stream is
+      // closed (RST_STREAM NO_ERROR: "stop sending").
+      if (res instanceof http.ServerResponse) res.shouldKeepAlive = false;
+      (res as http.ServerResponse).writeHead(r.status, r.headers);
+      (res as http.ServerResponse).end(r.body);
+      if (!(req instanceof http.IncomingMessage)) {
+        const stream = req.stream;
+        res.once("finish", () => {
+          if (!stream.closed) stream.close(http2.constants.NGHTTP2_NO_ERROR);
+        });
+      }
+    };
+    opts.admit({ path: path ?? "/", method: req.method ?? "GET", headers: req.headers }, refuse).then(
+      (ok) => {
+        if (ok) go();
+        else refuse(new ConnectError("refused", Code.PermissionDenied));
+      },
+      (err: unknown) => {
+        log.warn({ err, path }, "admission failed");
+        refuse(new ConnectError("the request could not be admitted; try again", Code.Unavailable));
+      },
+    );
   };
 
   for (const [path, handler] of opts.fastUnary ?? []) fast.set(path, handler);
@@ -259,42 +336,151 @@ export async function startServer(opts: ServerOptions): Promise<RpcServer> {
   const h1 = http.createServer(onRequest);
   // Applies to the sockets we hand over too: set when a response finishes, cleared by the next request.
   h1.keepAliveTimeout = opts.keepAliveTimeoutMs ?? DEFAULT_H1_KEEP_ALIVE_MS;
-  h1.on("clientError", (err, socket) => {
+  // Headers and whole-request deadlines (408). Node checks them on a timer it starts when the
+  // server starts listening; this one never listens (we hand it sockets), so start it by telling
+  // it that it is listening: that only starts the checks (Node 20–24: setupConnectionsTracking).
+  h1.headersTimeout = limits.headersTimeoutMs;
+  h1.requestTimeout = limits.requestTimeoutMs;
+  // (connectionsCheckingInterval is read when the checks start; @types/node has it as a
+  // createServer option only.)
+  Object.assign(h1, { connectionsCheckingInterval: Math.min(1000, limits.headersTimeoutMs) });
+  h1.emit("listening");
+  h1.on("clientError", (err: NodeJS.ErrnoException, socket: net.Socket) => {
     log.debug({ err }, "http/1 client error");
-    socket.destroy();
+    // As Node would answer, when nothing of a response has gone out yet: 408 for a request not
+    // sent in time (headers or body), 400 for one that does not parse.
+    const inFlight = (socket as net.Socket & { _httpMessage?: http.ServerResponse | null })._httpMessage;
+    if (socket.writable && (inFlight === undefined || inFlight === null || !inFlight.headersSent)) {
+      const timeout = err.code === "ERR_HTTP_REQUEST_TIMEOUT";
+      socket.end(timeout ? "HTTP/1.1 408 Request Timeout\r\nConnection: close\r\n\r\n" : "HTTP/1.1 400 Bad Request\r\nConnection: close\r\n\r\n");
+    }
+    socket.destroySoon();
   });
-  const h2 = http2.createServer({}, onRequest);
+  const h2 = http2.createServer({ settings: { maxConcurrentStreams: limits.maxConcurrentStreams } }, onRequest);
   const sessions = new Set<http2.ServerHttp2Session>();
+  // Open streams by session, and the timer that closes a session without any.
+  const sessionStreams = new Map<http2.ServerHttp2Session, { open: number; idle: NodeJS.Timeout | undefined }>();
+  const armIdle = (session: http2.ServerHttp2Session): void => {
+    const st = sessionStreams.get(session);
+    if (st === undefined || st.open > 0) return;
+    st.idle = setTimeout(() => {
+      if (!session.closed && !session.destroyed) session.close();
+    }, limits.idleTimeoutMs);
+    st.idle.unref();
+  };
   h2.on("session", (session) => {
     socketPeers.set(session, nextSessionPeer);
     sessions.add(session);
-    session.once("close", () => sessions.delete(session));
+    sessionStreams.set(session, { open: 0, idle: undefined });
+    session.once("close", () => {
+      sessions.delete(session);
+      clearTimeout(sessionStreams.get(session)?.idle);
+      sessionStreams.delete(session);
+    });
+    armIdle(session);
     // A session accepted while closing must not live on.
     if (state !== "running") session.close();
   });
   h2.on("sessionError", (err) => log.debug({ err }, "http/2 session error"));
-  if (fast.size > 0) {
-    // Take unary gRPC calls before Node's compatibility layer (which would build request and
-    // response objects for connect-node) sees the stream; everything else goes on to it.
+  {
+    // Every stream passes here first: it counts against its session's idleness, gets its
+    // deadline for the request, is admitted (before any of its body is read), and then unary
+    // gRPC calls with a fast route are served straight from the stream; everything else goes on
+    // to Node's compatibility layer (request and response objects for connect-node).
     const compat = h2.listeners("stream");
     const toCompat = compat[0];
     if (compat.length !== 1 || toCompat === undefined) throw new Error("unexpected http2 server listeners");
     h2.removeAllListeners("stream");
     h2.on("stream", (stream: http2.ServerHttp2Stream, headers: http2.IncomingHttpHeaders, flags: number, rawHeaders: string[]) => {
-      const path = headers[":path"] ?? "";
-      const handler = state === "running" && isPlainGrpc(headers) ? fast.get(path) : undefined;
+      const path = (headers[":path"] ?? "").split("?", 1)[0] ?? "";
+      // (A closed stream no longer knows its session: keep it.)
+      const session = stream.session as http2.ServerHttp2Session;
+      const st = sessionStreams.get(session);
+      if (st !== undefined) {
+        st.open++;
+        clearTimeout(st.idle);
+        st.idle = undefined;
+        stream.once("close", () => {
+          st.open--;
+          armIdle(session);
+        });
+      }
+      // A request must arrive whole in time, unless it has no body or is a stream of messages
+      // (bidi, client streaming). "Whole" is when its reader has read its end.
+      if (!stream.endAfterHeaders && !streamingPaths.has(path)) {
+        const deadline = setTimeout(() => {
+          if (!stream.closed) stream.close(http2.constants.NGHTTP2_CANCEL);
+        }, limits.requestTimeoutMs);
+        deadline.unref();
+        stream.once("end", () => clearTimeout(deadline));
+        stream.once("close", () => clearTimeout(deadline));
+      }
+      const handler = state === "running" && isPlainGrpc(headers) && !tracingEnabled() ? fast.get(path) : undefined;
       const peer = mesh !== undefined && handler !== undefined ? peerOf(stream.session ?? stream, headers[SERVICE_TOKEN_HEADER]) : undefined;
       // A call its caller may not make goes the slow way: connect-node answers it with the error.
       const allowed = mesh === undefined || authorize(mesh.access, path, peer) === undefined;
-      if (handler !== undefined && allowed && !tracingEnabled()) serveFast(stream, headers, handler, fastOptions, peer);
-      else toCompat.call(h2, stream, headers, flags, rawHeaders);
+      // Everything but the fast path is admitted on the way through onRequest (after the
+      // prelude: CORS headers on refusals too).
+      if (handler === undefined || !allowed) return toCompat.call(h2, stream, headers, flags, rawHeaders);
+      const go = (): void => {
+        if (!stream.closed && !stream.destroyed) serveFast(stream, headers, handler, fastOptions, peer);
+      };
+      if (opts.admit === undefined) return go();
+      const refuse = (err: ConnectError): void => {
+        if (stream.headersSent || stream.closed || stream.destroyed) return;
+        const r = refusal(path, headers["content-type"], err);
+        stream.respond({ ":status": r.status, ...r.headers }, { endStream: r.body === undefined });
+        if (r.body !== undefined) stream.end(r.body);
+        // The body is never read: tell the client to stop sending it (RST_STREAM NO_ERROR, sent
+        // once the answer is out).
+        setImmediate(() => {
+          if (!stream.closed) stream.close(http2.constants.NGHTTP2_NO_ERROR);
+        });
+      };
+      opts.admit({ path, method: headers[":method"] ?? "GET", headers }, refuse).then(
+        (ok) => {
+          if (ok) go();
+          else refuse(new ConnectError("refused", Code.PermissionDenied));
+        },
+        (err: unknown) => {
+          log.warn({ err, path }, "admission failed");
+          refuse(new ConnectError("the request could not be admitted; try again", Code.Unavailable));
+        },
+      );
     });
   }
 
   const sockets = new Set<net.Socket>();
   const h2Sockets = new Set<net.Socket>();
   let onDrained: (() => void) | undefined;
+  // Connections by remote address, and in all: beyond the limits a new one is closed at once
+  // (counted from the TCP accept, before any TLS handshake).
+  const perAddress = new Map<string, number>();
+  let connections = 0;
+  let lastRefusalLog = 0;
+  const admitConnection = (socket: net.Socket): void => {
+    const address = socket.remoteAddress ?? "";
+    const fromAddress = perAddress.get(address) ?? 0;
+    if (connections >= limits.maxConnections || fromAddress >= limits.maxConnectionsPerAddress) {
+      socket.destroy();
+      const now = Date.now();
+      if (now - lastRefusalLog > 10_000) {
+        lastRefusalLog = now;
+        log.warn({ address, fromAddress, connections, limits: { total: limits.maxConnections, perAddress: limits.maxConnectionsPerAddress } }, "connection limit reached; closing new connections");
+      }
+      return;
+    }
+    connections++;
+    perAddress.set(address, fromAddress + 1);
+    socket.once("close", () => {
+      connections--;
+      const n = (perAddress.get(address) ?? 1) - 1;
+      if (n <= 0) perAddress.delete(address);
+      else perAddress.set(address, n);
+    });
+  };
   const onSocket = (socket: net.Socket, alpn?: string | false): void => {
+    if (socket.destroyed) return;
     // Our own listener hands sockets to the HTTP servers, so it must do what they would: turn
     // Nagle's algorithm off. With it on, small frames wait for delayed ACKs (tens of ms a call).
     socket.setNoDelay(true);
@@ -323,7 +509,7 @@ export async function startServer(opts: ServerOptions): Promise<RpcServer> {
       }
       return;
     }
-    dispatchConnection(socket, {
+    dispatchConnection(socket, limits.headersTimeoutMs, {
       h1: () => {
         h1Sockets.set(socket, 0);
         h1.emit("connection", socket);
@@ -352,7 +538,11 @@ export async function startServer(opts: ServerOptions): Promise<RpcServer> {
   const listener: net.Server =
     tlsOpts === undefined
       ? net.createServer((socket) => onSocket(socket))
-      : tls.createServer({ ...tlsOpts, ALPNProtocols: ["h2", "http/1.1"] }, (socket) => onSocket(socket, socket.alpnProtocol ?? false));
+      : tls.createServer({ ...tlsOpts, ALPNProtocols: ["h2", "http/1.1"], handshakeTimeout: limits.headersTimeoutMs }, (socket) =>
+          onSocket(socket, socket.alpnProtocol ?? false),
+        );
+  // First, before the server's own handling of the connection.
+  listener.prependListener("connection", admitConnection);
   if (tlsOpts !== undefined) {
     listener.on("tlsClientError", (err) => log.debug({ err }, "tls handshake failed"));
   }
@@ -525,7 +715,7 @@ interface ProtocolTargets {
  * puts them back and hands the paused socket over. For h2 the socket must stay paused (resuming
  * breaks the session's framing); for HTTP/1 it must be resumed.
  */
-function dispatchConnection(socket: net.Socket, to: ProtocolTargets): void {
+function dispatchConnection(socket: net.Socket, timeoutMs: number, to: ProtocolTargets): void {
   let buffered = Buffer.alloc(0);
   const fail = (err: Error): void => {
     to.error(err);
@@ -552,7 +742,32 @@ function dispatchConnection(socket: net.Socket, to: ProtocolTargets): void {
   };
   socket.on("data", onData);
   socket.on("error", fail);
-  socket.setTimeout(PROTOCOL_DETECT_TIMEOUT_MS, onTimeout);
+  socket.setTimeout(timeoutMs, onTimeout);
+}
+
+/**
+ * The answer to a request refused before its body was read, in its protocol: gRPC and gRPC-Web
+ * get a trailers-only response with the status; Connect (an RPC path) its JSON error with the
+ * HTTP status of the code; anything else (REST) a google.rpc.Status JSON body.
+ */
+function refusal(
+  path: string,
+  contentType: string | undefined,
+  err: ConnectError,
+): { status: number; headers: http.OutgoingHttpHeaders; body: string | undefined } {
+  const ct = contentType ?? "";
+  if (ct.startsWith("application/grpc")) {
+    return { status: 200, headers: { "content-type": ct.split(";", 1)[0] ?? ct, ...errorHeaders(err) }, body: undefined };
+  }
+  const status = codeToHttpStatus(err.code);
+  const rpc = /^\/[\w.]+\/\w+$/.test(path);
+  const body = rpc
+    ? JSON.stringify({ code: codeToString(err.code), message: err.rawMessage })
+    : JSON.stringify({ code: err.code, message: err.rawMessage, details: [] });
+  const headers: http.OutgoingHttpHeaders = { "content-type": "application/json", "content-length": Buffer.byteLength(body) };
+  const retryAfter = err.metadata.get("retry-after");
+  if (retryAfter !== null) headers["retry-after"] = retryAfter;
+  return { status, headers, body };
 }
 
 /** Writes a complete small response (the body is left out for HEAD). */

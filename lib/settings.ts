@@ -15,6 +15,13 @@ export interface SettingSpec<T> {
 type Specs = Record<string, SettingSpec<unknown>>;
 type Values<S extends Specs> = { [K in keyof S]: S[K] extends SettingSpec<infer T> ? T : never };
 
+/** A positive integer. */
+function positive(raw: string): number {
+  const n = Number(raw);
+  if (!Number.isInteger(n) || n < 1) throw new Error(`expected a positive integer, got ${JSON.stringify(raw)}`);
+  return n;
+}
+
 /** Parsers for common setting types. */
 export const as = {
   string: (raw: string): string => raw,
@@ -108,9 +115,59 @@ const meshSettings = {
   },
 } satisfies Specs;
 
-/** Settings every service shares: where etcd and Redis are, the etcd key root, mesh credentials. */
+/** Bounds on what one client can hold of a service's port (lib/server.ts ServerLimits). */
+const limitSettings = {
+  "max-connections": { env: "TASKMESH_MAX_CONNECTIONS", default: 10_000, parse: positive, help: "open connections in all; more are closed at once" },
+  "max-connections-per-address": {
+    env: "TASKMESH_MAX_CONNECTIONS_PER_ADDRESS",
+    default: 1000,
+    parse: positive,
+    help: "open connections from one IP address; more are closed at once",
+  },
+  "headers-timeout-ms": {
+    env: "TASKMESH_HEADERS_TIMEOUT_MS",
+    default: 10_000,
+    parse: positive,
+    help: "time to send a request's headers (and a TLS handshake); HTTP/1 gets 408",
+  },
+  "request-timeout-ms": {
+    env: "TASKMESH_REQUEST_TIMEOUT_MS",
+    default: 60_000,
+    parse: positive,
+    help: "time to send a whole request, body included (streams of messages excepted)",
+  },
+  "idle-timeout-ms": { env: "TASKMESH_IDLE_TIMEOUT_MS", default: 300_000, parse: positive, help: "an HTTP/2 connection without streams for this long is closed" },
+  "max-concurrent-streams": {
+    env: "TASKMESH_MAX_CONCURRENT_STREAMS",
+    default: 256,
+    parse: positive,
+    help: "streams one HTTP/2 connection may have open at once",
+  },
+} satisfies Specs;
+
+/** The server limits of a service's settings (see ServerLimits in lib/server.ts). */
+export function limitsFrom(s: { [K in keyof typeof limitSettings]: number }): {
+  maxConnections: number;
+  maxConnectionsPerAddress: number;
+  headersTimeoutMs: number;
+  requestTimeoutMs: number;
+  idleTimeoutMs: number;
+  maxConcurrentStreams: number;
+} {
+  return {
+    maxConnections: s["max-connections"],
+    maxConnectionsPerAddress: s["max-connections-per-address"],
+    headersTimeoutMs: s["headers-timeout-ms"],
+    requestTimeoutMs: s["request-timeout-ms"],
+    idleTimeoutMs: s["idle-timeout-ms"],
+    maxConcurrentStreams: s["max-concurrent-streams"],
+  };
+}
+
+/** Settings every service shares: where etcd and Redis are, the etcd key root, mesh credentials, limits. */
 export const commonSettings = {
   ...meshSettings,
+  ...limitSettings,
   etcd: { env: "TASKMESH_ETCD", default: ["127.0.0.1:2379"], parse: as.list, help: "etcd endpoints, comma-separated" },
   "etcd-root": { env: "TASKMESH_ETCD_ROOT", default: "/taskmesh/", parse: as.string, help: "root of taskmesh's etcd keys" },
   "log-level": { env: "TASKMESH_LOG_LEVEL", default: "info", parse: as.string, help: "pino log level" },

@@ -9,7 +9,7 @@ import { createLogger } from "../../lib/logger.js";
 import { createRegistry } from "../../lib/metrics.js";
 import { Registration } from "../../lib/registration.js";
 import { startServer } from "../../lib/server.js";
-import { as, commonSettings, readSettings } from "../../lib/settings.js";
+import { as, commonSettings, limitsFrom, readSettings } from "../../lib/settings.js";
 import { VERSION } from "../../lib/version.js";
 import { MeshSecurity } from "../../lib/mesh-security.js";
 import { CONFIG_ACCESS, configRoutes } from "./config-service.js";
@@ -38,6 +38,7 @@ try {
     files: [file_taskmesh_v1_config_service],
     advertiseAddress: settings["advertise-address"],
     mesh: { security, access: CONFIG_ACCESS },
+    limits: limitsFrom(settings),
     registry,
     logger,
   });

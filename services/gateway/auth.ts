@@ -5,6 +5,7 @@ import { RetryInfoSchema } from "../../gen/google/rpc/error_details_pb.js";
 import { dependencyUnavailable, failedDependency } from "../../lib/errors.js";
 import type { ApiKeyStore, Caller, Scope } from "./api-keys.js";
 import type { RateLimiter } from "./rate-limit.js";
+import type { ServerOptions } from "../../lib/server.js";
 
 /** The authenticated caller, set by the auth interceptor for the handlers. */
 export const CALLER = createContextKey<Caller | undefined>(undefined, { description: "taskmesh caller" });
@@ -106,5 +107,38 @@ export function authInterceptor(opts: AuthOptions): Interceptor {
     if (caller === undefined) return next(req);
     req.contextValues.set(CALLER, caller);
     return next(req);
+  };
+}
+
+/** Paths whose requests need an API key: RPCs that need a scope (not health or reflection), and the REST API. */
+function needsKey(path: string, method: string): boolean {
+  if (method === "OPTIONS") return false; // CORS preflights carry no credentials
+  if (path.startsWith("/v1/")) return true;
+  const m = /^\/([\w.]+)\/(\w+)$/.exec(path);
+  return m !== null && requiredScope(m[1] ?? "", m[2] ?? "") !== undefined;
+}
+
+/**
+ * The gateway's admission (ServerOptions.admit): a request that needs an API key is answered
+ * UNAUTHENTICATED before a byte of its body is read unless it carries a key the gateway knows,
+ * so that nobody without a key can make it buffer a body. Scopes, sizes and rate limits are
+ * checked later, per call ({@link authorize}).
+ */
+export function keyAdmission(keys: ApiKeyStore): NonNullable<ServerOptions["admit"]> {
+  return async (req, refuse) => {
+    if (!needsKey(req.path, req.method)) return true;
+    const key = presentedKey((name) => {
+      const v = req.headers[name];
+      return Array.isArray(v) ? v[0] : v;
+    });
+    if (key === undefined) {
+      refuse(new ConnectError("an API key is required (Authorization: Bearer <key>)", Code.Unauthenticated));
+      return false;
+    }
+    if ((await keys.authenticate(key)) === undefined) {
+      refuse(new ConnectError("invalid or revoked API key", Code.Unauthenticated));
+      return false;
+    }
+    return true;
   };
 }

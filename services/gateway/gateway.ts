@@ -20,9 +20,9 @@ import { breakerMetrics, createRegistry, rpcMetricsInterceptor } from "../../lib
 import { Registration } from "../../lib/registration.js";
 import { rpcLogInterceptor } from "../../lib/rpc-log.js";
 import { tracingInterceptor } from "../../lib/tracing.js";
-import { startServer } from "../../lib/server.js";
+import { startServer, type ServerLimits } from "../../lib/server.js";
 import { ApiKeyStore } from "./api-keys.js";
-import { authInterceptor } from "./auth.js";
+import { authInterceptor, keyAdmission } from "./auth.js";
 import { gatewayFastRoutes, gatewayRoutes } from "./public-services.js";
 import { RateLimiter, type RateLimits } from "./rate-limit.js";
 import { createCorsHandler, createRestHandler } from "./rest/transcoder.js";
@@ -55,6 +55,8 @@ export interface GatewayOptions {
   configCache: string;
   /** What other services dial (see ServerOptions.advertiseAddress); "" for the bound address. */
   advertiseAddress: string;
+  /** Bounds on what one client can hold of the port (lib/server.ts ServerLimits). @default DEFAULT_SERVER_LIMITS */
+  limits?: Partial<ServerLimits>;
   /** Mesh credentials to dial schedulers and config services with (mTLS, service token). @default none (loopback only) */
   security?: MeshSecurity;
   /** Certificate and key (PEM) to serve TLS; plaintext without. */
@@ -147,6 +149,7 @@ export async function startGateway(opts: GatewayOptions): Promise<Gateway> {
   });
   const ui = createUiHandler({ dir: join(import.meta.dirname, "../../ui/dist"), prefix: "/ui", logger: log });
   const server = await startServer({
+    ...(opts.limits !== undefined ? { limits: opts.limits } : {}),
     name: "gateway",
     host: opts.host,
     port: opts.port,
@@ -167,6 +170,7 @@ export async function startGateway(opts: GatewayOptions): Promise<Gateway> {
     httpFallback: (req, res) => ui(req, res) || rest(req, res),
     ...(opts.tls !== undefined ? { tls: opts.tls } : {}),
     httpPrelude: (req, res) => cors?.(req, res) ?? false,
+    admit: keyAdmission(apiKeys),
   });
   const registration = await Registration.create({
     client: etcd,

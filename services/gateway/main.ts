@@ -2,7 +2,7 @@ import { readFileSync } from "node:fs";
 import { resolve } from "node:path";
 import { createLogger } from "../../lib/logger.js";
 import { Shutdown } from "../../lib/lifecycle.js";
-import { as, commonSettings, readSettings } from "../../lib/settings.js";
+import { as, commonSettings, limitsFrom, readSettings } from "../../lib/settings.js";
 import { REDIS_URL_HELP, redisTlsFrom, redisTlsSettings, redisUrlSetting } from "../../lib/redis.js";
 import { VERSION } from "../../lib/version.js";
 import { etcdSecurityFrom, etcdSecuritySettings } from "../../lib/etcd.js";
@@ -59,6 +59,7 @@ try {
   const gateway = await startGateway({
     security,
     etcdSecurity: etcdSecurityFrom(settings),
+    limits: limitsFrom(settings),
     redisTls: redisTlsFrom(settings),
     host: settings.host,
     port: settings.port,

@@ -1,7 +1,7 @@
 import { resolve } from "node:path";
 import { createLogger } from "../../lib/logger.js";
 import { Shutdown } from "../../lib/lifecycle.js";
-import { as, commonSettings, readSettings } from "../../lib/settings.js";
+import { as, commonSettings, limitsFrom, readSettings } from "../../lib/settings.js";
 import { REDIS_URL_HELP, redisTlsFrom, redisTlsSettings, redisUrlSetting } from "../../lib/redis.js";
 import { VERSION } from "../../lib/version.js";
 import { etcdSecurityFrom, etcdSecuritySettings } from "../../lib/etcd.js";
@@ -55,6 +55,7 @@ try {
   const scheduler = await startScheduler({
     security,
     etcdSecurity: etcdSecurityFrom(settings),
+    limits: limitsFrom(settings),
     redisTls: redisTlsFrom(settings),
     ...(settings.id !== "" ? { id: settings.id } : {}),
     host: settings.host,

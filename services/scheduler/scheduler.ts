@@ -21,7 +21,7 @@ import { Shutdown, delay, type ComponentState } from "../../lib/lifecycle.js";
 import { Membership } from "../../lib/membership.js";
 import { createRegistry, queueMetrics, schedulerMetrics } from "../../lib/metrics.js";
 import { Registration } from "../../lib/registration.js";
-import { startServer } from "../../lib/server.js";
+import { startServer, type ServerLimits } from "../../lib/server.js";
 import { MeshSecurity, type AccessPolicy } from "../../lib/mesh-security.js";
 import { BUILTIN_TASK_TYPES } from "../../lib/task-types.js";
 import { Dispatcher } from "./dispatcher.js";
@@ -70,6 +70,8 @@ export interface SchedulerOptions {
   configCache: string;
   /** What other services dial (see ServerOptions.advertiseAddress); "" for the bound address. */
   advertiseAddress: string;
+  /** Bounds on what one client can hold of the port (lib/server.ts ServerLimits). @default DEFAULT_SERVER_LIMITS */
+  limits?: Partial<ServerLimits>;
   /** Mesh credentials: who may call this replica, and how it dials workers and the config service. @default none (loopback only) */
   security?: MeshSecurity;
   version: string;
@@ -465,6 +467,7 @@ export async function startScheduler(opts: SchedulerOptions): Promise<Scheduler>
     logger: log,
   });
   const server = await startServer({
+    ...(opts.limits !== undefined ? { limits: opts.limits } : {}),
     name: "scheduler",
     host: opts.host,
     port: opts.port,

@@ -2,7 +2,7 @@ import { randomBytes } from "node:crypto";
 import { hostname } from "node:os";
 import { resolve } from "node:path";
 import { createLogger } from "../../lib/logger.js";
-import { as, commonSettings, readSettings } from "../../lib/settings.js";
+import { as, commonSettings, limitsFrom, readSettings } from "../../lib/settings.js";
 import { VERSION } from "../../lib/version.js";
 import { etcdSecurityFrom, etcdSecuritySettings } from "../../lib/etcd.js";
 import { MeshSecurity } from "../../lib/mesh-security.js";
@@ -52,6 +52,7 @@ try {
   const worker = await startWorker({
     security,
     etcdSecurity: etcdSecurityFrom(settings),
+    limits: limitsFrom(settings),
     id: settings.id,
     host: settings.host,
     port: settings.port,

@@ -8,7 +8,7 @@ import { connectConfig, decodeConfig, workerNamespaces } from "../../lib/config-
 import { etcdKeys, type WorkerRecord } from "../../lib/keys.js";
 import { createRegistry, workerMetrics } from "../../lib/metrics.js";
 import { Registration } from "../../lib/registration.js";
-import { startServer, type RpcServer } from "../../lib/server.js";
+import { startServer, type RpcServer, type ServerLimits } from "../../lib/server.js";
 import { MeshSecurity, type AccessPolicy } from "../../lib/mesh-security.js";
 import { Shutdown, type ComponentState } from "../../lib/lifecycle.js";
 import { Executor } from "./executor.js";
@@ -43,6 +43,8 @@ export interface WorkerOptions {
   configCache: string;
   /** What other services dial (see ServerOptions.advertiseAddress); "" for the bound address. */
   advertiseAddress: string;
+  /** Bounds on what one client can hold of the port (lib/server.ts ServerLimits). @default DEFAULT_SERVER_LIMITS */
+  limits?: Partial<ServerLimits>;
   /** Mesh credentials: only a scheduler may open a Work stream; how to dial the config service. @default none (loopback only) */
   security?: MeshSecurity;
   version: string;
@@ -121,6 +123,7 @@ export async function startWorker(opts: WorkerOptions): Promise<Worker> {
   const work = session;
 
   const server: RpcServer = await startServer({
+    ...(opts.limits !== undefined ? { limits: opts.limits } : {}),
     name: "worker",
     host: opts.host,
     port: opts.port,
