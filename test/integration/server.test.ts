@@ -1,3 +1,4 @@
+import * as net from "node:net";
 import { execFile } from "node:child_process";
 import { resolve } from "node:path";
 import { Writable } from "node:stream";
@@ -69,8 +70,10 @@ describe("startServer", () => {
       port: 0,
       routes(router) {
         router.service(ConfigService, {
-          getConfig(req) {
+          async getConfig(req) {
             if (req.namespace === "missing") throw new ConnectError("namespace not found", Code.NotFound);
+            // An answer that takes a moment (the client may have half-closed meanwhile).
+            if (req.namespace === "slow") await new Promise((r) => setTimeout(r, 200));
             return create(ConfigEntrySchema, { namespace: req.namespace, author: "stub", revision: 7n });
           },
         });
@@ -357,6 +360,24 @@ describe("startServer", () => {
       expect(await curl([flag, `${baseUrl}/v1/hello`])).toMatchObject({ status: 200, body: "hi" });
       expect((await curl([flag, `${baseUrl}/v1/other`])).status).toBe(404);
     }
+  });
+  it("answers an HTTP/1 client that half-closes its side after sending an async request", async () => {
+    const [host, port] = server.address.split(":") as [string, string];
+    const body = JSON.stringify({ namespace: "slow" });
+    const answer = await new Promise<string>((resolve, reject) => {
+      const s = net.connect({ host, port: Number(port) }, () => {
+        s.end(
+          `POST /taskmesh.v1.ConfigService/GetConfig HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: ${body.length}\r\n\r\n${body}`,
+        );
+      });
+      let buf = "";
+      s.on("data", (b) => (buf += b.toString()));
+      s.on("close", () => resolve(buf));
+      s.on("error", reject);
+      s.setTimeout(5000, () => s.destroy(new Error("no answer after the half-close")));
+    });
+    expect(answer).toMatch(/^HTTP\/1\.1 200 /);
+    expect(answer).toContain('"author":"stub"');
   });
 });
 
