@@ -609,6 +609,16 @@ function connectedTo(stream: Socket, s: MasterSwitch): boolean {
 }
 
 /**
+ * Keeps an 'error' listener on a connection for its whole life. ioredis listens for a
+ * connection's errors with `once` in places: a second error (a TLS alert after a reset, say)
+ * would then be an uncaught exception that ends the process. ioredis still sees the errors it
+ * listens for; this one only keeps the rest from killing us.
+ */
+function guardErrors(stream: Socket): void {
+  stream.on("error", () => undefined);
+}
+
+/**
  * ioredis' Sentinel connector with a failover detection that cannot kill the client: when the
  * Sentinels announce a new master it destroys the connection (if it is not already to the new
  * master), and ioredis reconnects as after any dropped connection, asking the Sentinels again. A
@@ -676,6 +686,20 @@ function withoutCredentials<T>(err: T): T {
  * through the two methods overridden here. `duplicate()` makes another such client.
  */
 class CredentialSafeRedis extends Redis {
+  // ioredis' overloads (url and options, or options alone) are all this takes.
+  constructor(urlOrOptions: string | RedisClientOptions, options: RedisClientOptions = {}) {
+    if (typeof urlOrOptions === "string") super(urlOrOptions, options);
+    else super(urlOrOptions);
+    // Every connection the client's connector makes gets guardErrors (see there).
+    const connector = (this as unknown as { connector: { connect: (e: unknown) => Promise<Socket> } }).connector;
+    const connect = connector.connect.bind(connector);
+    connector.connect = async (eventEmitter) => {
+      const stream = await connect(eventEmitter);
+      guardErrors(stream);
+      return stream;
+    };
+  }
+
   override silentEmit(eventName: string, arg?: unknown): boolean {
     return super.silentEmit(eventName, eventName === "error" ? withoutCredentials(arg) : arg);
   }
