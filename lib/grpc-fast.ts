@@ -81,7 +81,7 @@ export function frame(message: Uint8Array): Buffer {
  */
 export function unframe(body: Buffer, what: string): Uint8Array | ConnectError {
   if (body.length < 5) return new ConnectError(`${what}: expected one message, got ${body.length} bytes`, Code.InvalidArgument);
-  if (body[0] !== 0) return new ConnectError(`${what}: compressed or unknown message flags ${body[0]}`, Code.Internal);
+  if (body[0] !== 0) return new ConnectError(`${what}: compressed or unknown message flags ${body[0]} (no compression is accepted)`, Code.InvalidArgument);
   const length = body.readUInt32BE(1);
   if (5 + length !== body.length) {
     return new ConnectError(`${what}: expected exactly one message of ${length} bytes in ${body.length}`, Code.InvalidArgument);
@@ -295,7 +295,13 @@ export function implRoutes(service: DescService, impl: Partial<ServiceImpl<DescS
     const unary = method as DescMethodUnary;
     const url = `/${service.typeName}/${method.name}`;
     into.set(url, async (call) => {
-      const request = fromBinary(unary.input, call.message);
+      let request;
+      try {
+        request = fromBinary(unary.input, call.message);
+      } catch (err) {
+        // Bytes that are no valid message are the client's error, not ours.
+        throw new ConnectError(`request: not a valid ${unary.input.typeName}: ${err instanceof Error ? err.message : String(err)}`, Code.InvalidArgument);
+      }
       let requestHeader: Headers | undefined;
       const ctx: HandlerContext = {
         method,

@@ -10,6 +10,7 @@ import { Code, ConnectError, createContextValues, type ConnectRouter, type Inter
 import { connectNodeAdapter } from "@connectrpc/connect-node";
 import type { Registry } from "prom-client";
 import { codeToHttpStatus, codeToString } from "@connectrpc/connect/protocol-connect";
+import type { UniversalHandler, UniversalServerRequest, UniversalServerResponse } from "@connectrpc/connect/protocol";
 import { errorHeaders, implRoutes, isPlainGrpc, serveFast, type FastObserver, type FastRoutes, type LazyAbort } from "./grpc-fast.js";
 import { logRpc, rpcLogger, rpcLogInterceptor } from "./rpc-log.js";
 import { file_grpc_health_v1_health, Health } from "../gen/grpc/health/v1/health_pb.js";
@@ -234,6 +235,10 @@ export async function startServer(opts: ServerOptions): Promise<RpcServer> {
       registerReflectionServices(router, [...opts.files, file_grpc_health_v1_health], () => served);
       served = [...own, Health.typeName, ...REFLECTION_SERVICE_NAMES].sort();
       for (const h of router.handlers) if (h.method.methodKind !== "unary") streamingPaths.add(`/${h.service.typeName}/${h.method.name}`);
+      // connect-node reports a request it cannot decode as INTERNAL (500): make it the client's error.
+      router.handlers.forEach((h, i) => {
+        router.handlers[i] = decodeErrorsAsInvalidArgument(h);
+      });
     },
     // Compressing responses costs a lot of CPU on streams of batches for little gain on the
     // networks we run on (gzip cut a stream of batches to a third of its throughput): never
@@ -297,7 +302,17 @@ export async function startServer(opts: ServerOptions): Promise<RpcServer> {
       return;
     }
     // connect-node's handler takes either server's request/response pair.
-    const go = (): void => rpcHandler(req, res as Parameters<typeof rpcHandler>[1]);
+    const go = (): void => {
+      // A Connect GET whose message is not base64 is the client's error (connect-node: 500).
+      const bad = req.method === "GET" ? badConnectGet(req.url ?? "") : undefined;
+      if (bad !== undefined) {
+        const r = refusal(path ?? "/", "application/json", bad);
+        (res as http.ServerResponse).writeHead(r.status, r.headers);
+        (res as http.ServerResponse).end(r.body);
+        return;
+      }
+      rpcHandler(req, res as Parameters<typeof rpcHandler>[1]);
+    };
     if (opts.admit === undefined) return go();
     const refuse = (err: ConnectError): void => {
       if (res.headersSent) return;
@@ -694,6 +709,72 @@ function fastObserver(registry: Registry, service: string, log: Logger): FastObs
       };
     },
   };
+}
+
+/** base64 or base64url, padded or not. */
+const BASE64 = /^[A-Za-z0-9+/_-]*={0,2}$/;
+
+/** INVALID_ARGUMENT for a Connect GET (`?message=…&base64=1`) whose message is not base64. */
+function badConnectGet(url: string): ConnectError | undefined {
+  const q = url.indexOf("?");
+  if (q < 0) return undefined;
+  const params = new URLSearchParams(url.slice(q + 1));
+  const message = params.get("message");
+  if (message === null || params.get("base64") !== "1") return undefined;
+  if (BASE64.test(message) && message.replace(/=+$/, "").length % 4 !== 1) return undefined;
+  return new ConnectError("message: not base64 (base64=1)", Code.InvalidArgument);
+}
+
+/** What connect-node says of a request message it cannot decode (protobuf binary). */
+const DECODE_FAILURE = /^parse binary: /;
+
+/**
+ * A handler whose answers to undecodable requests say INVALID_ARGUMENT (HTTP 400) where
+ * connect-node says INTERNAL (500): bytes that are no valid message (garbage, a wrong wire type,
+ * a varint that overflows, invalid UTF-8, nesting too deep) are the client's error, and must not
+ * be logged or counted as ours. Connect unary errors are JSON bodies; gRPC ones trailers (or
+ * headers, trailers-only). gRPC-Web trailers travel in the body and are left as they are.
+ */
+function decodeErrorsAsInvalidArgument(handler: UniversalHandler): UniversalHandler {
+  const wrapped = async (req: UniversalServerRequest): Promise<UniversalServerResponse> => {
+    const res = await handler(req);
+    for (const h of [res.trailer, res.header]) {
+      if (h?.get("grpc-status") === String(Code.Internal) && DECODE_FAILURE.test(decodeURIComponent(h.get("grpc-message") ?? ""))) {
+        h.set("grpc-status", String(Code.InvalidArgument));
+      }
+    }
+    if (res.status === 500 && res.body !== undefined && res.header?.get("content-type")?.startsWith("application/json") === true) {
+      const chunks: Uint8Array[] = [];
+      for await (const c of res.body) chunks.push(c);
+      const text = Buffer.concat(chunks).toString("utf8");
+      let parsed: { code?: unknown; message?: unknown } | undefined;
+      try {
+        parsed = JSON.parse(text) as { code?: unknown; message?: unknown };
+      } catch {
+        parsed = undefined;
+      }
+      const decodeFailure = parsed?.code === "internal" && typeof parsed.message === "string" && DECODE_FAILURE.test(parsed.message);
+      const body = decodeFailure ? JSON.stringify({ ...parsed, code: "invalid_argument" }) : text;
+      // The body changed length: say its new one.
+      res.header.set("content-length", String(Buffer.byteLength(body)));
+      return {
+        ...res,
+        status: decodeFailure ? 400 : res.status,
+        body: (async function* () {
+          yield new TextEncoder().encode(body);
+        })(),
+      };
+    }
+    return res;
+  };
+  return Object.assign(wrapped, {
+    protocolNames: handler.protocolNames,
+    service: handler.service,
+    method: handler.method,
+    requestPath: handler.requestPath,
+    supportedContentType: handler.supportedContentType,
+    allowedMethods: handler.allowedMethods,
+  }) as UniversalHandler;
 }
 
 /** Refuses calls that the caller's role may not make (see AccessPolicy). */

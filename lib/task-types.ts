@@ -16,6 +16,17 @@ export const BUILTIN_TASK_TYPES: readonly string[] = [
 export const LIMITS = {
   /** Largest payload of one task, in bytes of its JSON form. */
   maxPayloadBytes: 1024 * 1024,
+  /**
+   * Deepest nesting of objects and arrays in a payload. Each level is two messages in protobuf
+   * (Struct or ListValue, then Value), and decoders stop at 100 messages deep: a task — inside a
+   * response, inside a batch — must decode wherever it goes.
+   */
+  maxPayloadDepth: 32,
+  /**
+   * Deepest nesting of a JSON request body (REST, Connect JSON): a payload at its deepest, in a
+   * batch, with room to spare, and still far from the decoders' limit (see maxPayloadDepth).
+   */
+  maxJsonBodyDepth: 40,
   /** Most tasks in one SubmitTasks call. */
   maxBatch: 1000,
   /** Longest task type, queue, key or label. */
@@ -33,3 +44,14 @@ export const AUTHOR_HEADER = "x-taskmesh-author";
  * new and returns the tasks the first attempt stored.
  */
 export const REQUEST_ID_HEADER = "x-taskmesh-request-id";
+
+/** How deeply objects and arrays nest in `v` (a scalar is 0), counted up to `stop` levels. */
+export function jsonDepth(v: unknown, stop: number): number {
+  if (typeof v !== "object" || v === null || stop <= 0) return 0;
+  let deepest = 0;
+  for (const child of Array.isArray(v) ? v : Object.values(v)) {
+    deepest = Math.max(deepest, jsonDepth(child, stop - 1));
+    if (deepest + 1 >= stop) break;
+  }
+  return deepest + 1;
+}

@@ -3,7 +3,7 @@ import type { Duration, Timestamp } from "@bufbuild/protobuf/wkt";
 import { pooledRandom } from "../../lib/random.js";
 import { Priority, type SubmitTaskRequest } from "../../gen/taskmesh/v1/task_pb.js";
 import { invalidArgument } from "../../lib/errors.js";
-import { LIMITS } from "../../lib/task-types.js";
+import { LIMITS, jsonDepth } from "../../lib/task-types.js";
 import { isTraceparent } from "../../lib/tracing.js";
 import { queueTag } from "./task-codec.js";
 import type { NewTask } from "./task-store.js";
@@ -153,6 +153,10 @@ export function toNewTask(
   const payloadBytes = Buffer.byteLength(JSON.stringify(payload));
   if (payloadBytes > defaults.maxPayloadBytes) {
     throw invalidArgument(f("payload"), `is ${payloadBytes} bytes, more than the limit of ${defaults.maxPayloadBytes}`);
+  }
+  const depth = jsonDepth(payload, LIMITS.maxPayloadDepth + 1);
+  if (depth > LIMITS.maxPayloadDepth) {
+    throw invalidArgument(f("payload"), `nests objects and arrays more than ${LIMITS.maxPayloadDepth} levels deep`);
   }
   let priority: 1 | 2 | 3 | 4;
   switch (req.priority) {

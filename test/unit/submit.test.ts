@@ -1,7 +1,9 @@
 import { create } from "@bufbuild/protobuf";
 import { durationFromMs, timestampFromMs } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError } from "@connectrpc/connect";
+import type { JsonObject, JsonValue } from "@bufbuild/protobuf";
 import { describe, expect, it } from "vitest";
+import { jsonDepth } from "../../lib/task-types.js";
 import { Priority, SubmitTaskRequestSchema } from "../../gen/taskmesh/v1/task_pb.js";
 import { DEFAULT_SUBMIT, taskIdFactory, toNewTask } from "../../services/scheduler/submit.js";
 import { queueTag } from "../../services/scheduler/task-codec.js";
@@ -83,5 +85,24 @@ describe("toNewTask", () => {
       invalid(() => toNewTask(req({ type: "noop", payload: { s: "x".repeat(DEFAULT_SUBMIT.maxPayloadBytes) } }), "t", known, DEFAULT_SUBMIT, now)),
     ).toMatch(/^payload: is \d+ bytes/);
     expect(invalid(() => toNewTask(req({ type: "noop", labels: { "bad key": "v" } }), "t", known, DEFAULT_SUBMIT, now))).toMatch(/^labels\["bad key"\]/);
+    // Nesting: 32 levels of objects and arrays are fine, 33 are refused naming the payload.
+    const nested = (depth: number): JsonObject => {
+      let v: JsonValue = 1;
+      for (let i = 0; i < depth - 1; i++) v = i % 2 === 0 ? [v] : { a: v };
+      return { x: v };
+    };
+    expect(jsonDepth(nested(32), 100)).toBe(32);
+    expect(toNewTask(req({ type: "noop", payload: nested(32) }), "t", known, DEFAULT_SUBMIT, now).payload).toEqual(nested(32));
+    expect(invalid(() => toNewTask(req({ type: "noop", payload: nested(33) }), "t", known, DEFAULT_SUBMIT, now))).toMatch(/^payload: nests objects and arrays more than 32 levels/);
+  });
+
+  it("measures JSON nesting without walking past the bound", () => {
+    expect(jsonDepth(1, 10)).toBe(0);
+    expect(jsonDepth({}, 10)).toBe(1);
+    expect(jsonDepth({ a: [1, { b: [] }] }, 10)).toBe(4);
+    let deep: JsonValue = 0;
+    for (let i = 0; i < 100_000; i++) deep = [deep];
+    // A bound keeps it from recursing 100,000 levels (and from a stack overflow).
+    expect(jsonDepth(deep, 41)).toBe(41);
   });
 });

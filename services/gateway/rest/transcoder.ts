@@ -31,6 +31,7 @@ import type { HttpRequest, HttpResponse } from "../../../lib/server.js";
 import { VERSION } from "../../../lib/version.js";
 import { httpStatusFromCode, retryAfterSeconds, statusFromError, type StatusJson } from "./http-status.js";
 import { openApiDocument, type OpenApiInfo } from "./openapi.js";
+import { LIMITS, jsonDepth } from "../../../lib/task-types.js";
 import { JSON_SCALAR_WKT, PathDecodeError, RestRouter, findField, restBindings, type RestBinding } from "./route-template.js";
 
 /** Default largest request body: a 1 MiB task payload plus room for the rest of the request. */
@@ -724,11 +725,17 @@ function readBody(req: HttpRequest, limit: number): Promise<Buffer | "too-large"
 function parseJsonBody(body: Buffer): JsonValue | undefined {
   const text = body.toString("utf8");
   if (text.trim() === "") return undefined;
+  let json: JsonValue;
   try {
-    return JSON.parse(text) as JsonValue;
+    json = JSON.parse(text) as JsonValue;
   } catch (err) {
     throw invalid(`malformed JSON body: ${(err as Error).message}`);
   }
+  // Deeper than any valid request: refused here, before it becomes a message too deep to decode.
+  if (jsonDepth(json, LIMITS.maxJsonBodyDepth + 1) > LIMITS.maxJsonBodyDepth) {
+    throw invalid(`JSON body nests objects and arrays more than ${LIMITS.maxJsonBodyDepth} levels deep`);
+  }
+  return json;
 }
 
 function sendBody(res: HttpResponse, status: number, contentType: string, body: string, head: boolean): void {
