@@ -277,6 +277,25 @@ export async function startServer(opts: ServerOptions): Promise<RpcServer> {
     });
   };
 
+  /** Runs `admit` on a request, then `go` on if admitted; a failed admission refuses it (UNAVAILABLE). */
+  const admitThen = (
+    admit: NonNullable<ServerOptions["admit"]>,
+    req: AdmitRequest,
+    refuse: (err: ConnectError) => void,
+    go: () => void,
+  ): void => {
+    admit(req, refuse).then(
+      (ok) => {
+        if (ok) go();
+        else refuse(new ConnectError("refused", Code.PermissionDenied));
+      },
+      (err: unknown) => {
+        log.warn({ err, path: req.path }, "admission failed");
+        refuse(new ConnectError("the request could not be admitted; try again", Code.Unavailable));
+      },
+    );
+  };
+
   const onRequest = (req: HttpRequest, res: HttpResponse): void => {
     if (req instanceof http.IncomingMessage && res instanceof http.ServerResponse) trackH1(req, res);
     if (opts.httpPrelude?.(req, res) === true) return;
@@ -329,16 +348,7 @@ export async function startServer(opts: ServerOptions): Promise<RpcServer> {
         });
       }
     };
-    opts.admit({ path: path ?? "/", method: req.method ?? "GET", headers: req.headers }, refuse).then(
-      (ok) => {
-        if (ok) go();
-        else refuse(new ConnectError("refused", Code.PermissionDenied));
-      },
-      (err: unknown) => {
-        log.warn({ err, path }, "admission failed");
-        refuse(new ConnectError("the request could not be admitted; try again", Code.Unavailable));
-      },
-    );
+    admitThen(opts.admit, { path: path ?? "/", method: req.method ?? "GET", headers: req.headers }, refuse, go);
   };
 
   for (const [path, handler] of opts.fastUnary ?? []) fast.set(path, handler);
@@ -455,16 +465,7 @@ export async function startServer(opts: ServerOptions): Promise<RpcServer> {
           if (!stream.closed) stream.close(http2.constants.NGHTTP2_NO_ERROR);
         });
       };
-      opts.admit({ path, method: headers[":method"] ?? "GET", headers }, refuse).then(
-        (ok) => {
-          if (ok) go();
-          else refuse(new ConnectError("refused", Code.PermissionDenied));
-        },
-        (err: unknown) => {
-          log.warn({ err, path }, "admission failed");
-          refuse(new ConnectError("the request could not be admitted; try again", Code.Unavailable));
-        },
-      );
+      admitThen(opts.admit, { path, method: headers[":method"] ?? "GET", headers }, refuse, go);
     });
   }
 
