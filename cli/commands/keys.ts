@@ -13,7 +13,7 @@ const createKey: CommandSpec = {
   path: ["keys", "create"],
   args: "--tenant TENANT --scope SCOPE...",
   summary: "create an API key and print its secret (shown this once)",
-  details: "Scopes: tasks:read, tasks:write, admin (admin implies the others).",
+  details: "Scopes: tasks:read, tasks:write, admin (its tenant: keys and tasks; implies the two before), cluster:admin (every tenant, queues, configuration; implies all).",
   flags: {
     tenant: { type: "string", value: "TENANT", description: "the tenant whose tasks the key sees (required)" },
     scope: { type: "string", multiple: true, value: "SCOPE", description: "a scope (repeatable, at least one)" },

@@ -3,8 +3,12 @@ import type { Etcd3 } from "etcd3";
 import type { Logger } from "pino";
 import { Membership } from "../../lib/membership.js";
 
-/** The scopes an API key can carry. `admin` implies the other two. */
-export const SCOPES = ["tasks:write", "tasks:read", "admin"] as const;
+/**
+ * The scopes an API key can carry. `admin` administers its own tenant (its keys, its tasks) and
+ * implies `tasks:write` and `tasks:read`; `cluster:admin` administers what tenants share (every
+ * tenant's keys, queues, configuration) and implies everything.
+ */
+export const SCOPES = ["tasks:write", "tasks:read", "admin", "cluster:admin"] as const;
 /** One scope. */
 export type Scope = (typeof SCOPES)[number];
 

@@ -21,18 +21,37 @@ const WRITES = new Set([
   "ResumeSchedule",
 ]);
 
-/** The scope a method needs; undefined for methods open to all (health, reflection). */
+/** Methods that change what all tenants share: queues and the configuration. */
+const CLUSTER_WRITES = new Set([
+  "taskmesh.v1.ClusterService/PauseQueue",
+  "taskmesh.v1.ClusterService/ResumeQueue",
+  "taskmesh.v1.ConfigService/PutConfig",
+  "taskmesh.v1.ConfigService/DeleteConfig",
+  "taskmesh.v1.ConfigService/RollbackConfig",
+  "taskmesh.v1.ConfigService/PromoteGrayConfig",
+  "taskmesh.v1.ConfigService/AbandonGrayConfig",
+]);
+
+/**
+ * The scope a method needs; undefined for methods open to all (health, reflection). Tasks and
+ * schedules need the task scopes; API keys and reading the cluster a tenant's `admin` (the key
+ * service then keeps it to its own tenant); changing shared things `cluster:admin`.
+ */
 export function requiredScope(service: string, method: string): Scope | undefined {
   if (service.startsWith("grpc.")) return undefined;
   if (service === "taskmesh.v1.TaskService" || service === "taskmesh.v1.ScheduleService") {
     return WRITES.has(method) ? "tasks:write" : "tasks:read";
   }
-  return "admin";
+  return CLUSTER_WRITES.has(`${service}/${method}`) ? "cluster:admin" : "admin";
 }
 
-/** True if a caller with `scopes` may use a method needing `need` (admin implies everything). */
+/**
+ * True if a caller with `scopes` may use a method needing `need`: `cluster:admin` implies
+ * everything, `admin` everything but `cluster:admin`.
+ */
 export function allowed(scopes: ReadonlySet<Scope>, need: Scope): boolean {
-  return scopes.has(need) || scopes.has("admin");
+  if (scopes.has(need) || scopes.has("cluster:admin")) return true;
+  return need !== "cluster:admin" && scopes.has("admin");
 }
 
 /** Reads the API key from `Authorization: Bearer <key>` or `x-api-key`. */

@@ -13,6 +13,8 @@ export interface Assignment {
   timeoutMs: number;
   /** W3C traceparent of the request that submitted the task: the attempt's span is its child. */
   traceparent?: string | undefined;
+  /** The tenant that submitted the task ("" when the scheduler did not say). */
+  tenant?: string | undefined;
 }
 
 /** How an attempt ended. */
@@ -262,6 +264,7 @@ export class Executor {
     return {
       taskId,
       attempt,
+      tenant: run.a.tenant ?? "",
       get signal(): AbortSignal {
         return signalOf(run);
       },

@@ -15,6 +15,8 @@ export interface TaskContext {
   readonly taskId: string;
   /** The attempt number (1 for the first run); reports are fenced by it. */
   readonly attempt: number;
+  /** The tenant that submitted the task ("" when unknown). Keep tenants' data apart by it. */
+  readonly tenant: string;
   /** Fires on cancel, timeout or worker shutdown; reason is a TaskFailure or a CancelledError. */
   readonly signal: AbortSignal;
   /**

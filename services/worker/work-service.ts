@@ -214,6 +214,7 @@ export class WorkSession {
         payload: (a.payload ?? {}) as JsonObject,
         timeoutMs: Number(a.timeoutMs),
         traceparent: a.traceparent !== "" ? a.traceparent : undefined,
+        tenant: a.tenant,
       };
       // Refused with a free slot means this attempt already runs here: nothing to do.
       if (!ex.start(assignment) && ex.used >= ex.slots) this.backlog.push(assignment);

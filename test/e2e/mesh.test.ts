@@ -47,8 +47,9 @@ describe("the mesh end to end", () => {
   });
 
   it("runs 1,000 tasks of mixed built-in types to SUCCEEDED with correct results", async () => {
-    await mkdir(join(mesh.filesRoot, "in"), { recursive: true });
-    await writeFile(join(mesh.filesRoot, "in", "hello.txt"), "hello file");
+    // The bootstrap key is tenant "default": its files live under <root>/default.
+    await mkdir(join(mesh.filesRoot, "default", "in"), { recursive: true });
+    await writeFile(join(mesh.filesRoot, "default", "in", "hello.txt"), "hello file");
     const reqs: Req[] = [];
     for (let i = 0; i < 1000; i++) {
       switch (i % 7) {

@@ -1,6 +1,6 @@
 import { createServer, type Server } from "node:http";
 import type { AddressInfo } from "node:net";
-import { mkdtemp, mkdir, readFile, rm, symlink, writeFile } from "node:fs/promises";
+import { link, mkdtemp, mkdir, readFile, rm, symlink, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from "vitest";
@@ -23,13 +23,14 @@ interface FakeCtx extends TaskContext {
   readonly logged: string[];
 }
 
-function fakeCtx(): FakeCtx {
+function fakeCtx(tenant = ""): FakeCtx {
   const controller = new AbortController();
   const progressed: { percent: number; message: string | undefined }[] = [];
   const logged: string[] = [];
   return {
     taskId: "t1",
     attempt: 1,
+    tenant,
     signal: controller.signal,
     controller,
     progressed,
@@ -166,6 +167,32 @@ describe("file_operation", () => {
         expect(f.retryable).toBe(false);
       }
     }
+    expect(await readFile(join(outsideDir, "secret.txt"), "utf8")).toBe("top secret");
+  });
+
+  it("keeps each tenant's files apart: its own root, no way into another's", async () => {
+    await run({ operation: "write", path: "notes.txt", content: "acme's" }, fakeCtx("acme"));
+    await run({ operation: "write", path: "notes.txt", content: "beta's" }, fakeCtx("beta"));
+    expect(await run({ operation: "read", path: "notes.txt" }, fakeCtx("acme"))).toEqual({ content: "acme's", size: 6 });
+    expect(await run({ operation: "read", path: "notes.txt" }, fakeCtx("beta"))).toEqual({ content: "beta's", size: 6 });
+    expect(await readFile(join(root, "acme", "notes.txt"), "utf8")).toBe("acme's");
+    // beta reaching for acme's file: outside beta's root.
+    for (const path of ["../acme/notes.txt", "./../acme/notes.txt"]) {
+      expect((await failure(run({ operation: "read", path }, fakeCtx("beta")))).code).toBe("INVALID_ARGUMENT");
+      expect((await failure(run({ operation: "write", path, content: "x" }, fakeCtx("beta")))).code).toBe("INVALID_ARGUMENT");
+    }
+    expect(await readFile(join(root, "acme", "notes.txt"), "utf8")).toBe("acme's");
+    // A tenant name that is no directory name of its own.
+    expect((await failure(run({ operation: "read", path: "x" }, fakeCtx("..")))).code).toBe("INVALID_ARGUMENT");
+  });
+
+  it("refuses a hard link to a file outside the root, for read and write, changing nothing", async () => {
+    await link(join(outsideDir, "secret.txt"), join(root, "hard.txt"));
+    const r = await failure(run({ operation: "read", path: "hard.txt" }, fakeCtx()));
+    expect(r.code).toBe("INVALID_ARGUMENT");
+    expect(r.message).toMatch(/hard links/);
+    const w = await failure(run({ operation: "write", path: "hard.txt", content: "pwned" }, fakeCtx()));
+    expect(w.code).toBe("INVALID_ARGUMENT");
     expect(await readFile(join(outsideDir, "secret.txt"), "utf8")).toBe("top secret");
   });
 

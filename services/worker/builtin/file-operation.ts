@@ -26,6 +26,26 @@ function outside(rel: string): TaskFailure {
   return invalidArgument(`path ${JSON.stringify(rel)} resolves outside the files root`);
 }
 
+/**
+ * A file with more than one link may be the same file as one outside the root (a hard link, made
+ * by anyone who can write both places): its path says nothing about where its data lives.
+ */
+function refuseHardLink(nlink: number, rel: string): void {
+  if (nlink > 1) throw invalidArgument(`path ${JSON.stringify(rel)} has ${nlink} hard links: refused (it may be a file outside the files root)`);
+}
+
+/**
+ * The files root of one tenant: `<filesRoot>/<tenant>` (tenants never see each other's files);
+ * the root itself for a task of no known tenant.
+ */
+export function tenantRoot(filesRoot: string, tenant: string): string {
+  if (tenant === "") return filesRoot;
+  if (!/^[A-Za-z0-9_.-]{1,100}$/.test(tenant) || tenant === "." || tenant === "..") {
+    throw invalidArgument(`tenant ${JSON.stringify(tenant)} cannot name a files root`);
+  }
+  return join(filesRoot, tenant);
+}
+
 /** True when `p` is `root` or below it (both absolute and normalised). */
 function within(root: string, p: string): boolean {
   if (root === sep) return true;
@@ -106,6 +126,7 @@ async function readInside(root: string, rel: string): Promise<JsonObject> {
     await assertOpenedWithin(fh, root, rel);
     const st = await fh.stat();
     if (!st.isFile()) throw invalidArgument(`path ${JSON.stringify(rel)} is not a regular file`);
+    refuseHardLink(st.nlink, rel);
     if (st.size > MAX_FILE_BYTES) {
       throw new TaskFailure("FILE_TOO_LARGE", `${JSON.stringify(rel)} is larger than ${MAX_FILE_BYTES} bytes`, false);
     }
@@ -179,7 +200,10 @@ async function writeInside(root: string, rel: string, content: string, signal: A
   const fh = await open(file, WRITE_FLAGS, 0o644);
   try {
     await assertOpenedWithin(fh, root, rel);
-    if (!(await fh.stat()).isFile()) throw invalidArgument(`path ${JSON.stringify(rel)} is not a regular file`);
+    const st = await fh.stat();
+    if (!st.isFile()) throw invalidArgument(`path ${JSON.stringify(rel)} is not a regular file`);
+    // Checked on the opened file, before anything is truncated.
+    refuseHardLink(st.nlink, rel);
     const data = Buffer.from(content, "utf8");
     await fh.truncate(0);
     await fh.write(data, 0, data.length, 0);
@@ -192,7 +216,9 @@ async function writeInside(root: string, rel: string, content: string, signal: A
 /**
  * `file_operation` `{ operation: "read"|"write", path, content? }`: read → `{ content, size }`
  * (UTF-8 text, at most {@link MAX_FILE_BYTES}); write → `{ written }` (bytes; parent directories
- * are created). `path` is relative to `filesRoot`. Absolute paths, `..` escapes and symlinks (of
+ * are created). `path` is relative to the task's tenant's root, `<filesRoot>/<tenant>` (tenants
+ * never see each other's files). Files with more than one hard link are refused. Absolute
+ * paths, `..` escapes and symlinks (of
  * the file or of any directory on the way) that resolve outside the root are refused with
  * INVALID_ARGUMENT, not retried. Paths are checked after resolving symlinks and, on Linux, again
  * on the opened descriptor; a write to an escaping target truncates nothing, though a racing
@@ -207,12 +233,11 @@ export function fileOperation(filesRoot: string): TaskHandler {
     if (operation === "write" && content === undefined) throw invalidPayload("content: required for write");
     ctx.signal.throwIfAborted();
     try {
-      if (operation === "read") {
-        const root = await realpath(filesRoot);
-        return await readInside(root, rel);
-      }
-      await mkdir(filesRoot, { recursive: true });
-      const root = await realpath(filesRoot);
+      // A tenant's root exists before its first file: a path is judged against it either way.
+      const own = tenantRoot(filesRoot, ctx.tenant);
+      await mkdir(own, { recursive: true });
+      const root = await realpath(own);
+      if (operation === "read") return await readInside(root, rel);
       return await writeInside(root, rel, content ?? "", ctx.signal);
     } catch (err) {
       if (ctx.signal.aborted && err === ctx.signal.reason) throw err;
