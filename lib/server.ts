@@ -733,8 +733,8 @@ const DECODE_FAILURE = /^parse binary: /;
  * A handler whose answers to undecodable requests say INVALID_ARGUMENT (HTTP 400) where
  * connect-node says INTERNAL (500): bytes that are no valid message (garbage, a wrong wire type,
  * a varint that overflows, invalid UTF-8, nesting too deep) are the client's error, and must not
- * be logged or counted as ours. Connect unary errors are JSON bodies; gRPC ones trailers (or
- * headers, trailers-only). gRPC-Web trailers travel in the body and are left as they are.
+ * be logged or counted as ours. Connect unary errors are JSON bodies; gRPC and gRPC-Web ones
+ * come as headers (trailers-only: no message precedes a request that could not be decoded).
  */
 function decodeErrorsAsInvalidArgument(handler: UniversalHandler): UniversalHandler {
   const wrapped = async (req: UniversalServerRequest): Promise<UniversalServerResponse> => {

@@ -101,11 +101,18 @@ describe("bad input on every protocol: the client's error, never ours", () => {
     expect(await count()).toBe(before + calls.filter((c) => c.startsWith("grpc Submit")).length);
   }, 120_000);
 
-  it("Connect: random binary and JSON bodies, and GET messages that are not base64", async () => {
+  it("Connect and gRPC-Web: random binary and JSON bodies, and GET messages that are not base64", async () => {
     await fc.assert(
       fc.asyncProperty(fc.uint8Array({ maxLength: 300 }), async (bytes) => {
         const a = await call("/taskmesh.v1.TaskService/SubmitTask", { "content-type": "application/proto" }, bytes);
         expectClientError("connect proto", Buffer.from(bytes).toString("hex"), a);
+      }),
+      { seed: SEED, numRuns: 200 },
+    );
+    await fc.assert(
+      fc.asyncProperty(fc.uint8Array({ maxLength: 300 }), async (bytes) => {
+        const a = await call("/taskmesh.v1.TaskService/SubmitTask", { "content-type": "application/grpc-web+proto" }, grpcFrame(bytes));
+        expectClientError("grpc-web", Buffer.from(bytes).toString("hex"), a);
       }),
       { seed: SEED, numRuns: 200 },
     );
