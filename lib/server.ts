@@ -420,6 +420,10 @@ export async function startServer(opts: ServerOptions): Promise<RpcServer> {
     if (compat.length !== 1 || toCompat === undefined) throw new Error("unexpected http2 server listeners");
     h2.removeAllListeners("stream");
     h2.on("stream", (stream: http2.ServerHttp2Stream, headers: http2.IncomingHttpHeaders, flags: number, rawHeaders: string[]) => {
+      // A stream can fail (the client resets it, the connection breaks) before anyone else
+      // listens — while its admission is awaited, say: without a listener that error would be
+      // uncaught and end the process. Whoever serves it reports failures its own way.
+      stream.on("error", () => undefined);
       const path = (headers[":path"] ?? "").split("?", 1)[0] ?? "";
       // (A closed stream no longer knows its session: keep it.)
       const session = stream.session as http2.ServerHttp2Session;

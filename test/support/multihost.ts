@@ -190,6 +190,8 @@ export class ManagedProcess {
 export interface RedisDeployment {
   /** The `--redis` URL. */
   readonly url: string;
+  /** More scheduler flags this deployment needs (durability: `--redis-wait-replicas`). */
+  readonly schedulerArgs?: readonly string[];
   /** Its processes (checked for health and liveness like every other). */
   readonly processes: readonly ManagedProcess[];
   /**
@@ -241,6 +243,7 @@ const SENTINEL_PLACEMENT = {
   nodes: [
     ["redis", "c"],
     ["redis-replica", "d"],
+    ["redis-replica-2", "e"],
   ],
   sentinels: [
     ["sentinel-1", "a"],
@@ -256,7 +259,7 @@ function fieldsOf(reply: unknown): Map<string, string> {
 }
 
 /**
- * A Redis master (host c) with one replica (host d), watched by three Sentinels (hosts a, b, e;
+ * A Redis master (host c) with two replicas (hosts d and e), watched by three Sentinels (hosts a, b, e;
  * quorum 2), reached through `redis-sentinel://…` (the services must understand that form). Its
  * failover is a `kill -9` of the current master: once every Sentinel names a new master, the old
  * one is started again as its replica, as a supervisor would.
@@ -281,8 +284,8 @@ export const sentinelRedis: RedisStarter = async (mh) => {
   }
   for (const n of nodes.values()) await n.process.start();
   await waitFor(
-    async () => String(await mh.redisCommand(master0, ["INFO", "replication"])).includes("connected_slaves:1"),
-    { timeoutMs: 20_000, intervalMs: 200, what: "Redis replica in sync" },
+    async () => String(await mh.redisCommand(master0, ["INFO", "replication"])).includes(`connected_slaves:${nodes.size - 1}`),
+    { timeoutMs: 20_000, intervalMs: 200, what: "Redis replicas in sync" },
   );
   const sentinels: ManagedProcess[] = [];
   for (const [name, host] of SENTINEL_PLACEMENT.sentinels) {
@@ -336,6 +339,10 @@ export const sentinelRedis: RedisStarter = async (mh) => {
   await waitFor(async () => (await problem()) === "", { timeoutMs: 30_000, intervalMs: 250, what: "Sentinel group healthy" });
   return {
     url: `redis-sentinel://${sentinels.map((s) => s.address).join(",")}/${SENTINEL_MASTER}`,
+    // A submit returns once a replica has it (Redis WAIT): a failover by kill -9 of the master
+    // loses no acknowledged task (asynchronous replication alone can; README, Redis Sentinel).
+    // Two replicas, so that one host cut off or one failover leaves a replica to wait for.
+    schedulerArgs: ["--redis-wait-replicas", "1", "--redis-wait-timeout-ms", "1000"],
     processes: [...[...nodes.values()].map((n) => n.process), ...sentinels],
     problem,
     async failover() {
@@ -675,6 +682,7 @@ export class Multihost {
     this.redisP = await redis(this);
     await this.issueCertificates();
     const common = ["--redis", this.redis.url, "--redis-prefix", this.redisPrefix];
+    const schedulerRedis = this.redis.schedulerArgs ?? [];
     this.defineService("config", "config", PORTS.config, []);
     for (const s of ["scheduler-1", "scheduler-2"] as const) {
       this.defineService(s, "scheduler", PORTS.scheduler, [
@@ -682,6 +690,7 @@ export class Multihost {
         ...common,
         "--task-lease-ms", String(TIMINGS.taskLeaseMs),
         "--election-ttl", String(TIMINGS.electionTtlS),
+        ...schedulerRedis,
       ]);
     }
     const workers = ["worker-1", "worker-2", "worker-3", "worker-4"] as const;
