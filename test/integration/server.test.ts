@@ -1,3 +1,4 @@
+import * as http2 from "node:http2";
 import * as net from "node:net";
 import { execFile } from "node:child_process";
 import { resolve } from "node:path";
@@ -361,6 +362,34 @@ describe("startServer", () => {
       expect((await curl([flag, `${baseUrl}/v1/other`])).status).toBe(404);
     }
   });
+  it("survives HTTP/2 streams reset while their admission is awaited", async () => {
+    await server.close();
+    let admitted = 0;
+    server = await start({
+      fastUnary: new Map([["/x.Y/Z", async () => new Uint8Array()]]),
+      admit: async () => {
+        // Long enough for the client's reset to arrive first.
+        await new Promise((r) => setTimeout(r, 50));
+        admitted++;
+        return true;
+      },
+    });
+    const session = http2.connect(`http://${server.address}`);
+    session.on("error", () => undefined);
+    const resets = Array.from({ length: 20 }, (_, i) => {
+      const req = session.request({ ":method": "POST", ":path": i % 2 === 0 ? "/x.Y/Z" : "/taskmesh.v1.ConfigService/GetConfig", "content-type": "application/grpc" });
+      req.on("error", () => undefined);
+      req.write(Buffer.alloc(10));
+      req.close(http2.constants.NGHTTP2_INTERNAL_ERROR);
+      return new Promise((r) => req.on("close", r));
+    });
+    await Promise.all(resets);
+    await waitFor(() => admitted >= 10, { what: "admissions done" });
+    session.close();
+    // Still serving.
+    expect((await curl(["--http2-prior-knowledge", `http://${server.address}/healthz`])).status).toBe(200);
+  });
+
   it("answers an HTTP/1 client that half-closes its side after sending an async request", async () => {
     const [host, port] = server.address.split(":") as [string, string];
     const body = JSON.stringify({ namespace: "slow" });
