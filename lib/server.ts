@@ -370,9 +370,6 @@ export async function startServer(opts: ServerOptions): Promise<RpcServer> {
   // createServer option only.)
   Object.assign(h1, { connectionsCheckingInterval: Math.min(1000, limits.headersTimeoutMs) });
   h1.emit("listening");
-  // A client that shuts its side down (FIN) after its request still gets the answer, and the
-  // connection ends after it (Node's http server aborts such requests unless told this).
-  Object.assign(h1, { httpAllowHalfOpen: true });
   h1.on("clientError", (err: NodeJS.ErrnoException, socket: net.Socket) => {
     log.debug({ err }, "http/1 client error");
     // As Node would answer, when nothing of a response has gone out yet: 408 for a request not
@@ -560,10 +557,8 @@ export async function startServer(opts: ServerOptions): Promise<RpcServer> {
   let unwatchCerts: (() => void) | undefined;
   const listener: net.Server =
     tlsOpts === undefined
-      ? // Half-open as Node's own HTTP server: a client that sends its request and then shuts
-        // its side down (FIN) still gets the answer.
-        net.createServer({ allowHalfOpen: true }, (socket) => onSocket(socket))
-      : tls.createServer({ ...tlsOpts, allowHalfOpen: true, ALPNProtocols: ["h2", "http/1.1"], handshakeTimeout: limits.headersTimeoutMs }, (socket) =>
+      ? net.createServer((socket) => onSocket(socket))
+      : tls.createServer({ ...tlsOpts, ALPNProtocols: ["h2", "http/1.1"], handshakeTimeout: limits.headersTimeoutMs }, (socket) =>
           onSocket(socket, socket.alpnProtocol ?? false),
         );
   // First, before the server's own handling of the connection.

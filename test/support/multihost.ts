@@ -338,11 +338,6 @@ export const sentinelRedis: RedisStarter = async (mh) => {
   await waitFor(async () => (await problem()) === "", { timeoutMs: 30_000, intervalMs: 250, what: "Sentinel group healthy" });
   return {
     url: `redis-sentinel://${sentinels.map((s) => s.address).join(",")}/${SENTINEL_MASTER}`,
-    // A submit returns once every replica has it (Redis WAIT, N = the number of replicas): a
-    // failover by kill -9 of the master loses no acknowledged task. Asynchronous replication alone
-    // lost 25 in 1 of 4 runs; with 2 replicas and N = 1, Sentinel can promote the one that lacks
-    // the write (7 lost in 1 of 5). Submits wait while the replica is cut off or being rebuilt.
-    schedulerArgs: ["--redis-wait-replicas", "1", "--redis-wait-timeout-ms", "1000"],
     processes: [...[...nodes.values()].map((n) => n.process), ...sentinels],
     problem,
     async failover() {
