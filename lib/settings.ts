@@ -1,4 +1,5 @@
 import { parseArgs } from "node:util";
+import type { ServerLimits } from "./server.js";
 
 /** One setting: a flag `--name`, an optional env var, a default and a parser. */
 export interface SettingSpec<T> {
@@ -146,14 +147,7 @@ const limitSettings = {
 } satisfies Specs;
 
 /** The server limits of a service's settings (see ServerLimits in lib/server.ts). */
-export function limitsFrom(s: { [K in keyof typeof limitSettings]: number }): {
-  maxConnections: number;
-  maxConnectionsPerAddress: number;
-  headersTimeoutMs: number;
-  requestTimeoutMs: number;
-  idleTimeoutMs: number;
-  maxConcurrentStreams: number;
-} {
+export function limitsFrom(s: { [K in keyof typeof limitSettings]: number }): ServerLimits {
   return {
     maxConnections: s["max-connections"],
     maxConnectionsPerAddress: s["max-connections-per-address"],

@@ -15,19 +15,10 @@ import { Health, HealthCheckResponse_ServingStatus } from "../../gen/grpc/health
 import type { MeshRole } from "../../lib/mesh-identity.js";
 import { meshTransport, MeshSecurity, SERVICE_TOKEN_HEADER } from "../../lib/mesh-security.js";
 import { AUTHOR_HEADER, TENANT_HEADER } from "../../lib/task-types.js";
-import { gatewayClients, waitTerminal } from "../support/clients.js";
+import { codeOf, gatewayClients, waitTerminal } from "../support/clients.js";
 import { uniquePrefix } from "../support/ids.js";
 import { startMesh, startService, type Mesh } from "../support/mesh.js";
 import { waitFor } from "../support/wait.js";
-
-async function codeOf(p: Promise<unknown>): Promise<Code | "ok"> {
-  try {
-    await p;
-    return "ok";
-  } catch (err) {
-    return ConnectError.from(err).code;
-  }
-}
 
 /** Opens a Work stream the way a scheduler does, and returns how it ended. */
 async function openWork(client: Client<typeof WorkerService>, epoch: bigint): Promise<Code | "ok"> {

@@ -3,24 +3,15 @@
  * nothing that tenants share; `cluster:admin` (the bootstrap key) manages the rest. Each case is
  * what an admin of one tenant tried against the others before.
  */
-import { Code, ConnectError, createClient } from "@connectrpc/connect";
+import { Code, createClient } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
 import { afterAll, beforeAll, describe, expect, inject, it } from "vitest";
 import { ApiKeyService } from "../../gen/taskmesh/v1/api_key_service_pb.js";
 import { ConfigService } from "../../gen/taskmesh/v1/config_service_pb.js";
 import { TaskStatus } from "../../gen/taskmesh/v1/task_pb.js";
-import { gatewayClients, waitTerminal } from "../support/clients.js";
+import { codeOf, gatewayClients, waitTerminal } from "../support/clients.js";
 import { uniquePrefix } from "../support/ids.js";
 import { startMesh, type Mesh } from "../support/mesh.js";
-
-async function codeOf(p: Promise<unknown>): Promise<Code | "ok"> {
-  try {
-    await p;
-    return "ok";
-  } catch (err) {
-    return ConnectError.from(err).code;
-  }
-}
 
 describe("tenant-scoped administration", () => {
   let mesh: Mesh;

@@ -1,4 +1,4 @@
-import { createClient, type Client } from "@connectrpc/connect";
+import { Code, ConnectError, createClient, type Client } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
 import { ClusterService } from "../../gen/taskmesh/v1/cluster_service_pb.js";
 import { TaskService } from "../../gen/taskmesh/v1/task_service_pb.js";
@@ -49,4 +49,14 @@ export async function waitTerminal(
     { timeoutMs, intervalMs: 100, what: `${ids.length} tasks terminal` },
   );
   return ids.map((id) => done.get(id) as Task);
+}
+
+/** How a call ended: "ok", or the code of its error. */
+export async function codeOf(p: Promise<unknown>): Promise<Code | "ok"> {
+  try {
+    await p;
+    return "ok";
+  } catch (err) {
+    return ConnectError.from(err).code;
+  }
 }
