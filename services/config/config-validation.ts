@@ -73,7 +73,18 @@ interface ListRule {
   patternHelp: string;
 }
 
-type FieldRule = RangeRule | ListRule;
+/** A rule for a map of tenant name → TenantQuota. */
+interface QuotaMapRule {
+  kind: "quotas";
+  maxEntries: number;
+  maxQueues: number;
+  maxTasks: number;
+}
+
+type FieldRule = RangeRule | ListRule | QuotaMapRule;
+
+/** Tenant names, as the scheduler admits them. */
+const TENANT = /^[A-Za-z0-9_.-]{1,100}$/;
 
 const range = (min: number, max: number): RangeRule => ({ kind: "range", min, max });
 
@@ -82,6 +93,8 @@ const MIB = 1024 * KIB;
 const SECOND = 1000;
 const HOUR = 3600 * SECOND;
 const DAY = 24 * HOUR;
+const MAX_QUEUES_QUOTA = 1_000_000;
+const MAX_TASKS_QUOTA = 1_000_000_000;
 
 /** A built-in namespace's schema: the protobuf message plus per-field rules. */
 export interface ConfigSchema {
@@ -103,7 +116,10 @@ export interface ConfigSchema {
  * scheduler (SchedulerConfig): default_max_attempts 1..100; default_backoff_initial_ms 1 ms..24 h;
  * default_backoff_max_ms 1 ms..7 d and not below default_backoff_initial_ms when both are set;
  * default_backoff_multiplier 1..100; default_backoff_jitter 0..1; task_lease_ms 100 ms..24 h;
- * aging_ms_per_level 1 ms..24 h; default_result_ttl_ms 1 s..30 d; max_payload_bytes 1 KiB..64 MiB.
+ * aging_ms_per_level 1 ms..24 h; default_result_ttl_ms 1 s..30 d; max_payload_bytes 1 KiB..64 MiB;
+ * max_queues_per_tenant 0..1e6 and max_tasks_per_tenant 0..1e9 (0: no limit); tenant_quotas up
+ * to 10,000 tenants (names as the scheduler admits them), each max_queues and max_tasks in the
+ * same ranges.
  *
  * worker and worker/<id> (WorkerConfig): slots 1..10000; http_allowed_hosts up to 1000 host names,
  * IP addresses or CIDR blocks (`*.` wildcards allowed); shutdown_grace_ms 0..1 h;
@@ -137,6 +153,9 @@ export const BUILTIN_SCHEMAS: Readonly<Record<"gateway" | "scheduler" | "worker"
       aging_ms_per_level: range(1, DAY),
       default_result_ttl_ms: range(SECOND, 30 * DAY),
       max_payload_bytes: range(KIB, 64 * MIB),
+      max_queues_per_tenant: range(0, MAX_QUEUES_QUOTA),
+      max_tasks_per_tenant: range(0, MAX_TASKS_QUOTA),
+      tenant_quotas: { kind: "quotas", maxEntries: 10_000, maxQueues: MAX_QUEUES_QUOTA, maxTasks: MAX_TASKS_QUOTA },
     },
     cross(set) {
       const initial = set.get("default_backoff_initial_ms");
@@ -283,6 +302,19 @@ function ruleViolation(rule: FieldRule, v: unknown): string | undefined {
           return `[${i}]: must be 1 to ${rule.maxLength} characters`;
         }
         if (!rule.pattern.test(item)) return `[${i}]: must be ${rule.patternHelp}`;
+      }
+      return undefined;
+    }
+    case "quotas": {
+      if (typeof v !== "object" || v === null) return "must be an object of tenant name → quota";
+      const entries = Object.entries(v as Record<string, { maxQueues?: number; maxTasks?: bigint }>);
+      if (entries.length > rule.maxEntries) return `at most ${rule.maxEntries} tenants`;
+      for (const [tenant, q] of entries) {
+        if (!TENANT.test(tenant)) return `.${tenant}: a tenant name is 1 to 100 letters, digits, _ . -`;
+        const queues = numberOf(q.maxQueues) ?? 0;
+        const tasks = numberOf(q.maxTasks) ?? 0;
+        if (queues < 0 || queues > rule.maxQueues) return `.${tenant}.max_queues: must be between 0 and ${rule.maxQueues}`;
+        if (tasks < 0 || tasks > rule.maxTasks) return `.${tenant}.max_tasks: must be between 0 and ${rule.maxTasks}`;
       }
       return undefined;
     }

@@ -27,6 +27,25 @@ interface Ahead {
 
 /** How long tasks peeked ahead stay usable (ms). */
 const AHEAD_MS = 50;
+/** How often the dispatcher reads the ready index afresh (ms): a safety net behind kicks. */
+const READY_REFRESH_MS = 1000;
+/** Soonest a kick for work of unknown tenants reads the ready index again (ms). */
+const READY_REFRESH_MIN_MS = 100;
+/** Most queues one round looks into; the next round goes on where it stopped. */
+const MAX_VISITS = 256;
+
+/** A queue a round visits, on whose tenant's turn; `next`: where that tenant's rotation goes on after it. */
+interface Visit {
+  queue: string;
+  tenant: string;
+  next: number;
+}
+
+/** New work a kick announces: a queue, and the tenant of its tasks when known. */
+export interface Work {
+  queue: string;
+  tenant?: string | undefined;
+}
 
 /** What a dispatch round will claim from one queue. */
 interface Plan {
@@ -63,19 +82,35 @@ export interface DispatcherOptions {
 }
 
 /**
- * The leader's dispatch loop. Each round: total free slots → for each queue (rotating) peek that
- * many ready tasks in order, pick a worker for each by the ring (affinity key or task id, task
- * type, bounded load, free slots), claim them in one Lua call and send each worker its share in
- * one stream message. Runs when kicked (new tasks, freed slots, new workers) and on an idle timer.
+ * The leader's dispatch loop. Each round: total free slots → visit the queues that have QUEUED
+ * tasks (the ready index, lib.lua), taking turns by tenant: the tenants with waiting work in
+ * rotation, each round starting one further, and for each tenant its queues in rotation; in each
+ * queue peek as many ready tasks as there are free slots, pick a worker for each by the ring
+ * (affinity key or task id, task type, bounded load, free slots), claim them in one Lua call and
+ * send each worker its share in one stream message. So a tenant with many queues gets one turn
+ * like a tenant with one (docs/fairness.md has the bound). Runs when kicked (new tasks, freed
+ * slots, new workers) and on an idle timer.
  */
 export class Dispatcher {
   private running = false;
   private stopped = true;
   private kicked = false;
   private wake: (() => void) | undefined;
-  private queueCursor = 0;
-  private queues: string[] = [];
-  private queuesReadAt = 0;
+  /** The ready index as last read, plus what kicks added since: queue → tenants with tasks in it. */
+  private ready = new Map<string, Set<string>>();
+  private readyReadAt = 0;
+  /** The same by tenant, in rotation order (rebuilt when `ready` changes). */
+  private byTenant: { tenant: string; queues: string[] }[] = [];
+  private byTenantStale = true;
+  private tenantCursor = 0;
+  private readonly queueCursor = new Map<string, number>();
+  /** Per queue, how many kicks announced new work for it (an idle queue is dropped only if none came meanwhile). */
+  private readonly kicks = new Map<string, number>();
+  /**
+   * The last round ran out of free slots (work may be waiting): the submit-time fast lane is off
+   * until a round ends with slots to spare, so new tasks do not jump the rotation.
+   */
+  private backlog = false;
   private readonly log: Logger;
   private loop: Promise<void> | undefined;
   /** The leadership this loop runs for, as its claims and re-queues carry it (they are fenced by it). */
@@ -86,15 +121,26 @@ export class Dispatcher {
   }
 
   /**
-   * Asks for a dispatch round soon (coalesced). Naming the queues that got work lets a queue the
-   * dispatcher has not seen yet be picked up at once instead of at the next queue-list refresh.
+   * Asks for a dispatch round soon (coalesced). Naming the queues that got work (and the tenant
+   * of their tasks) lets the next round visit them at once instead of after the next read of the
+   * ready index; work of unknown tenant makes the next round read the index again.
    */
-  kick(queues?: Iterable<string>): void {
-    if (queues !== undefined) {
-      for (const q of queues) {
+  kick(work?: Iterable<Work>): void {
+    if (work !== undefined) {
+      for (const { queue, tenant } of work) {
         // New tasks may come before the ones peeked ahead (priority): peek afresh.
-        this.ahead.delete(q);
-        if (!this.queues.includes(q)) this.queuesReadAt = 0;
+        this.ahead.delete(queue);
+        this.kicks.set(queue, (this.kicks.get(queue) ?? 0) + 1);
+        if (tenant === undefined) {
+          this.readyReadAt = Math.min(this.readyReadAt, Date.now() - READY_REFRESH_MS + READY_REFRESH_MIN_MS);
+          continue;
+        }
+        let tenants = this.ready.get(queue);
+        if (tenants === undefined) this.ready.set(queue, (tenants = new Set()));
+        if (!tenants.has(tenant)) {
+          tenants.add(tenant);
+          this.byTenantStale = true;
+        }
       }
     }
     this.kicked = true;
@@ -110,6 +156,10 @@ export class Dispatcher {
     this.running = true;
     this.stopped = false;
     this.ahead.clear();
+    this.ready.clear();
+    this.readyReadAt = 0;
+    this.byTenantStale = true;
+    this.backlog = false;
     this.loop = this.run();
   }
 
@@ -156,12 +206,79 @@ export class Dispatcher {
     }
   }
 
-  private async listQueues(now: number): Promise<string[]> {
-    if (now - this.queuesReadAt > 1000 || this.queues.length === 0) {
-      this.queues = await this.opts.store.queues();
-      this.queuesReadAt = now;
+  /** The ready queues by tenant, read afresh when due (see {@link READY_REFRESH_MS}). */
+  private async readyByTenant(now: number): Promise<{ tenant: string; queues: string[] }[]> {
+    if (now - this.readyReadAt >= READY_REFRESH_MS) {
+      // Kicks that come while the index is read are kept: they may be newer than what it says.
+      const before = new Map(this.kicks);
+      const read = await this.opts.store.readyQueues();
+      for (const [queue, n] of this.kicks) {
+        if (before.get(queue) === n) continue;
+        const mine = this.ready.get(queue);
+        if (mine !== undefined) read.set(queue, [...new Set([...(read.get(queue) ?? []), ...mine])]);
+      }
+      this.ready = new Map([...read].map(([q, ts]) => [q, new Set(ts.length === 0 ? [""] : ts)]));
+      this.readyReadAt = now;
+      this.byTenantStale = true;
     }
-    return this.queues;
+    if (this.byTenantStale) {
+      const by = new Map<string, string[]>();
+      for (const [queue, tenants] of this.ready) {
+        for (const t of tenants) {
+          let qs = by.get(t);
+          if (qs === undefined) by.set(t, (qs = []));
+          qs.push(queue);
+        }
+      }
+      this.byTenant = [...by].sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)).map(([tenant, queues]) => ({ tenant, queues: queues.sort() }));
+      for (const t of this.queueCursor.keys()) if (!by.has(t)) this.queueCursor.delete(t);
+      this.byTenantStale = false;
+    }
+    return this.byTenant;
+  }
+
+  /**
+   * The order one round visits queues in: tenants take turns (starting one further each round),
+   * each with its next queue in its own rotation, until every ready queue came up once. A queue
+   * several tenants use comes up at the first of their turns.
+   */
+  private visitOrder(byTenant: readonly { tenant: string; queues: string[] }[]): Visit[] {
+    const order: Visit[] = [];
+    const seen = new Set<string>();
+    const n = byTenant.length;
+    if (n === 0) return order;
+    const start = this.tenantCursor++ % n;
+    const next = byTenant.map(({ tenant, queues }) => ({ tenant, queues, i: 0, at: (this.queueCursor.get(tenant) ?? 0) % queues.length }));
+    for (let added = true; added && order.length < MAX_VISITS; ) {
+      added = false;
+      for (let k = 0; k < n && order.length < MAX_VISITS; k++) {
+        const t = next[(start + k) % n] as (typeof next)[number];
+        while (t.i < t.queues.length) {
+          const at = (t.at + t.i++) % t.queues.length;
+          const queue = t.queues[at] as string;
+          if (seen.has(queue)) continue;
+          seen.add(queue);
+          order.push({ queue, tenant: t.tenant, next: (at + 1) % t.queues.length });
+          added = true;
+          break;
+        }
+      }
+    }
+    return order;
+  }
+
+  /** The dispatcher found nothing to claim in `queue`: drop it from the index unless new work came. */
+  private async dropIdle(queue: string, kicksBefore: number): Promise<void> {
+    if ((this.kicks.get(queue) ?? 0) !== kicksBefore) return;
+    const left = await this.opts.store.idle(queue).catch((err: unknown) => {
+      this.log.warn({ err, queue }, "could not mark a queue idle");
+      return false;
+    });
+    if (!left || (this.kicks.get(queue) ?? 0) !== kicksBefore) return;
+    this.ready.delete(queue);
+    this.kicks.delete(queue);
+    this.wideQueues.delete(queue);
+    this.byTenantStale = true;
   }
 
   /** Claims in flight, awaited when there are too many and when stopping. */
@@ -193,9 +310,11 @@ export class Dispatcher {
    * (nothing of the queue waiting, not paused, concurrency key has room; TaskStore.submit), which
    * saves the peek and the claim of a round: the task is on its way to the worker before the
    * client has its answer. `settle` sends what was claimed and gives the other slots back.
+   * Off while the last round ran out of slots: then tasks may be waiting in other queues, and
+   * they go first, in the rounds' rotation.
    */
   planDirect(tasks: readonly NewTask[], now: number): DirectPlan | undefined {
-    if (this.stopped) return undefined;
+    if (this.stopped || this.backlog) return undefined;
     const { sessions } = this.opts;
     const byQueue = new Map<string, number[]>();
     tasks.forEach((t, i) => {
@@ -300,20 +419,24 @@ export class Dispatcher {
     return { claims, planned, passed };
   }
 
-  /** One pass over the queues; returns how many tasks were sent. */
+  /** One pass over the ready queues (see {@link visitOrder}); returns how many tasks were sent. */
   async round(): Promise<number> {
     const { sessions, store } = this.opts;
     let free = 0;
     for (const s of sessions.values()) free += s.free;
-    if (free === 0) return 0;
+    if (free === 0) {
+      this.backlog = this.ready.size > 0;
+      return 0;
+    }
     const now = Date.now();
-    const queues = await this.listQueues(now);
-    if (queues.length === 0) return 0;
+    const order = this.visitOrder(await this.readyByTenant(now));
     const batch = this.opts.batchSize ?? 500;
     let sent = 0;
-    const start = this.queueCursor++ % queues.length;
-    for (let i = 0; i < queues.length && free > 0; i++) {
-      const queue = queues[(start + i) % queues.length] as string;
+    for (let i = 0; i < order.length && free > 0; i++) {
+      const { queue, tenant, next } = order[i] as Visit;
+      // The tenant's rotation goes on after the queues it was visited with.
+      this.queueCursor.set(tenant, next);
+      const kicksBefore = this.kicks.get(queue) ?? 0;
       const want = Math.min(free, batch);
       // Peek as many as wanted and one more (it tells whether more are waiting), or use what
       // was peeked ahead. When some of them no worker can take right now (a type nobody here
@@ -347,6 +470,7 @@ export class Dispatcher {
       if (plan.passed > 0) this.wideQueues.add(queue);
       else this.wideQueues.delete(queue);
       const { claims, planned } = plan;
+      if (found === 0) void this.dropIdle(queue, kicksBefore);
       if (claims.length === 0) continue;
       // Reserve the slots now and let the claim run without waiting for it: the next peek goes
       // down the same Redis connection after it, so it already sees these tasks claimed, and the
@@ -360,6 +484,7 @@ export class Dispatcher {
       sent += claims.length;
       free -= claims.length;
     }
+    this.backlog = free === 0 && this.ready.size > 0;
     return sent;
   }
 

@@ -17,15 +17,16 @@ import { SchedulerService } from "../../gen/taskmesh/v1/scheduler_service_pb.js"
 import { type TaskEvent, TaskStatus } from "../../gen/taskmesh/v1/task_pb.js";
 import { ListTasksResponseSchema, SubmitTasksResponseSchema } from "../../gen/taskmesh/v1/task_service_pb.js";
 import { AsyncQueue } from "../../lib/async-queue.js";
-import { invalidArgument, notFound, toConnectError } from "../../lib/errors.js";
+import { ERROR_DOMAIN, invalidArgument, notFound, toConnectError } from "../../lib/errors.js";
+import { ErrorInfoSchema } from "../../gen/google/rpc/error_details_pb.js";
 import type { WorkerRecord } from "../../lib/keys.js";
 import type { Membership } from "../../lib/membership.js";
 import { LIMITS, REQUEST_ID_HEADER, TENANT_HEADER } from "../../lib/task-types.js";
 import { meshPeer } from "../../lib/mesh-security.js";
 import { currentTraceparent } from "../../lib/tracing.js";
 import { isRequestId, requestTaskIds, toNewTask, type SubmitDefaults } from "./submit.js";
-import type { DirectPlan } from "./dispatcher.js";
-import type { NewTask, SubmitResult, TaskStore } from "./task-store.js";
+import type { DirectPlan, Work } from "./dispatcher.js";
+import { QuotaExceededError, type NewTask, type SubmitResult, type TaskStore, type TenantQuota } from "./task-store.js";
 import type { SchedulerMetrics } from "../../lib/metrics.js";
 
 /** What the SchedulerService implementation needs from its replica. */
@@ -35,8 +36,10 @@ export interface SchedulerServiceDeps {
   /** Task types accepted: built-ins plus those announced by registered workers. */
   knownTypes: () => ReadonlySet<string>;
   defaults: () => SubmitDefaults;
+  /** A tenant's quota (live configuration; docs/fairness.md), undefined for none. */
+  quota?: (tenant: string) => TenantQuota | undefined;
   /** Called after tasks were stored, so the leader dispatches them (locally or via Redis). */
-  onSubmitted: (queues: Set<string>) => void;
+  onSubmitted: (work: Work[]) => void;
   /**
    * On the leader: plans direct claims for tasks about to be stored (the dispatcher's fast lane:
    * a worker picked and a slot reserved per task, see TaskStore.submit); `settle` gets the
@@ -105,6 +108,23 @@ function workerInfo(r: WorkerRecord, used: number): WorkerInfo {
   });
 }
 
+/**
+ * RESOURCE_EXHAUSTED (HTTP 429) for a submit over a tenant's quota, with a `google.rpc.ErrorInfo`
+ * of reason QUOTA_EXCEEDED saying which quota, its limit and the tenant's count.
+ */
+function quotaExceeded(err: QuotaExceededError): ConnectError {
+  const e = new ConnectError(err.message, Code.ResourceExhausted);
+  e.details.push({
+    desc: ErrorInfoSchema,
+    value: create(ErrorInfoSchema, {
+      reason: "QUOTA_EXCEEDED",
+      domain: ERROR_DOMAIN,
+      metadata: { tenant: err.tenant, quota: err.quota === "queues" ? "max_queues_per_tenant" : "max_tasks_per_tenant", limit: String(err.limit), current: String(err.current) },
+    }),
+  });
+  return e;
+}
+
 /** Builds the SchedulerService implementation; every replica serves it. */
 export function schedulerService(deps: SchedulerServiceDeps): ServiceImpl<typeof SchedulerService> {
   const { store, logger } = deps;
@@ -131,18 +151,20 @@ export function schedulerService(deps: SchedulerServiceDeps): ServiceImpl<typeof
     const plan = deps.planDirect?.(tasks, now);
     let stored: SubmitResult[];
     try {
-      stored = await store.submit(tasks, now, plan?.claims);
+      stored = await store.submit(tasks, now, plan?.claims, deps.quota);
     } catch (err) {
       plan?.settle(undefined);
+      if (err instanceof QuotaExceededError) throw quotaExceeded(err);
       throw err;
     }
     plan?.settle(stored);
     // Tasks not claimed directly wait for the dispatcher.
-    let queued: Set<string> | undefined;
+    const queued = new Map<string, Work>();
     for (let i = 0; i < tasks.length; i++) {
-      if (stored[i]?.claimed === undefined) (queued ??= new Set()).add((tasks[i] as NewTask).queue);
+      const t = tasks[i] as NewTask;
+      if (stored[i]?.claimed === undefined && !stored[i]?.existing) queued.set(`${t.queue}\n${t.tenant}`, { queue: t.queue, tenant: t.tenant });
     }
-    if (queued !== undefined) deps.onSubmitted(queued);
+    if (queued.size > 0) deps.onSubmitted([...queued.values()]);
     let created = 0;
     for (const s of stored) if (!s.existing) created++;
     if (created > 0) deps.metrics.submitted.inc(created);
@@ -152,7 +174,7 @@ export function schedulerService(deps: SchedulerServiceDeps): ServiceImpl<typeof
   const setPaused = async (queue: string, paused: boolean) => {
     if (queue === "" || /[{}]/.test(queue)) throw invalidArgument("queue", "a queue name is required");
     await store.setPaused(queue, paused);
-    if (!paused) deps.onSubmitted(new Set([queue]));
+    if (!paused) deps.onSubmitted([{ queue }]);
     const stats = await store.stats(Date.now());
     return create(QueueStatsSchema, stats.find((q) => q.name === queue) ?? { name: queue, paused });
   };
@@ -234,7 +256,7 @@ export function schedulerService(deps: SchedulerServiceDeps): ServiceImpl<typeof
           if (r.error === "not_found") throw notFound("task", req.taskId);
           throw new ConnectError("only FAILED or CANCELLED tasks can be retried", Code.FailedPrecondition);
         }
-        deps.onSubmitted(new Set([r.task.queue]));
+        deps.onSubmitted([{ queue: r.task.queue, tenant: r.task.tenant }]);
         return r.task;
       }),
 

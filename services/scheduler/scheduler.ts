@@ -32,7 +32,7 @@ import { scheduleRoutes } from "./schedule-service.js";
 import { ScheduleStore, ScheduleTicker } from "./schedules.js";
 import { schedulerRoutes } from "./scheduler-service.js";
 import { DEFAULT_SUBMIT, type SubmitDefaults } from "./submit.js";
-import { FencedError, TaskStore, type LeaderStamp } from "./task-store.js";
+import { FencedError, TaskStore, type LeaderStamp, type TenantQuota } from "./task-store.js";
 import { WorkerSession } from "./worker-session.js";
 
 /** Everything a scheduler replica needs, already parsed (main.ts reads env and flags). */
@@ -102,8 +102,21 @@ export interface Scheduler {
   close(): Promise<void>;
 }
 
+/**
+ * Quotas per tenant when the `scheduler` config namespace sets none (docs/fairness.md): unfinished
+ * tasks in at most 1,000 queues, at most 1,000,000 unfinished tasks.
+ */
+export const DEFAULT_TENANT_QUOTA: TenantQuota = { maxQueues: 1000, maxTasks: 1_000_000 };
+
+/** The live quotas: `base` for every tenant but those `tenants` names. */
+interface Quotas {
+  base: TenantQuota;
+  tenants: ReadonlyMap<string, TenantQuota>;
+}
+
 type Control =
-  | { t: "wake"; q: string[] }
+  /** New work: queues, and `n[i]` the tenant of the tasks in `q[i]` ("" or absent: unknown). */
+  | { t: "wake"; q: string[]; n?: string[] }
   | { t: "cancel"; w: string; id: string; a: number; r: string };
 
 /** Builds and starts a scheduler replica: serves reads and writes, campaigns to lead dispatch. */
@@ -142,6 +155,7 @@ export async function startScheduler(opts: SchedulerOptions): Promise<Scheduler>
   // Live settings: flags give the defaults, the `scheduler` config namespace overrides them.
   let defaults: SubmitDefaults = DEFAULT_SUBMIT;
   let leaseMs = opts.taskLeaseMs;
+  let quotas: Quotas = { base: DEFAULT_TENANT_QUOTA, tenants: new Map() };
   const config = await connectConfig({
     security,
     etcd,
@@ -168,8 +182,15 @@ export async function startScheduler(opts: SchedulerOptions): Promise<Scheduler>
       maxPayloadBytes: ms(c.maxPayloadBytes, DEFAULT_SUBMIT.maxPayloadBytes),
     };
     leaseMs = ms(c.taskLeaseMs, opts.taskLeaseMs);
+    quotas = {
+      base: {
+        maxQueues: c.maxQueuesPerTenant ?? DEFAULT_TENANT_QUOTA.maxQueues,
+        maxTasks: ms(c.maxTasksPerTenant, DEFAULT_TENANT_QUOTA.maxTasks),
+      },
+      tenants: new Map(Object.entries(c.tenantQuotas ?? {}).map(([t, q]) => [t, { maxQueues: q.maxQueues, maxTasks: Number(q.maxTasks) }])),
+    };
     store.setAgingMsPerLevel(ms(c.agingMsPerLevel, opts.agingMsPerLevel));
-    log.info({ defaults, leaseMs }, "configuration applied");
+    log.info({ defaults, leaseMs, quota: quotas.base, tenantQuotas: quotas.tenants.size }, "configuration applied");
   };
   applyConfig();
   config.client.on("change", applyConfig);
@@ -300,35 +321,50 @@ export async function startScheduler(opts: SchedulerOptions): Promise<Scheduler>
     try {
       const now = Date.now();
       tick++;
-      const queues = await store.queues();
+      // Only the queues the indexes name (lib.lua): the cost follows the queues with work, not
+      // every queue there is.
+      const [dueQueues, leaseQueues, reapQueues] = await Promise.all([
+        store.dueQueues("due", now, 1000),
+        store.dueQueues("lease", now, 1000),
+        tick % 10 === 0 ? store.dueQueues("reap", now, 1000) : Promise.resolve([]),
+      ]);
       let promoted = 0;
-      // Every queue's upkeep at once: the calls share one pipelined connection.
-      const counts = await Promise.all(
-        queues.map(async (q) => {
-          const [due, expired] = await Promise.all([
-            store.promoteDue(q, now, 1000),
-            store.expireLeases(q, now, 1000, leading),
-            tick % 10 === 0 ? store.reapExpired(q, now, 1000) : Promise.resolve(0),
-          ]);
+      const woken = new Set<string>();
+      // All at once: the calls share one pipelined connection.
+      const counts = await Promise.all([
+        ...dueQueues.map(async (q) => {
+          const n = await store.promoteDue(q, now, 1000);
+          if (n > 0) woken.add(q);
+          return n;
+        }),
+        ...leaseQueues.map(async (q) => {
+          const expired = await store.expireLeases(q, now, 1000, leading);
           if (expired.length > 0) {
+            woken.add(q);
             metrics.requeued.inc({ reason: "lease_expired" }, expired.length);
             log.warn({ queue: q, count: expired.length }, "re-queued attempts whose lease expired");
             for (const e of expired) for (const s of sessions.values()) if (s.leaseExpired(e.id, e.attempt)) break;
           }
-          return due + expired.length;
+          return expired.length;
         }),
-      );
+        ...reapQueues.map(async (q) => {
+          const { removed } = await store.reapExpired(q, now, 1000);
+          if (removed) log.debug({ queue: q }, "queue left empty: removed");
+          return 0;
+        }),
+      ]);
       for (const n of counts) promoted += n;
       try {
         const fired = await scheduleTicker.tick(now);
         if (fired.created > 0) {
           metrics.submitted.inc(fired.created);
           promoted += fired.created;
+          for (const q of fired.queues) woken.add(q);
         }
       } catch (err) {
         log.error({ err }, "schedule tick failed");
       }
-      if (promoted > 0) dispatcher.kick();
+      if (promoted > 0) dispatcher.kick([...woken].map((queue) => ({ queue })));
       // A retired worker (registration gone, stream alive) is let go once it runs nothing.
       for (const s of [...sessions.values()]) {
         if (s.retired && s.inflight.size === 0) {
@@ -422,7 +458,7 @@ export async function startScheduler(opts: SchedulerOptions): Promise<Scheduler>
     if (!leadership.isLeader) return;
     switch (c.t) {
       case "wake":
-        dispatcher.kick(c.q);
+        dispatcher.kick(c.q.map((queue, i) => ({ queue, tenant: c.n?.[i] || undefined })));
         break;
       case "cancel":
         sessions.get(c.w)?.cancel(c.id, c.a, c.r);
@@ -448,10 +484,13 @@ export async function startScheduler(opts: SchedulerOptions): Promise<Scheduler>
     workers,
     knownTypes: () => knownTypes,
     defaults: () => defaults,
+    quota: (tenant) => quotas.tenants.get(tenant) ?? quotas.base,
     // The leader hands new tasks to workers in the submit call when nothing waits before them.
     planDirect: (tasks, now) => (leadership.isLeader ? dispatcher.planDirect(tasks, now) : undefined),
-    onSubmitted: (queues) =>
-      void control({ t: "wake", q: [...queues] }).catch((err: unknown) => log.warn({ err }, "wake failed")),
+    onSubmitted: (work) =>
+      void control({ t: "wake", q: work.map((w) => w.queue), n: work.map((w) => w.tenant ?? "") }).catch((err: unknown) =>
+        log.warn({ err }, "wake failed"),
+      ),
     requestCancel: (w, taskId, attempt, reason) => control({ t: "cancel", w, id: taskId, a: attempt, r: reason }),
     schedulers: async () => {
         const leader = await leadership.leader().catch(() => undefined);

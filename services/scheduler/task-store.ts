@@ -65,8 +65,14 @@ export type { NewTask, BackoffPolicy } from "./task-codec.js";
  *   tenant `a` with key `b:c` would share a key): the scheduler's RPC layer admits only
  *   `/^[A-Za-z0-9_.-]{1,100}$/`, and callers of the store must keep to that.
  * - Channel `P:ev:<id>`: the sequence number of each new event of the task.
+ * - What the leader visits (lib.lua indexes; docs/fairness.md): `P:ready` SET of the queues that
+ *   may have QUEUED tasks, each with `P:{q}:rtn` HASH of the tenants that queued them; `P:due`,
+ *   `P:lease`, `P:reap` ZSETs: queue → a time at or before which it next has a delayed task due,
+ *   a lease running out, a finished task expiring.
+ * - `P:tq:<tenant>` HASH queue → the tenant's unfinished tasks in it, `*` → their total: what
+ *   the quotas ({@link TenantQuota}) are checked against.
  *
- * The global keys (queues, tn, idem) are outside the queues' hash tags: fine on one Redis, and
+ * The global keys (queues, tn, idem, ready, due, lease, reap, tq) are outside the queues' hash tags: fine on one Redis, and
  * the known obstacle to Redis Cluster. Scripts receive queue-wide keys in KEYS and build
  * per-task keys and ready lists from the prefix and queue (all inside the queue's hash tag), as
  * BullMQ does.
@@ -182,6 +188,36 @@ export class FencedError extends Error {
   }
 }
 
+/**
+ * What a tenant may hold (docs/fairness.md): unfinished tasks in at most `maxQueues` queues, and
+ * at most `maxTasks` unfinished tasks in all; 0 = no limit.
+ */
+export interface TenantQuota {
+  maxQueues: number;
+  maxTasks: number;
+}
+
+/** A submit refused, storing nothing, because it would take `tenant` over a quota. */
+export class QuotaExceededError extends Error {
+  constructor(
+    readonly tenant: string,
+    /** `queues`: one queue too many; `tasks`: too many unfinished tasks. */
+    readonly quota: "queues" | "tasks",
+    readonly limit: number,
+    readonly current: number,
+  ) {
+    super(
+      quota === "queues"
+        ? `tenant ${tenant} already has unfinished tasks in ${current} queues, the most it may use (max_queues_per_tenant ${limit})`
+        : `tenant ${tenant} has ${current} unfinished tasks; these would exceed its quota (max_tasks_per_tenant ${limit})`,
+    );
+    this.name = "QuotaExceededError";
+  }
+}
+
+/** The leader's indexes of queues to visit (lib.lua): due tasks, running-out leases, expiring results. */
+export type QueueIndex = "due" | "lease" | "reap";
+
 /** One attempt of a task: what worker reports are fenced by. */
 export interface TaskRef {
   id: string;
@@ -230,11 +266,12 @@ const SCRIPTS = {
   tmComplete: { file: "complete", keys: 6 },
   tmRequeue: { file: "requeue", keys: 5 },
   tmExpire: { file: "expire", keys: 5 },
-  tmLead: { file: "lead", keys: 2 },
+  tmLead: { file: "lead", keys: 4 },
   tmPromote: { file: "promote", keys: 2 },
   tmCancel: { file: "cancel", keys: 4 },
   tmRetry: { file: "retry", keys: 2 },
-  tmReap: { file: "reap", keys: 2 },
+  tmReap: { file: "reap", keys: 8 },
+  tmIdle: { file: "idle", keys: 1 },
   tmPause: { file: "pause", keys: 2 },
   tmGet: { file: "get", keys: 1, readOnly: true },
   tmLocate: { file: "locate", keys: 1, readOnly: true },
@@ -259,6 +296,7 @@ declare module "ioredis" {
     tmCancel(...args: RedisValue[]): Result<unknown, Context>;
     tmRetry(...args: RedisValue[]): Result<unknown, Context>;
     tmReap(...args: RedisValue[]): Result<unknown, Context>;
+    tmIdle(...args: RedisValue[]): Result<unknown, Context>;
     tmPause(...args: RedisValue[]): Result<unknown, Context>;
     tmGet(...args: RedisValue[]): Result<unknown, Context>;
     tmLocate(...args: RedisValue[]): Result<unknown, Context>;
@@ -465,9 +503,25 @@ export class TaskStore {
    * A task whose (tenant, idempotency key) matches a live task from the last 24 h is not stored:
    * the earlier task is returned instead, flagged `existing`. New tasks are QUEUED, or DELAYED
    * when `runAtMs` is later than `now`; each gets its first event.
+   * With `quota`, a script call whose new tasks would take their tenant over its quota stores
+   * none of them and the submit fails with {@link QuotaExceededError} (a batch over several
+   * queues makes one call per queue: the other queues' calls may have stored theirs).
    */
-  async submit(tasks: readonly NewTask[], now: number, direct?: DirectClaims): Promise<SubmitResult[]> {
+  async submit(
+    tasks: readonly NewTask[],
+    now: number,
+    direct?: DirectClaims,
+    quota?: (tenant: string) => TenantQuota | undefined,
+  ): Promise<SubmitResult[]> {
     now = Math.floor(now);
+    // Each tenant's quota, for the scripts (submit.lua checks it before it stores anything).
+    const quotaArgs: RedisValue[] = [];
+    if (quota !== undefined) {
+      for (const tenant of new Set(tasks.map((t) => t.tenant))) {
+        const q = quota(tenant);
+        if (q !== undefined) quotaArgs.push(tenant, Math.max(0, Math.floor(q.maxQueues)), Math.max(0, Math.floor(q.maxTasks)));
+      }
+    }
     const out: SubmitResult[] = new Array(tasks.length);
     const leaseMs = direct === undefined ? 0 : Math.max(1, Math.floor(direct.leaseMs));
     const groups = new Map<string, number[]>();
@@ -495,6 +549,8 @@ export class TaskStore {
           leaseMs,
           String(direct?.leader.epoch ?? 0n),
           Math.floor(direct?.leader.until ?? 0),
+          quotaArgs.length / 3,
+          ...quotaArgs,
         ];
         const made = part.map((i) => {
           const t = tasks[i] as NewTask;
@@ -510,6 +566,9 @@ export class TaskStore {
         calls.push(
           this.timed("Submit", this.redis.tmSubmit(...args)).then((reply) => {
             const results = arr(reply);
+            if (results[0] === "q") {
+              throw new QuotaExceededError(str(results[1]), str(results[2]) === "queues" ? "queues" : "tasks", int(results[3]), int(results[4]));
+            }
             part.forEach((i, j) => {
               const t = tasks[i] as NewTask;
               const r = arr(results[j]);
@@ -882,7 +941,7 @@ export class TaskStore {
       queues.map(async (queue) => {
         const k = this.keys(queue);
         const reply = await this.fenced(
-          this.timed("Lead", this.redis.tmLead(k.running, k.epoch, ...this.header(queue, now), Math.floor(leaseMs), String(leader.epoch), Math.floor(leader.until))),
+          this.timed("Lead", this.redis.tmLead(k.running, k.epoch, k.delayed, k.done, ...this.header(queue, now), Math.floor(leaseMs), String(leader.epoch), Math.floor(leader.until))),
         );
         return int(reply);
       }),
@@ -947,10 +1006,52 @@ export class TaskStore {
   }
 
   /** Deletes up to `limit` finished tasks whose result TTL passed, with every key and index entry. */
-  async reapExpired(queue: string, now: number, limit: number): Promise<number> {
-    if (limit < 1) return 0;
+  async reapExpired(queue: string, now: number, limit: number): Promise<{ reaped: number; removed: boolean }> {
+    if (limit < 1) return { reaped: 0, removed: false };
     const k = this.keys(queue);
-    return int(await this.timed("Reap", this.redis.tmReap(k.done, k.dead, ...this.header(queue, now), Math.floor(limit))));
+    const r = arr(
+      await this.timed(
+        "Reap",
+        this.redis.tmReap(k.done, k.dead, k.running, k.delayed, k.paused, this.queuesKey, k.rw, k.cc, ...this.header(queue, now), Math.floor(limit), queueTag(queue)),
+      ),
+    );
+    return { reaped: int(r[0]), removed: int(r[1]) === 1 };
+  }
+
+  /**
+   * The queues that may have QUEUED tasks (a superset: see {@link idle}), each with the tenants
+   * that queued tasks in it since it was last empty ('' for tasks queued before that was kept).
+   */
+  async readyQueues(): Promise<Map<string, string[]>> {
+    const queues = await this.redis.smembers(`${this.prefix}:ready`);
+    const tenants = await Promise.all(queues.map((q) => this.redis.hkeys(`${this.prefix}:{${q}}:rtn`)));
+    return new Map(queues.map((q, i) => [q, tenants[i] ?? []]));
+  }
+
+  /**
+   * The dispatcher found nothing to claim in `queue`: it leaves the ready index if it has no
+   * QUEUED task or is paused (idle.lua). True when it left.
+   */
+  async idle(queue: string): Promise<boolean> {
+    const k = this.keys(queue);
+    return int(await this.timed("Idle", this.redis.tmIdle(k.paused, ...this.header(queue, 0)))) === 1;
+  }
+
+  /**
+   * Up to `limit` queues of an index of the leader's (lib.lua) whose next time is at or before
+   * `now`: `due` has delayed tasks to promote ({@link promoteDue}), `lease` leases to expire
+   * ({@link expireLeases}), `reap` results to reap ({@link reapExpired}).
+   */
+  async dueQueues(index: QueueIndex, now: number, limit: number): Promise<string[]> {
+    return this.redis.zrangebyscore(`${this.prefix}:${index}`, "-inf", Math.floor(now), "LIMIT", 0, Math.max(1, Math.floor(limit)));
+  }
+
+  /** A tenant's unfinished tasks per queue (what its quotas count). */
+  async tenantUsage(tenant: string): Promise<{ queues: Map<string, number>; tasks: number }> {
+    const h = await this.redis.hgetall(`${this.prefix}:tq:${tenant}`);
+    const queues = new Map<string, number>();
+    for (const [q, n] of Object.entries(h)) if (q !== "*") queues.set(q, Number(n));
+    return { queues, tasks: Number(h["*"] ?? 0) };
   }
 
   /**

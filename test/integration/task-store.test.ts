@@ -635,7 +635,7 @@ describe("retry from the dead-letter set", () => {
     expect(await redis.zscore(k("default", "dead"), t.id)).toBeNull();
     expect(await redis.zscore(k("default", "done"), t.id)).toBeNull();
     // Not reaped while alive again.
-    expect(await store.reapExpired("default", T0 + 10_000, 10)).toBe(0);
+    expect((await store.reapExpired("default", T0 + 10_000, 10)).reaped).toBe(0);
     const [c] = await store.claim("default", [{ id: t.id, workerId: "w" }], T0 + 20, LEASE, LEADER);
     expect(c?.attempt).toBe(2);
   });
@@ -665,8 +665,8 @@ describe("reapExpired", () => {
       T0 + 10,
     );
     expect(await redis.exists(k("default", `r:${ok.id}`))).toBe(1);
-    expect(await store.reapExpired("default", T0 + 1009, 100)).toBe(0);
-    expect(await store.reapExpired("default", T0 + 1010, 100)).toBe(2);
+    expect((await store.reapExpired("default", T0 + 1009, 100)).reaped).toBe(0);
+    expect((await store.reapExpired("default", T0 + 1010, 100)).reaped).toBe(2);
 
     for (const id of [ok.id, bad.id]) {
       expect(await store.get(id)).toBeUndefined();
@@ -679,7 +679,19 @@ describe("reapExpired", () => {
     // What is left: the live task and the queue-wide keys (with the claiming leader's epoch).
     const left = (await prefixKeys()).filter((key) => !key.includes(live.id)).sort();
     expect(left).toEqual(
-      [`${prefix}:idem:acme:i`, `${prefix}:queues`, `${prefix}:tn:acme`, k("default", "ready:2"), k("default", "epoch")].sort(),
+      [
+        `${prefix}:idem:acme:i`,
+        `${prefix}:queues`,
+        `${prefix}:tn:acme`,
+        k("default", "ready:2"),
+        k("default", "epoch"),
+        // The leader's indexes (the queue still has a QUEUED task; a lease was taken) and the
+        // tenant's count of unfinished tasks (the live one).
+        `${prefix}:ready`,
+        k("default", "rtn"),
+        `${prefix}:lease`,
+        `${prefix}:tq:acme`,
+      ].sort(),
     );
     expect(await store.events(ok.id, 0)).toEqual([]);
   });
@@ -1012,7 +1024,7 @@ describe("compact layout", () => {
     const gone = [first[1]!, first[3]!];
     await store.claim("default", gone.map((t) => ({ id: t.id, workerId: "w" })), T0, LEASE, LEADER);
     await store.complete(gone.map((t) => ({ id: t.id, attempt: 1, outcome: { kind: "succeeded", result: {} } })), T0);
-    expect(await store.reapExpired("default", T0 + 1000, 10)).toBe(2);
+    expect((await store.reapExpired("default", T0 + 1000, 10)).reaped).toBe(2);
     const left = newestFirst.filter((id) => !gone.some((t) => t.id === id));
     expect((await store.list("acme", {}, 100, "")).tasks.map((t) => t.id)).toEqual(left);
   });

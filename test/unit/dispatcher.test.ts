@@ -14,9 +14,13 @@ interface Ready {
   affinityKey: string;
 }
 
-/** The part of TaskStore the dispatcher uses, over one in-memory queue `q`, recording its calls. */
+/**
+ * The part of TaskStore the dispatcher uses, over in-memory queues, recording its calls: queue `q`
+ * of tenant `t` (`ready`) and any number of `others`.
+ */
 class FakeStore {
   ready: Ready[] = [];
+  readonly others = new Map<string, { tenants: string[]; ready: Ready[] }>();
   /** Every call in order: `peek <limit>` or `claim <n>`. */
   readonly calls: string[] = [];
 
@@ -24,13 +28,28 @@ class FakeStore {
     for (let i = 0; i < n; i++) this.ready.push({ id: `${prefix}${this.ready.length}-${i}`, type, affinityKey: "" });
   }
 
-  async queues(): Promise<string[]> {
-    return ["q"];
+  /** Adds a queue of `tenants` holding `n` tasks. */
+  addQueue(queue: string, tenants: string[], n: number): void {
+    this.others.set(queue, { tenants, ready: Array.from({ length: n }, (_, i) => ({ id: `${queue}-${i}`, type: "noop", affinityKey: "" })) });
   }
 
-  async peekReady(_queue: string, limit: number): Promise<Ready[]> {
-    this.calls.push(`peek ${limit}`);
-    return this.ready.slice(0, limit).map((r) => ({ ...r }));
+  private list(queue: string): Ready[] {
+    return queue === "q" ? this.ready : (this.others.get(queue)?.ready ?? []);
+  }
+
+  async readyQueues(): Promise<Map<string, string[]>> {
+    const out = new Map<string, string[]>(this.ready.length > 0 ? [["q", ["t"]]] : []);
+    for (const [q, o] of this.others) if (o.ready.length > 0) out.set(q, o.tenants);
+    return out;
+  }
+
+  async idle(queue: string): Promise<boolean> {
+    return this.list(queue).length === 0;
+  }
+
+  async peekReady(queue: string, limit: number): Promise<Ready[]> {
+    this.calls.push(queue === "q" ? `peek ${limit}` : `peek ${queue} ${limit}`);
+    return this.list(queue).slice(0, limit).map((r) => ({ ...r }));
   }
 
   /** Set when a later leader has taken over: claims fail as Redis refuses them. */
@@ -40,10 +59,11 @@ class FakeStore {
     this.calls.push(`claim ${claims.length}`);
     if (this.fencedBy !== undefined && this.fencedBy > leader.epoch) throw new FencedError(this.fencedBy);
     const out: ClaimedTask[] = [];
+    const list = this.list(queue);
     for (const c of claims) {
-      const i = this.ready.findIndex((r) => r.id === c.id);
+      const i = list.findIndex((r) => r.id === c.id);
       if (i < 0) continue;
-      const [r] = this.ready.splice(i, 1) as [Ready];
+      const [r] = list.splice(i, 1) as [Ready];
       out.push({ id: r.id, attempt: 1, type: r.type, payload: {}, timeoutMs: 0, queue, tenant: "t", labels: {}, workerId: c.workerId, readyAtMs: 0 });
     }
     return out;
@@ -165,7 +185,7 @@ describe("Dispatcher", () => {
     await waitFor(() => store.calls.length === 3);
     // A task of a higher priority arrives at the head of the queue.
     store.ready.unshift({ id: "urgent", type: "noop", affinityKey: "" });
-    dispatcher.kick(["q"]);
+    dispatcher.kick([{ queue: "q", tenant: "t" }]);
     w.finish(2);
     await dispatcher.round();
     await waitFor(() => w.assigned.length === 4);
@@ -254,6 +274,55 @@ describe("Dispatcher", () => {
       expect(a.reserved).toBe(0);
       // No free slot for the type: no plan at all.
       expect(dispatcher.planDirect([newTask("o2", "other")], 1000)).toBeUndefined();
+    } finally {
+      await dispatcher.stop();
+    }
+  });
+
+  it("takes turns by tenant: a flood of queues of one tenant delays another tenant's task by one turn", async () => {
+    const { store, sessions, dispatcher } = setup([{ id: "w", slots: 1 }]);
+    for (let i = 0; i < 200; i++) store.addQueue(`x${String(i).padStart(3, "0")}`, ["x"], 1);
+    store.addQueue("y", ["y"], 3);
+    const w = sessions.get("w") as FakeSession;
+    for (let round = 0; round < 6; round++) {
+      expect(await dispatcher.round()).toBe(1);
+      await waitFor(() => w.assigned.length === round + 1);
+      w.finish(1);
+    }
+    // Turns alternate between the tenants, and x's turns go round its queues.
+    expect(w.assigned).toEqual(["x000-0", "y-0", "x001-0", "y-1", "x002-0", "y-2"]);
+  });
+
+  it("visits a queue several tenants use once per round, and any one round at most 256 queues", async () => {
+    const { store, sessions, dispatcher } = setup([{ id: "w", slots: 1000 }]);
+    store.addQueue("shared", ["a", "b"], 2);
+    for (let i = 0; i < 300; i++) store.addQueue(`c${String(i).padStart(3, "0")}`, ["c"], 1);
+    const w = sessions.get("w") as FakeSession;
+    expect(await dispatcher.round()).toBe(2 + 255);
+    await waitFor(() => w.assigned.length === 257);
+    expect(store.calls.filter((c) => c.startsWith("peek shared")).length).toBe(1);
+    // The next round goes on with the queues not visited yet.
+    expect(await dispatcher.round()).toBe(45);
+  });
+
+  it("keeps the submit-time fast lane off while the last round ran out of slots", async () => {
+    const { store, sessions, dispatcher } = setup([{ id: "w", slots: 1 }]);
+    const newTask = (id: string): NewTask => ({ id, tenant: "t", type: "noop", queue: "fresh", priority: 2, payload: {}, affinityKey: "", maxAttempts: 1, backoff: { initialMs: 1, maxMs: 1, multiplier: 1, jitter: 0 }, timeoutMs: 0, runAtMs: 0, idempotencyKey: "", labels: {}, resultTtlMs: 1000, concurrencyKey: "", concurrencyLimit: 0 });
+    dispatcher.start(() => ({ epoch: 1n, until: Number.MAX_SAFE_INTEGER }));
+    try {
+      store.addQueue("a", ["t"], 2);
+      dispatcher.kick([{ queue: "a", tenant: "t" }]);
+      const w = sessions.get("w") as FakeSession;
+      await waitFor(() => w.assigned.length === 1);
+      // A slot frees; before a round fills it, a new task must not take it.
+      w.finish(1);
+      expect(dispatcher.planDirect([newTask("n1")], 1000)).toBeUndefined();
+      dispatcher.kick();
+      await waitFor(() => w.assigned.length === 2);
+      w.finish(1);
+      dispatcher.kick();
+      // The round after that ends with the slot free: the fast lane is back.
+      await waitFor(() => dispatcher.planDirect([newTask("n2")], 1000) !== undefined, { what: "fast lane back" });
     } finally {
       await dispatcher.stop();
     }

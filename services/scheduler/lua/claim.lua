@@ -4,6 +4,7 @@
 -- and stays in line at its place; items are taken in the order given, so of several tasks of
 -- one key the earlier ones win the free places. A task is QUEUED exactly while it is in its
 -- ready list: the claimed ones leave their lists together at the end (ready_remove_many).
+-- The queue enters P:lease, and leaves P:ready when nothing QUEUED is left (lib.lua indexes).
 -- Leader-only: fenced by epoch (lib.lua fence).
 -- KEYS: 1 running, 2 concurrency counts, 3 paused flag, 4 epoch
 -- ARGV[6] lease ms, ARGV[7] the caller's epoch, ARGV[8] until when it leads (ms);
@@ -39,4 +40,8 @@ for i = 9, #ARGV, 2 do
   end
 end
 for p, ids in pairs(leaving) do ready_remove_many(p, ids, counts[p]) end
+if #out > 0 then
+  index_at('lease', lease)
+  if ready_empty() then ready_forget() end
+end
 return out

@@ -62,6 +62,7 @@ for i = 6, #ARGV, 7 do
         flush_events(id, tk)
         redis.call('HSET', tk, 's', RETRY_WAIT, 'h', at, 'x', err)
         redis.call('ZADD', KEYS[2], at, id)
+        index_at('due', at)
         redis.call('INCR', KEYS[5])
         status_event(id, tk, RUNNING, RETRY_WAIT, att, ',"e":' .. err .. ',"at":' .. string.format('%d', at))
       else

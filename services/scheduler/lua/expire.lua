@@ -1,4 +1,5 @@
 -- expire: running tasks whose lease deadline passed go back in line.
+-- The queue's P:lease entry becomes its next lease deadline (lib.lua indexes).
 -- Leader-only: fenced by epoch (lib.lua fence).
 -- KEYS: 1 running, 2 done, 3 dead, 4 concurrency counts, 5 epoch
 -- ARGV[6] limit, ARGV[7] max re-queues per task, ARGV[8] the caller's epoch, ARGV[9] until when
@@ -22,4 +23,5 @@ for _, id in ipairs(ids) do
     redis.call('ZREM', KEYS[1], id)
   end
 end
+index_next('lease', KEYS[1])
 return out

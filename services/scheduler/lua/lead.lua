@@ -2,7 +2,10 @@
 -- on an older leader's claims, re-queues and lease expiries fail: lib.lua fence) and restarts
 -- the lease of every running attempt at NOW + lease ms (while no leader ran, nobody could renew
 -- them; the workers' hellos and re-sent results reach the new leader within that time).
--- KEYS: 1 running, 2 epoch
+-- It also sets the queue's entries in the leader's indexes (lib.lua: P:ready, P:due, P:lease,
+-- P:reap) from the queue itself, so that they hold whatever an older version or a lost write
+-- left out; a queue with nothing left is put in P:reap due now, and the first reap removes it.
+-- KEYS: 1 running, 2 epoch, 3 delayed, 4 done
 -- ARGV[6] lease ms, ARGV[7] the leader's epoch, ARGV[8] until when it leads (ms).
 -- Returns how many leases were restarted.
 local fenced = fence(KEYS[2], ARGV[7], ARGV[8])
@@ -16,5 +19,15 @@ for i = 1, #late, 1000 do
     args[#args + 1] = late[j]
   end
   redis.call('ZADD', KEYS[1], 'XX', unpack(args))
+end
+index_next('lease', KEYS[1])
+index_next('due', KEYS[3])
+index_next('reap', KEYS[4])
+if not ready_empty() then
+  redis.call('SADD', READY, Q)
+  -- Tenants unknown (tasks queued before P:{Q}:rtn existed): the dispatcher's '' turn.
+  if redis.call('EXISTS', QP .. 'rtn') == 0 then redis.call('HSET', QP .. 'rtn', '', '1') end
+elseif redis.call('ZCARD', KEYS[1]) == 0 and redis.call('ZCARD', KEYS[3]) == 0 and redis.call('ZCARD', KEYS[4]) == 0 then
+  index_at('reap', 0)
 end
 return #late

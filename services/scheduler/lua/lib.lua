@@ -54,6 +54,24 @@ local function register_queue(queue, tag)
   end
 end
 
+-- Takes `queue` (of tag `tag`) out of P:queues: it has nothing left (reap.lua).
+local function unregister_queue(queue, tag)
+  if redis.call('HGET', QUEUES, queue) ~= tag then return end
+  redis.call('HDEL', QUEUES, queue)
+  local names = redis.call('HGET', QUEUES, '}' .. tag)
+  local kept = {}
+  if names then
+    for name in string.gmatch(names, '[^}]+') do
+      if name ~= queue then kept[#kept + 1] = name end
+    end
+  end
+  if #kept == 0 then
+    redis.call('HDEL', QUEUES, '}' .. tag)
+  else
+    redis.call('HSET', QUEUES, '}' .. tag, table.concat(kept, '}'))
+  end
+end
+
 local tag_memo = {}
 local function queues_of_tag(tag)
   local qs = tag_memo[tag]
@@ -199,6 +217,44 @@ local function tenant_remove(tenant, id)
   sorted_remove(tnkey(tenant), id, str_less)
 end
 
+-- ---- what the leader visits (docs/fairness.md) ----
+-- The leader's loops visit only the queues these global indexes name, so their cost follows the
+-- queues with work, not every queue that ever had a task:
+-- - P:ready SET: queues that may have QUEUED tasks (a superset: ready_add adds, and a queue
+--   leaves when a claim or the dispatcher finds its ready lists empty: idle.lua). Each such
+--   queue's HASH P:{Q}:rtn names the tenants that put QUEUED tasks in it since it was last
+--   empty, so the dispatcher can take turns by tenant.
+-- - P:due, P:lease, P:reap ZSETs: queue -> a time at or before which its earliest delayed or
+--   retry-wait task is due, its earliest lease runs out, its earliest finished task expires.
+--   Every write that may bring that time forward lowers the score (index_at, ZADD LT); the
+--   leader's pass over a queue sets it to the true next time (index_next).
+local READY = P .. ':ready'
+local function index_at(name, at, queue)
+  redis.call('ZADD', P .. ':' .. name, 'LT', at, queue or Q)
+end
+-- After a pass over the queue's set `k`: its next time is the set's lowest score (none: the
+-- queue leaves the index).
+local function index_next(name, k)
+  local first = redis.call('ZRANGE', k, 0, 0, 'WITHSCORES')
+  if #first == 0 then
+    redis.call('ZREM', P .. ':' .. name, Q)
+  else
+    redis.call('ZADD', P .. ':' .. name, first[2], Q)
+  end
+end
+
+-- ---- tenants' unfinished tasks (quotas: docs/fairness.md) ----
+-- P:tq:<tenant> HASH: queue -> how many of the tenant's tasks in it are not finished (QUEUED,
+-- DELAYED, RUNNING, RETRY_WAIT); field '*' (no queue name has one) -> their total. A queue's
+-- field exists while its count is above 0, so HLEN - 1 is how many queues the tenant uses.
+local function tqkey(tenant) return P .. ':tq:' .. tenant end
+local function tq_add(tenant, n, queue)
+  local k = tqkey(tenant)
+  if redis.call('HINCRBY', k, queue or Q, n) <= 0 then redis.call('HDEL', k, queue or Q) end
+  -- Below 0 only for tasks made before the count existed: start again from nothing.
+  if redis.call('HINCRBY', k, '*', n) <= 0 then redis.call('DEL', k) end
+end
+
 -- ---- ready lists ----
 -- A queue's QUEUED tasks are in one list per priority, `ready:<priority>`, each in the order of
 -- (enqueue time, id). The dispatch order merges them by (enqueue time - (priority - 1) * AGING,
@@ -221,11 +277,28 @@ local function ready_less(a, b)
   return a < b
 end
 
--- Puts task `id`, QUEUED at `enq` (ms) with priority `pri`, into its place in line. The caller
--- writes `enq` to the hash (field `e`, omitted when equal to `c`).
-local function ready_add(id, enq, pri)
+-- Puts task `id` of `tenant`, QUEUED at `enq` (ms) with priority `pri`, into its place in line,
+-- and lists the queue in P:ready. The caller writes `enq` to the hash (field `e`, omitted when
+-- equal to `c`).
+local function ready_add(id, enq, pri, tenant)
   enq_memo[id] = tonumber(enq)
   sorted_insert(readyk(tonumber(pri) or DEF_PRI), id, ready_less)
+  redis.call('SADD', READY, Q)
+  redis.call('HSET', QP .. 'rtn', tenant or '', '1')
+end
+
+-- Whether all of the queue's ready lists are empty.
+local function ready_empty()
+  for p = 1, 4 do
+    if redis.call('LLEN', readyk(p)) > 0 then return false end
+  end
+  return true
+end
+
+-- The queue has no QUEUED task (left): it leaves P:ready and forgets its tenants.
+local function ready_forget()
+  redis.call('SREM', READY, Q)
+  redis.call('DEL', QP .. 'rtn')
 end
 
 -- Takes task `id` (still with its hash) out of its ready list; returns 1 if it was there, else 0.
@@ -329,11 +402,12 @@ local function status_event(id, tk, from, to, att, extra)
 end
 
 -- Ends a task: terminal status, finished time, kept in `done` until its result TTL passes;
--- FAILED and CANCELLED also enter the dead-letter set. The caller has removed it from the
+-- FAILED and CANCELLED also enter the dead-letter set; its tenant has one unfinished task less. The caller has removed it from the
 -- ready list, delayed and running sets. The end of a running attempt is an implied event
 -- unless events other than its claim came after the last stored one.
 local function finish(id, tk, from, to, att, ttl, err, done_key, dead_key)
-  local f = redis.call('HMGET', tk, 'q', 'qe')
+  local f = redis.call('HMGET', tk, 'q', 'qe', 'n')
+  if f[3] then tq_add(f[3], -1) end
   local q, qe = tonumber(f[1]) or 1, tonumber(f[2]) or 1
   local implied = from == RUNNING and q - qe <= 1
   if not implied then flush_events(id, tk) end
@@ -350,7 +424,9 @@ local function finish(id, tk, from, to, att, ttl, err, done_key, dead_key)
     redis.call('HDEL', tk, 'cx', 'x')
   end
   redis.call('HSET', tk, unpack(set))
-  redis.call('ZADD', done_key, NOW + (tonumber(ttl) or DEF_TTL), id)
+  local expires = NOW + (tonumber(ttl) or DEF_TTL)
+  redis.call('ZADD', done_key, expires, id)
+  index_at('reap', expires)
   if to ~= SUCCEEDED then redis.call('ZADD', dead_key, NOW, id) end
   if implied then
     redis.call('PUBLISH', P .. ':ev:' .. id, q + 1)
@@ -385,7 +461,7 @@ end
 -- k: {running, done, dead, cc} keys. Returns true when re-queued.
 -- The caller has checked that the task is RUNNING at attempt att.
 local function requeue_running(id, tk, att, code, message, max_rq, k)
-  local f = redis.call('HMGET', tk, 'p', 'e', 'cx', 'l', 'ck', 'rq', 'c')
+  local f = redis.call('HMGET', tk, 'p', 'e', 'cx', 'l', 'ck', 'rq', 'c', 'n')
   redis.call('ZREM', k.running, id)
   cc_release(k.cc, f[5])
   if f[3] then
@@ -401,7 +477,7 @@ local function requeue_running(id, tk, att, code, message, max_rq, k)
   flush_events(id, tk)
   local err = err_json(code, message, true)
   redis.call('HSET', tk, 's', QUEUED, 'x', err, 'rq', rq + 1)
-  ready_add(id, f[2] or f[7] or NOW_S, f[1])
+  ready_add(id, f[2] or f[7] or NOW_S, f[1], f[8])
   status_event(id, tk, RUNNING, QUEUED, att, ',"e":' .. err)
   return true
 end

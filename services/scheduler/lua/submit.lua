@@ -5,7 +5,9 @@
 -- ARGV[7] lease ms of a direct claim (0: the caller asks for none), ARGV[8] the epoch of the
 -- leader asking for direct claims and ARGV[9] until when it leads (a leader-only write: a write
 -- fenced as lib.lua epoch_current says gets no direct claim, its tasks queue as usual).
--- ARGV[10..]: per task 8 values and then its hash: id, tenant, idempotency key, run-at ms
+-- ARGV[10] L, the number of tenants with quotas, then L triples: tenant, most queues it may
+--   have unfinished tasks in, most unfinished tasks it may have (0 = no limit). Tasks follow.
+-- Then per task 8 values and then its hash: id, tenant, idempotency key, run-at ms
 --   (0 = now), priority, spec JSON for the key d:<id> ('' = none: a short spec is in the hash),
 --   worker id for a direct claim ('' = none), n, then n values: the hash's fields and values
 --   (task-codec.ts hashOfNew).
@@ -14,6 +16,10 @@
 -- returns a claimed task), {'e', task} when an earlier task with the same (tenant, idempotency
 -- key) still exists, or when the id is taken by a task of the same tenant (a retried request;
 -- see load_task), {'x'} when the id is taken by another tenant's task.
+-- Or, storing nothing, {'q', tenant, 'queues' or 'tasks', limit, how many it has}: the new tasks
+-- would take a tenant over a quota (docs/fairness.md): `queues` when Q would be one queue too
+-- many, `tasks` when its unfinished tasks would exceed the limit. Each new task counts in
+-- P:tq:<tenant> (lib.lua tq_add) until it finishes.
 -- A direct claim happens only when it changes no order: the task is due now, the queue is not
 -- paused, no task of the queue is QUEUED (all its ready lists are empty, so none would have gone
 -- first) and its concurrency key has room. Otherwise the task queues as usual.
@@ -21,66 +27,102 @@
 -- from fields c and r, and task-codec.ts rebuilds it; a direct claim is the implied event 2, as
 -- in claim.lua.
 local out = {}
-register_queue(Q, ARGV[6])
 local lease_ms = tonumber(ARGV[7])
-local direct = lease_ms > 0 and redis.call('EXISTS', KEYS[5]) == 0 and epoch_current(KEYS[6], ARGV[8], ARGV[9])
-local function nothing_queued()
-  for p = 1, 4 do
-    if redis.call('LLEN', readyk(p)) > 0 then return false end
-  end
-  return true
+local quotas = {}
+local L = tonumber(ARGV[10])
+for j = 0, L - 1 do
+  quotas[ARGV[11 + 3 * j]] = {tonumber(ARGV[12 + 3 * j]), tonumber(ARGV[13 + 3 * j])}
 end
-local i = 10
+
+-- The tasks, and what each would meet: an earlier task (idempotency key, or its id taken).
+local tasks = {}
+-- New tasks by idempotency key: a later task of the batch with the same key gets the earlier one.
+local batch_idem = {}
+local i = 11 + 3 * L
 while i <= #ARGV do
-  local id, tenant, ikey = ARGV[i], ARGV[i + 1], ARGV[i + 2]
-  local run_at, pri, big_spec, wid = tonumber(ARGV[i + 3]), ARGV[i + 4], ARGV[i + 5], ARGV[i + 6]
-  local first, n = i + 8, tonumber(ARGV[i + 7])
-  i = first + n
-  local existing = false
-  local idem_key = false
-  if ikey ~= '' then
+  local t = {
+    id = ARGV[i], tenant = ARGV[i + 1], ikey = ARGV[i + 2], run_at = tonumber(ARGV[i + 3]),
+    pri = ARGV[i + 4], big_spec = ARGV[i + 5], wid = ARGV[i + 6], first = i + 8, n = tonumber(ARGV[i + 7]),
+  }
+  i = t.first + t.n
+  if t.ikey ~= '' then
     -- Unambiguous because tenant names never contain ':' (the scheduler's RPC layer admits
     -- only /^[A-Za-z0-9_.-]{1,100}$/); a tenant with ':' could collide with another's keys.
-    idem_key = P .. ':idem:' .. tenant .. ':' .. ikey
-    local prev = redis.call('GET', idem_key)
+    t.idem_key = P .. ':idem:' .. t.tenant .. ':' .. t.ikey
+    local prev = redis.call('GET', t.idem_key)
     if prev then
       local pq = queue_of(prev)
       -- A first task reaped before the key expired (result TTL < 24 h) no longer counts.
-      if pq then existing = load_task(pq, prev) end
+      if pq then t.existing = load_task(pq, prev) end
+    end
+    if not t.existing then
+      t.same_as = batch_idem[t.idem_key]
+      batch_idem[t.idem_key] = t.same_as or t
     end
   end
-  local tk = tkey(id)
-  if existing then
-    out[#out + 1] = {'e', existing}
-  elseif redis.call('EXISTS', tk) == 1 then
+  if not t.existing and not t.same_as and redis.call('EXISTS', tkey(t.id)) == 1 then
     -- The id is taken. Ids derived from a request id (submit.ts requestTaskIds) are taken by an
     -- earlier attempt of the same request: answer with what it stored, as for an idempotency
     -- key. Never another tenant's task.
-    if redis.call('HGET', tk, 'n') == tenant then
-      out[#out + 1] = {'e', load_task(Q, id)}
-    else
-      out[#out + 1] = {'x'}
+    if redis.call('HGET', tkey(t.id), 'n') == t.tenant then t.existing = load_task(Q, t.id) else t.foreign = true end
+    -- Not stored, so no later task of the batch can be the same as it.
+    if t.idem_key and batch_idem[t.idem_key] == t then batch_idem[t.idem_key] = nil end
+  end
+  tasks[#tasks + 1] = t
+end
+
+-- Quotas: checked for all the new tasks before any is stored.
+local new_of = {}
+for _, t in ipairs(tasks) do
+  if not t.existing and not t.foreign and not t.same_as then new_of[t.tenant] = (new_of[t.tenant] or 0) + 1 end
+end
+for tenant, n in pairs(new_of) do
+  local q = quotas[tenant]
+  if q then
+    local k = tqkey(tenant)
+    if q[1] > 0 and redis.call('HEXISTS', k, Q) == 0 then
+      local used = redis.call('HLEN', k) - redis.call('HEXISTS', k, '*')
+      if used >= q[1] then return {'q', tenant, 'queues', q[1], used} end
     end
+    local open = tonumber(redis.call('HGET', k, '*') or '0')
+    if q[2] > 0 and open + n > q[2] then return {'q', tenant, 'tasks', q[2], open} end
+  end
+end
+
+register_queue(Q, ARGV[6])
+local direct = lease_ms > 0 and redis.call('EXISTS', KEYS[5]) == 0 and epoch_current(KEYS[6], ARGV[8], ARGV[9])
+for _, t in ipairs(tasks) do
+  local id, tenant = t.id, t.tenant
+  if t.existing then
+    out[#out + 1] = {'e', t.existing}
+  elseif t.foreign then
+    out[#out + 1] = {'x'}
+  elseif t.same_as then
+    out[#out + 1] = {'e', load_task(Q, t.same_as.id)}
   else
-    if idem_key then redis.call('SET', idem_key, id, 'PX', 86400000) end
-    redis.call('HSET', tk, unpack(ARGV, first, first + n - 1))
-    if big_spec ~= '' then redis.call('SET', dkey(id), big_spec) end
+    local tk = tkey(id)
+    if t.idem_key then redis.call('SET', t.idem_key, id, 'PX', 86400000) end
+    redis.call('HSET', tk, unpack(ARGV, t.first, t.first + t.n - 1))
+    if t.big_spec ~= '' then redis.call('SET', dkey(id), t.big_spec) end
     local claimed = false
-    if run_at > NOW then
-      redis.call('ZADD', KEYS[1], run_at, id)
+    if t.run_at > NOW then
+      redis.call('ZADD', KEYS[1], t.run_at, id)
+      index_at('due', t.run_at)
     else
-      if wid ~= '' and direct and nothing_queued() then
+      if t.wid ~= '' and direct and ready_empty() then
         local f = redis.call('HMGET', tk, 'y', 'n', 'ck', 'cl', 'tp', 'd')
         if not cc_blocked(KEYS[4], f[3], f[4], 0) then
-          redis.call('HSET', tk, 's', RUNNING, 'a', 1, 'w', wid, 'b', NOW_S, 'q', 2)
+          redis.call('HSET', tk, 's', RUNNING, 'a', 1, 'w', t.wid, 'b', NOW_S, 'q', 2)
           redis.call('ZADD', KEYS[3], NOW + lease_ms, id)
+          index_at('lease', NOW + lease_ms)
           cc_take(KEYS[4], f[3])
           claimed = {'c', 1, f[1], f[2], spec_of(QP, id, f[6]), f[5] or '', NOW_S}
         end
       end
-      if not claimed then ready_add(id, NOW, pri) end
+      if not claimed then ready_add(id, NOW, t.pri, tenant) end
     end
     tenant_add(tenant, id)
+    tq_add(tenant, 1)
     redis.call('PUBLISH', P .. ':ev:' .. id, 1)
     if claimed then
       redis.call('PUBLISH', P .. ':ev:' .. id, 2)
