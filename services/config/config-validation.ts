@@ -73,18 +73,23 @@ interface ListRule {
   patternHelp: string;
 }
 
-/** A rule for a map of tenant name → TenantQuota. */
-interface QuotaMapRule {
-  kind: "quotas";
+/** A rule for a map of name → message of numbers: the names' form, and each number's range. */
+interface MapRule {
+  kind: "map";
   maxEntries: number;
-  maxQueues: number;
-  maxTasks: number;
+  key: RegExp;
+  /** What `key` means, for the message. */
+  keyHelp: string;
+  /** By protobuf field name: its JSON-decoded local name and range. */
+  fields: Readonly<Record<string, { localName: string; min: number; max: number }>>;
 }
 
-type FieldRule = RangeRule | ListRule | QuotaMapRule;
+type FieldRule = RangeRule | ListRule | MapRule;
 
 /** Tenant names, as the scheduler admits them. */
 const TENANT = /^[A-Za-z0-9_.-]{1,100}$/;
+/** API key ids (the 16 hex digits of `tm_<id>_<secret>`), or "bootstrap". */
+const KEY_ID = /^([0-9a-f]{16}|bootstrap)$/;
 
 const range = (min: number, max: number): RangeRule => ({ kind: "range", min, max });
 
@@ -111,7 +116,7 @@ export interface ConfigSchema {
  *
  * gateway (GatewayConfig): rate_limit_per_second 0..1e6 (requests/s per key); rate_limit_burst
  * 1..1e6; max_request_bytes 1 KiB..64 MiB; cors_origins up to 100 entries, each `*` or
- * `scheme://host[:port]`.
+ * `scheme://host[:port]`; key_rate_limits up to 100,000 key ids, each per_second and burst 0..1e6.
  *
  * scheduler (SchedulerConfig): default_max_attempts 1..100; default_backoff_initial_ms 1 ms..24 h;
  * default_backoff_max_ms 1 ms..7 d and not below default_backoff_initial_ms when both are set;
@@ -139,6 +144,16 @@ export const BUILTIN_SCHEMAS: Readonly<Record<"gateway" | "scheduler" | "worker"
         pattern: /^(\*|[a-z][a-z0-9+.-]*:\/\/[^\s/]+)$/,
         patternHelp: `"*" or scheme://host[:port]`,
       },
+      key_rate_limits: {
+        kind: "map",
+        maxEntries: 100_000,
+        key: KEY_ID,
+        keyHelp: "an API key id (16 hex digits) or bootstrap",
+        fields: {
+          per_second: { localName: "perSecond", min: 0, max: 1_000_000 },
+          burst: { localName: "burst", min: 0, max: 1_000_000 },
+        },
+      },
     },
   },
   scheduler: {
@@ -155,7 +170,16 @@ export const BUILTIN_SCHEMAS: Readonly<Record<"gateway" | "scheduler" | "worker"
       max_payload_bytes: range(KIB, 64 * MIB),
       max_queues_per_tenant: range(0, MAX_QUEUES_QUOTA),
       max_tasks_per_tenant: range(0, MAX_TASKS_QUOTA),
-      tenant_quotas: { kind: "quotas", maxEntries: 10_000, maxQueues: MAX_QUEUES_QUOTA, maxTasks: MAX_TASKS_QUOTA },
+      tenant_quotas: {
+        kind: "map",
+        maxEntries: 10_000,
+        key: TENANT,
+        keyHelp: "a tenant name (1 to 100 letters, digits, _ . -)",
+        fields: {
+          max_queues: { localName: "maxQueues", min: 0, max: MAX_QUEUES_QUOTA },
+          max_tasks: { localName: "maxTasks", min: 0, max: MAX_TASKS_QUOTA },
+        },
+      },
     },
     cross(set) {
       const initial = set.get("default_backoff_initial_ms");
@@ -305,16 +329,16 @@ function ruleViolation(rule: FieldRule, v: unknown): string | undefined {
       }
       return undefined;
     }
-    case "quotas": {
-      if (typeof v !== "object" || v === null) return "must be an object of tenant name → quota";
-      const entries = Object.entries(v as Record<string, { maxQueues?: number; maxTasks?: bigint }>);
-      if (entries.length > rule.maxEntries) return `at most ${rule.maxEntries} tenants`;
-      for (const [tenant, q] of entries) {
-        if (!TENANT.test(tenant)) return `.${tenant}: a tenant name is 1 to 100 letters, digits, _ . -`;
-        const queues = numberOf(q.maxQueues) ?? 0;
-        const tasks = numberOf(q.maxTasks) ?? 0;
-        if (queues < 0 || queues > rule.maxQueues) return `.${tenant}.max_queues: must be between 0 and ${rule.maxQueues}`;
-        if (tasks < 0 || tasks > rule.maxTasks) return `.${tenant}.max_tasks: must be between 0 and ${rule.maxTasks}`;
+    case "map": {
+      if (typeof v !== "object" || v === null) return "must be an object";
+      const entries = Object.entries(v as Record<string, Record<string, unknown>>);
+      if (entries.length > rule.maxEntries) return `at most ${rule.maxEntries} entries`;
+      for (const [name, msg] of entries) {
+        if (!rule.key.test(name)) return `.${name}: must be ${rule.keyHelp}`;
+        for (const [field, r] of Object.entries(rule.fields)) {
+          const n = numberOf(msg[r.localName]) ?? 0;
+          if (!Number.isFinite(n) || n < r.min || n > r.max) return `.${name}.${field}: must be between ${r.min} and ${r.max}`;
+        }
       }
       return undefined;
     }

@@ -88,6 +88,7 @@ export async function startGateway(opts: GatewayOptions): Promise<Gateway> {
   await Promise.all([schedulers.start(), configs.start(), apiKeys.start()]);
   // Live settings: flags give the defaults, the `gateway` config namespace overrides them.
   const limits = { ...opts.rateLimits };
+  let keyLimits = new Map<string, RateLimits>();
   let maxRequestBytes = opts.maxRequestBytes;
   let cors = opts.corsOrigins.length > 0 ? createCorsHandler({ allowedOrigins: opts.corsOrigins }) : undefined;
   const registry = createRegistry("gateway");
@@ -105,14 +106,17 @@ export async function startGateway(opts: GatewayOptions): Promise<Gateway> {
     const c = decodeConfig(GatewayConfigSchema, config.client.get("gateway"));
     limits.ratePerSecond = c.rateLimitPerSecond ?? opts.rateLimits.ratePerSecond;
     limits.burst = c.rateLimitBurst ?? opts.rateLimits.burst;
+    keyLimits = new Map(
+      Object.entries(c.keyRateLimits ?? {}).map(([id, l]) => [id, { ratePerSecond: l.perSecond, burst: l.burst > 0 ? l.burst : limits.burst }]),
+    );
     maxRequestBytes = c.maxRequestBytes !== undefined ? Number(c.maxRequestBytes) : opts.maxRequestBytes;
     const origins = c.corsOrigins ?? opts.corsOrigins;
     cors = origins.length > 0 ? createCorsHandler({ allowedOrigins: origins }) : undefined;
-    log.info({ limits, maxRequestBytes, origins }, "configuration applied");
+    log.info({ limits, keyRateLimits: keyLimits.size, maxRequestBytes, origins }, "configuration applied");
   };
   applyConfig();
   config.client.on("change", applyConfig);
-  const limiter = new RateLimiter(redis, opts.redisPrefix, () => limits);
+  const limiter = new RateLimiter(redis, opts.redisPrefix, (key) => keyLimits.get(key) ?? limits);
 
   const upstreams = {
     schedulers: new Upstreams(SchedulerService, "scheduler", schedulers, {}, meshConnector(opts.security, "scheduler")),

@@ -35,20 +35,20 @@ declare module "ioredis" {
 
 /**
  * Per-key token buckets in Redis, so every gateway replica shares one budget per API key.
- * Limits are read on every call (they come from live configuration).
+ * Limits are read on every call, for the key (they come from live configuration).
  */
 export class RateLimiter {
   constructor(
     private readonly redis: Redis,
     private readonly prefix: string,
-    private readonly limits: () => RateLimits,
+    private readonly limits: (key: string) => RateLimits,
   ) {
     redis.defineCommand("tmRateTake", { numberOfKeys: 1, lua: TAKE });
   }
 
   /** Takes one token from `key`'s bucket. */
   async take(key: string, cost = 1): Promise<RateDecision> {
-    const { ratePerSecond, burst } = this.limits();
+    const { ratePerSecond, burst } = this.limits(key);
     if (ratePerSecond <= 0) return { allowed: true, retryAfterMs: 0 };
     const [ok, wait] = await this.redis.tmRateTake(
       `${this.prefix}:rl:${key}`,

@@ -2,6 +2,7 @@ import { createServer, type Server } from "node:http";
 import { Code, ConnectError, createClient, type Client } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
 import { afterAll, beforeAll, describe, expect, inject, it } from "vitest";
+import { ApiKeyService } from "../../gen/taskmesh/v1/api_key_service_pb.js";
 import { ConfigService } from "../../gen/taskmesh/v1/config_service_pb.js";
 import { TaskStatus } from "../../gen/taskmesh/v1/task_pb.js";
 import { gatewayClients, waitTerminal, type GatewayClients } from "../support/clients.js";
@@ -140,6 +141,44 @@ describe("configuration applied live, without restarts", () => {
     );
     expect([400, 413]).toContain(refused);
     await config.putConfig({ namespace: "gateway", value: {} });
+  });
+
+  it("applies one API key's own rate limit from config, leaving the others unlimited", async () => {
+    const keys = createClient(
+      ApiKeyService,
+      createGrpcTransport({
+        baseUrl: `http://${mesh.gateway.address}`,
+        interceptors: [
+          (next) => (req) => {
+            req.header.set("authorization", `Bearer ${mesh.apiKey}`);
+            return next(req);
+          },
+        ],
+      }),
+    );
+    const made = await keys.createApiKey({ tenant: "slow", scopes: ["tasks:read"] });
+    const slow = gatewayClients(mesh.gateway.address, made.secret);
+    const id = made.apiKey?.id ?? "";
+    await config.putConfig({ namespace: "gateway", value: { key_rate_limits: { [id]: { per_second: 1, burst: 2 } } } });
+    const burst = () =>
+      Promise.all(
+        Array.from({ length: 4 }, () =>
+          slow.tasks.listTasks({}).then(
+            () => "ok" as const,
+            (e: unknown) => ConnectError.from(e).code,
+          ),
+        ),
+      );
+    const limited = await waitFor(async () => {
+      const codes = await burst();
+      return codes.includes(Code.ResourceExhausted) ? codes : undefined;
+    }, { timeoutMs: 5000, intervalMs: 100, what: "the key's own limit applied" });
+    expect(limited).toContain(Code.ResourceExhausted);
+    // The admin key is not limited meanwhile.
+    const admin = await Promise.all(Array.from({ length: 10 }, () => c.tasks.listTasks({}).then(() => "ok")));
+    expect(admin.every((x) => x === "ok")).toBe(true);
+    await config.putConfig({ namespace: "gateway", value: {} });
+    await waitFor(async () => (await burst()).every((x) => x === "ok"), { timeoutMs: 5000, intervalMs: 200, what: "the key's limit lifted" });
   });
 
   it("rolls a change out to labelled instances first (gray), then promotes or abandons it", async () => {

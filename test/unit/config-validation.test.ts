@@ -55,6 +55,31 @@ describe("config validation", () => {
     }
   });
 
+  it("checks the tenant quotas and per-key rate limits: names, ranges, entries", () => {
+    expect(
+      problems("scheduler", {
+        max_queues_per_tenant: 0,
+        max_tasks_per_tenant: 1_000_000_000,
+        tenant_quotas: { acme: { max_queues: 10, max_tasks: 1000 }, "beta.eu": {} },
+      }),
+    ).toEqual([]);
+    expect(problems("scheduler", { max_queues_per_tenant: -1 })).toEqual(["value.max_queues_per_tenant: must be between 0 and 1000000"]);
+    expect(problems("scheduler", { tenant_quotas: { "a:b": { max_queues: 1 } } })).toEqual([
+      "value.tenant_quotas: .a:b: must be a tenant name (1 to 100 letters, digits, _ . -)",
+    ]);
+    expect(problems("scheduler", { tenant_quotas: { acme: { max_tasks: 2_000_000_000 } } })).toEqual([
+      "value.tenant_quotas: .acme.max_tasks: must be between 0 and 1000000000",
+    ]);
+    expect(problems("scheduler", { tenant_quotas: { acme: { max_queue: 1 } } })).toEqual(["value.tenant_quotas: has the wrong type"]);
+    expect(problems("gateway", { key_rate_limits: { "0123456789abcdef": { per_second: 2.5, burst: 5 }, bootstrap: { per_second: 0 } } })).toEqual([]);
+    expect(problems("gateway", { key_rate_limits: { "tm_0123": { per_second: 1 } } })).toEqual([
+      "value.key_rate_limits: .tm_0123: must be an API key id (16 hex digits) or bootstrap",
+    ]);
+    expect(problems("gateway", { key_rate_limits: { "0123456789abcdef": { per_second: -1 } } })).toEqual([
+      "value.key_rate_limits: .0123456789abcdef.per_second: must be between 0 and 1000000",
+    ]);
+  });
+
   it("refuses unknown fields in every schema, naming them", () => {
     expect(problems("gateway", { bogus: 1 })).toEqual(["value.bogus: unknown field"]);
     expect(problems("scheduler", { task_lease: 5000 })).toEqual(["value.task_lease: unknown field"]);
