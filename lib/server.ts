@@ -370,6 +370,25 @@ export async function startServer(opts: ServerOptions): Promise<RpcServer> {
   // createServer option only.)
   Object.assign(h1, { connectionsCheckingInterval: Math.min(1000, limits.headersTimeoutMs) });
   h1.emit("listening");
+  // A client that shuts its side down (FIN) after sending its request still gets the answer, and
+  // the connection ends after it (Node would abort the request). Except a response already
+  // streaming (its head sent, not finished: REST watches, server streams): a client that stops
+  // sending while it reads a stream is taken to have left, as a closed socket would be, so the
+  // call is cancelled (a stream whose head comes later: halfClosedLeft in
+  // services/gateway/rest/transcoder.ts).
+  Object.assign(h1, { httpAllowHalfOpen: true });
+  // The response in progress on each HTTP/1 connection (one at a time: no pipelining here).
+  const h1Responses = new WeakMap<net.Socket, http.ServerResponse>();
+  h1.on("request", (req: http.IncomingMessage, res: http.ServerResponse) => {
+    const socket = req.socket;
+    const watched = h1Responses.has(socket);
+    h1Responses.set(socket, res);
+    if (watched) return;
+    socket.once("end", () => {
+      const current = h1Responses.get(socket);
+      if (current !== undefined && current.headersSent && !current.writableFinished) socket.destroy();
+    });
+  });
   h1.on("clientError", (err: NodeJS.ErrnoException, socket: net.Socket) => {
     log.debug({ err }, "http/1 client error");
     // As Node would answer, when nothing of a response has gone out yet: 408 for a request not
@@ -499,6 +518,13 @@ export async function startServer(opts: ServerOptions): Promise<RpcServer> {
       else perAddress.set(address, n);
     });
   };
+  // HTTP/2 connections end when the client ends its side (HTTP/2 clients never half-close to
+  // wait for answers; the listener is half-open for HTTP/1's sake).
+  const endWithPeer = (socket: net.Socket): void => {
+    socket.once("end", () => {
+      if (!socket.destroyed) socket.end();
+    });
+  };
   const onSocket = (socket: net.Socket, alpn?: string | false): void => {
     if (socket.destroyed) return;
     // Our own listener hands sockets to the HTTP servers, so it must do what they would: turn
@@ -522,6 +548,7 @@ export async function startServer(opts: ServerOptions): Promise<RpcServer> {
       if (alpn === "h2") {
         h2Sockets.add(socket);
         nextSessionPeer = peer;
+        endWithPeer(socket);
         h2.emit("connection", socket);
       } else {
         h1Sockets.set(socket, 0);
@@ -537,6 +564,7 @@ export async function startServer(opts: ServerOptions): Promise<RpcServer> {
       h2: () => {
         h2Sockets.add(socket);
         nextSessionPeer = peer;
+        endWithPeer(socket);
         h2.emit("connection", socket);
       },
       error: (err) => log.debug({ err }, "connection failed before protocol detection"),
@@ -557,8 +585,9 @@ export async function startServer(opts: ServerOptions): Promise<RpcServer> {
   let unwatchCerts: (() => void) | undefined;
   const listener: net.Server =
     tlsOpts === undefined
-      ? net.createServer((socket) => onSocket(socket))
-      : tls.createServer({ ...tlsOpts, ALPNProtocols: ["h2", "http/1.1"], handshakeTimeout: limits.headersTimeoutMs }, (socket) =>
+      ? // Half-open as Node's own HTTP server is (see httpAllowHalfOpen above).
+        net.createServer({ allowHalfOpen: true }, (socket) => onSocket(socket))
+      : tls.createServer({ ...tlsOpts, allowHalfOpen: true, ALPNProtocols: ["h2", "http/1.1"], handshakeTimeout: limits.headersTimeoutMs }, (socket) =>
           onSocket(socket, socket.alpnProtocol ?? false),
         );
   // First, before the server's own handling of the connection.
@@ -808,6 +837,7 @@ function dispatchConnection(socket: net.Socket, timeoutMs: number, to: ProtocolT
     socket.destroy();
   };
   const onTimeout = (): void => fail(new Error("no request within the protocol detection timeout"));
+  const onEnd = (): void => fail(new Error("closed before a request"));
   const onData = (chunk: Buffer): void => {
     buffered = Buffer.concat([buffered, chunk]);
     const n = Math.min(buffered.length, H2_PREFACE.length);
@@ -816,6 +846,7 @@ function dispatchConnection(socket: net.Socket, timeoutMs: number, to: ProtocolT
     socket.off("data", onData);
     socket.off("error", fail);
     socket.off("timeout", onTimeout);
+    socket.off("end", onEnd);
     socket.setTimeout(0);
     socket.pause();
     socket.unshift(buffered);
@@ -828,6 +859,7 @@ function dispatchConnection(socket: net.Socket, timeoutMs: number, to: ProtocolT
   };
   socket.on("data", onData);
   socket.on("error", fail);
+  socket.once("end", onEnd);
   socket.setTimeout(timeoutMs, onTimeout);
 }
 

@@ -1,3 +1,4 @@
+import net from "node:net";
 import { execFile } from "node:child_process";
 import { promisify } from "node:util";
 import {
@@ -709,6 +710,28 @@ describe("REST server streams", () => {
     expect(res.status).toBe(200);
     controller.abort();
     await waitFor(() => aborted.has("quiet"), { what: "the quiet stream's handler to see the abort" });
+  });
+
+  it("answers a client that half-closes after its request, and takes a half-close during a stream as leaving", async () => {
+    const [host, port] = base.slice("http://".length).split(":") as [string, string];
+    /** Sends a raw HTTP/1 request, shuts the sending side down, and reads until the server closes. */
+    const halfClosed = (request: string) =>
+      new Promise<string>((resolve, reject) => {
+        const s = net.connect({ host, port: Number(port) }, () => s.end(request));
+        let buf = "";
+        s.on("data", (b) => (buf += b.toString()));
+        s.on("close", () => resolve(buf));
+        s.on("error", reject);
+        s.setTimeout(5000, () => s.destroy(new Error("the server neither answered nor closed")));
+      });
+    const unary = await halfClosed("GET /v1/tasks/t-half HTTP/1.1\r\nHost: x\r\n\r\n");
+    expect(unary).toMatch(/^HTTP\/1\.1 200 /);
+    expect(unary).toContain('"id":"t-half"');
+    // A silent watch: its head comes after streamHeadWaitMs, to a client already gone.
+    aborted.delete("quiet");
+    const watch = await halfClosed("GET /v1/tasks/quiet:watch HTTP/1.1\r\nHost: x\r\n\r\n");
+    expect(watch).toMatch(/^(HTTP\/1\.1 200 |)/);
+    await waitFor(() => aborted.has("quiet"), { what: "the half-closed stream's handler to see the abort" });
   });
 
   it("cancels the call when the client goes away mid-stream", async () => {

@@ -390,6 +390,24 @@ describe("startServer", () => {
     expect((await curl(["--http2-prior-knowledge", `http://${server.address}/healthz`])).status).toBe(200);
   });
 
+  it("answers an HTTP/1 client that half-closes its side after sending an async request", async () => {
+    const [host, port] = server.address.split(":") as [string, string];
+    const body = JSON.stringify({ namespace: "slow" });
+    const answer = await new Promise<string>((resolve, reject) => {
+      const s = net.connect({ host, port: Number(port) }, () => {
+        s.end(
+          `POST /taskmesh.v1.ConfigService/GetConfig HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: ${body.length}\r\n\r\n${body}`,
+        );
+      });
+      let buf = "";
+      s.on("data", (b) => (buf += b.toString()));
+      s.on("close", () => resolve(buf));
+      s.on("error", reject);
+      s.setTimeout(5000, () => s.destroy(new Error("no answer after the half-close")));
+    });
+    expect(answer).toMatch(/^HTTP\/1\.1 200 /);
+    expect(answer).toContain('"author":"stub"');
+  });
 });
 
 describe("startServer with TLS", () => {

@@ -366,6 +366,9 @@ async function pipeStream(
     if (req.httpVersionMajor === 1) {
       req.socket.setNoDelay(true);
       r.flushHeaders();
+      // halfClosedLeft: a client that shut its side down before the stream's head came is taken
+      // to have left (lib/server.ts answers half-closed clients of unary calls only).
+      if (req.socket.readableEnded) req.socket.destroy();
     }
     if (sse && ctx.heartbeat > 0) {
       ping = setInterval(() => r.write(": keep-alive\n\n"), ctx.heartbeat);
