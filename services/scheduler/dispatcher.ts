@@ -29,8 +29,6 @@ interface Ahead {
 const AHEAD_MS = 50;
 /** How often the dispatcher reads the ready index afresh (ms): a safety net behind kicks. */
 const READY_REFRESH_MS = 1000;
-/** Soonest a kick for work of unknown tenants reads the ready index again (ms). */
-const READY_REFRESH_MIN_MS = 100;
 /** Most queues one round looks into; the next round goes on where it stopped. */
 const MAX_VISITS = 256;
 
@@ -123,7 +121,8 @@ export class Dispatcher {
   /**
    * Asks for a dispatch round soon (coalesced). Naming the queues that got work (and the tenant
    * of their tasks) lets the next round visit them at once instead of after the next read of the
-   * ready index; work of unknown tenant makes the next round read the index again.
+   * ready index. Work of unknown tenant (promoted, re-queued, a queue resumed) in a queue not in
+   * view yet takes the turn of tenant "" until the next read says whose it is.
    */
   kick(work?: Iterable<Work>): void {
     if (work !== undefined) {
@@ -131,14 +130,11 @@ export class Dispatcher {
         // New tasks may come before the ones peeked ahead (priority): peek afresh.
         this.ahead.delete(queue);
         this.kicks.set(queue, (this.kicks.get(queue) ?? 0) + 1);
-        if (tenant === undefined) {
-          this.readyReadAt = Math.min(this.readyReadAt, Date.now() - READY_REFRESH_MS + READY_REFRESH_MIN_MS);
-          continue;
-        }
         let tenants = this.ready.get(queue);
+        if (tenant === undefined && tenants !== undefined) continue;
         if (tenants === undefined) this.ready.set(queue, (tenants = new Set()));
-        if (!tenants.has(tenant)) {
-          tenants.add(tenant);
+        if (!tenants.has(tenant ?? "")) {
+          tenants.add(tenant ?? "");
           this.byTenantStale = true;
         }
       }
@@ -218,6 +214,7 @@ export class Dispatcher {
         if (mine !== undefined) read.set(queue, [...new Set([...(read.get(queue) ?? []), ...mine])]);
       }
       this.ready = new Map([...read].map(([q, ts]) => [q, new Set(ts.length === 0 ? [""] : ts)]));
+      for (const queue of this.kicks.keys()) if (!this.ready.has(queue)) this.kicks.delete(queue);
       this.readyReadAt = now;
       this.byTenantStale = true;
     }
