@@ -7,12 +7,11 @@
 import { readFile } from "node:fs/promises";
 import { timestampMs } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError, createClient, type Client } from "@connectrpc/connect";
-import { createGrpcTransport } from "@connectrpc/connect-node";
 import { Redis } from "ioredis";
 import { afterAll, beforeAll, describe, expect, inject, it } from "vitest";
 import { ApiKeyService } from "../../gen/taskmesh/v1/api_key_service_pb.js";
 import { ConfigService } from "../../gen/taskmesh/v1/config_service_pb.js";
-import { gatewayClients, type GatewayClients } from "../support/clients.js";
+import { gatewayClients, gatewayTransport } from "../support/clients.js";
 import { uniquePrefix } from "../support/ids.js";
 import { startMesh, type Mesh } from "../support/mesh.js";
 import { waitFor } from "../support/wait.js";
@@ -57,16 +56,7 @@ describe("fair use across tenants", () => {
   let config: Client<typeof ConfigService>;
   let root: Client<typeof ApiKeyService>;
 
-  const adminTransport = () =>
-    createGrpcTransport({
-      baseUrl: `http://${mesh.gateway.address}`,
-      interceptors: [
-        (next) => (req) => {
-          req.header.set("authorization", `Bearer ${mesh.apiKey}`);
-          return next(req);
-        },
-      ],
-    });
+  const adminTransport = () => gatewayTransport(mesh.gateway.address, mesh.apiKey);
   const tenantKey = async (tenant: string): Promise<string> =>
     (await root.createApiKey({ tenant, scopes: ["tasks:write", "tasks:read"] })).secret;
 

@@ -1,28 +1,16 @@
 import { Code, ConnectError, createClient } from "@connectrpc/connect";
-import { createGrpcTransport } from "@connectrpc/connect-node";
 import { RetryInfoSchema } from "../../gen/google/rpc/error_details_pb.js";
 import { afterAll, beforeAll, describe, expect, inject, it } from "vitest";
 import { toJsonString } from "@bufbuild/protobuf";
 import { ApiKeyService, ListApiKeysResponseSchema } from "../../gen/taskmesh/v1/api_key_service_pb.js";
 import { TaskStatus } from "../../gen/taskmesh/v1/task_pb.js";
-import { gatewayClients, waitTerminal } from "../support/clients.js";
+import { gatewayClients, gatewayTransport, waitTerminal } from "../support/clients.js";
 import { uniquePrefix } from "../support/ids.js";
 import { startMesh, startService, type Mesh } from "../support/mesh.js";
 import { waitFor } from "../support/wait.js";
 
 function keyClient(address: string, key: string) {
-  return createClient(
-    ApiKeyService,
-    createGrpcTransport({
-      baseUrl: `http://${address}`,
-      interceptors: [
-        (next) => (req) => {
-          req.header.set("authorization", `Bearer ${key}`);
-          return next(req);
-        },
-      ],
-    }),
-  );
+  return createClient(ApiKeyService, gatewayTransport(address, key));
 }
 
 async function code(p: Promise<unknown>): Promise<Code | "ok"> {

@@ -1,11 +1,10 @@
 import { createServer, type Server } from "node:http";
 import { Code, ConnectError, createClient, type Client } from "@connectrpc/connect";
-import { createGrpcTransport } from "@connectrpc/connect-node";
 import { afterAll, beforeAll, describe, expect, inject, it } from "vitest";
 import { ApiKeyService } from "../../gen/taskmesh/v1/api_key_service_pb.js";
 import { ConfigService } from "../../gen/taskmesh/v1/config_service_pb.js";
 import { TaskStatus } from "../../gen/taskmesh/v1/task_pb.js";
-import { gatewayClients, waitTerminal, type GatewayClients } from "../support/clients.js";
+import { gatewayClients, gatewayTransport, waitTerminal, type GatewayClients } from "../support/clients.js";
 import { uniquePrefix } from "../support/ids.js";
 import { startMesh, type Mesh } from "../support/mesh.js";
 import { waitFor } from "../support/wait.js";
@@ -33,15 +32,7 @@ describe("configuration applied live, without restarts", () => {
     c = gatewayClients(mesh.gateway.address, mesh.apiKey);
     config = createClient(
       ConfigService,
-      createGrpcTransport({
-        baseUrl: `http://${mesh.gateway.address}`,
-        interceptors: [
-          (next) => (req) => {
-            req.header.set("authorization", `Bearer ${mesh.apiKey}`);
-            return next(req);
-          },
-        ],
-      }),
+      gatewayTransport(mesh.gateway.address, mesh.apiKey),
     );
   });
   afterAll(async () => {
@@ -146,15 +137,7 @@ describe("configuration applied live, without restarts", () => {
   it("applies one API key's own rate limit from config, leaving the others unlimited", async () => {
     const keys = createClient(
       ApiKeyService,
-      createGrpcTransport({
-        baseUrl: `http://${mesh.gateway.address}`,
-        interceptors: [
-          (next) => (req) => {
-            req.header.set("authorization", `Bearer ${mesh.apiKey}`);
-            return next(req);
-          },
-        ],
-      }),
+      gatewayTransport(mesh.gateway.address, mesh.apiKey),
     );
     const made = await keys.createApiKey({ tenant: "slow", scopes: ["tasks:read"] });
     const slow = gatewayClients(mesh.gateway.address, made.secret);

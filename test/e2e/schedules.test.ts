@@ -1,10 +1,9 @@
 import { createClient } from "@connectrpc/connect";
-import { createGrpcTransport } from "@connectrpc/connect-node";
 import { durationFromMs } from "@bufbuild/protobuf/wkt";
 import { afterAll, beforeAll, describe, expect, inject, it } from "vitest";
 import { ScheduleService } from "../../gen/taskmesh/v1/schedule_service_pb.js";
 import { TaskStatus } from "../../gen/taskmesh/v1/task_pb.js";
-import { gatewayClients, type GatewayClients } from "../support/clients.js";
+import { gatewayClients, gatewayTransport, type GatewayClients } from "../support/clients.js";
 import { uniquePrefix } from "../support/ids.js";
 import { startMesh, type Mesh } from "../support/mesh.js";
 import { waitFor } from "../support/wait.js";
@@ -27,15 +26,7 @@ describe("recurring schedules through the gateway, with two scheduler replicas",
   });
 
   it("enqueues exactly one task per tick, stops when paused and shows the next run", async () => {
-    const schedules = createClient(ScheduleService, createGrpcTransport({
-        baseUrl: `http://${mesh.gateway.address}`,
-        interceptors: [
-          (next) => (req) => {
-            req.header.set("authorization", `Bearer ${mesh.apiKey}`);
-            return next(req);
-          },
-        ],
-      }));
+    const schedules = createClient(ScheduleService, gatewayTransport(mesh.gateway.address, mesh.apiKey));
     const s = await schedules.createSchedule({
       spec: { case: "interval", value: durationFromMs(1000) },
       task: { type: "noop", labels: { origin: "e2e" } },

@@ -4,27 +4,18 @@
  * what an admin of one tenant tried against the others before.
  */
 import { Code, createClient } from "@connectrpc/connect";
-import { createGrpcTransport } from "@connectrpc/connect-node";
 import { afterAll, beforeAll, describe, expect, inject, it } from "vitest";
 import { ApiKeyService } from "../../gen/taskmesh/v1/api_key_service_pb.js";
 import { ConfigService } from "../../gen/taskmesh/v1/config_service_pb.js";
 import { TaskStatus } from "../../gen/taskmesh/v1/task_pb.js";
-import { codeOf, gatewayClients, waitTerminal } from "../support/clients.js";
+import { codeOf, gatewayClients, gatewayTransport, waitTerminal } from "../support/clients.js";
 import { uniquePrefix } from "../support/ids.js";
 import { startMesh, type Mesh } from "../support/mesh.js";
 
 describe("tenant-scoped administration", () => {
   let mesh: Mesh;
   const clients = (key: string) => {
-    const transport = createGrpcTransport({
-      baseUrl: `http://${mesh.gateway.address}`,
-      interceptors: [
-        (next) => (req) => {
-          req.header.set("authorization", `Bearer ${key}`);
-          return next(req);
-        },
-      ],
-    });
+    const transport = gatewayTransport(mesh.gateway.address, key);
     return { ...gatewayClients(mesh.gateway.address, key), keys: createClient(ApiKeyService, transport), config: createClient(ConfigService, transport) };
   };
 

@@ -1,4 +1,4 @@
-import { Code, ConnectError, createClient, type Client } from "@connectrpc/connect";
+import { Code, ConnectError, createClient, type Client, type Transport } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
 import { ClusterService } from "../../gen/taskmesh/v1/cluster_service_pb.js";
 import { TaskService } from "../../gen/taskmesh/v1/task_service_pb.js";
@@ -11,9 +11,9 @@ export interface GatewayClients {
   cluster: Client<typeof ClusterService>;
 }
 
-/** Connects to a gateway over gRPC (HTTP/2), with an API key when given. */
-export function gatewayClients(address: string, apiKey?: string): GatewayClients {
-  const transport = createGrpcTransport({
+/** A gRPC (HTTP/2) transport to a gateway, sending an API key when given. */
+export function gatewayTransport(address: string, apiKey?: string): Transport {
+  return createGrpcTransport({
     baseUrl: `http://${address}`,
     interceptors:
       apiKey === undefined
@@ -25,6 +25,11 @@ export function gatewayClients(address: string, apiKey?: string): GatewayClients
             },
           ],
   });
+}
+
+/** Connects to a gateway over gRPC (HTTP/2), with an API key when given. */
+export function gatewayClients(address: string, apiKey?: string): GatewayClients {
+  const transport = gatewayTransport(address, apiKey);
   return { tasks: createClient(TaskService, transport), cluster: createClient(ClusterService, transport) };
 }
 
