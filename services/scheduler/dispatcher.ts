@@ -39,6 +39,12 @@ interface Visit {
   next: number;
 }
 
+/** The key of tenant `tenant`'s lane of `queue` (lib.lua ready lists) in the dispatcher's maps. */
+const laneKey = (queue: string, tenant: string): string => `${queue}\n${tenant}`;
+
+/** Soonest a kick for work of an unknown tenant reads the ready index again (ms). */
+const READY_REFRESH_MIN_MS = 100;
+
 /** New work a kick announces: a queue, and the tenant of its tasks when known. */
 export interface Work {
   queue: string;
@@ -102,7 +108,7 @@ export class Dispatcher {
   private byTenantStale = true;
   private tenantCursor = 0;
   private readonly queueCursor = new Map<string, number>();
-  /** Per queue, how many kicks announced new work for it (an idle queue is dropped only if none came meanwhile). */
+  /** Per lane, how many kicks announced new work for it (an idle lane is dropped only if none came meanwhile). */
   private readonly kicks = new Map<string, number>();
   /**
    * The last round ran out of free slots (work may be waiting): the submit-time fast lane is off
@@ -121,20 +127,26 @@ export class Dispatcher {
   /**
    * Asks for a dispatch round soon (coalesced). Naming the queues that got work (and the tenant
    * of their tasks) lets the next round visit them at once instead of after the next read of the
-   * ready index. Work of unknown tenant (promoted, re-queued, a queue resumed) in a queue not in
-   * view yet takes the turn of tenant "" until the next read says whose it is.
+   * ready index. Work of an unknown tenant (re-queued attempts, a queue resumed) makes the next
+   * round read the index (at most every {@link READY_REFRESH_MIN_MS}).
    */
   kick(work?: Iterable<Work>): void {
     if (work !== undefined) {
       for (const { queue, tenant } of work) {
+        if (tenant === undefined) {
+          // Whose lane: the ready index says, read soon.
+          for (const t of this.ready.get(queue) ?? []) this.ahead.delete(laneKey(queue, t));
+          this.readyReadAt = Math.min(this.readyReadAt, Date.now() - READY_REFRESH_MS + READY_REFRESH_MIN_MS);
+          continue;
+        }
+        const lane = laneKey(queue, tenant);
         // New tasks may come before the ones peeked ahead (priority): peek afresh.
-        this.ahead.delete(queue);
-        this.kicks.set(queue, (this.kicks.get(queue) ?? 0) + 1);
+        this.ahead.delete(lane);
+        this.kicks.set(lane, (this.kicks.get(lane) ?? 0) + 1);
         let tenants = this.ready.get(queue);
-        if (tenant === undefined && tenants !== undefined) continue;
         if (tenants === undefined) this.ready.set(queue, (tenants = new Set()));
-        if (!tenants.has(tenant ?? "")) {
-          tenants.add(tenant ?? "");
+        if (!tenants.has(tenant)) {
+          tenants.add(tenant);
           this.byTenantStale = true;
         }
       }
@@ -208,13 +220,16 @@ export class Dispatcher {
       // Kicks that come while the index is read are kept: they may be newer than what it says.
       const before = new Map(this.kicks);
       const read = await this.opts.store.readyQueues();
-      for (const [queue, n] of this.kicks) {
-        if (before.get(queue) === n) continue;
-        const mine = this.ready.get(queue);
-        if (mine !== undefined) read.set(queue, [...new Set([...(read.get(queue) ?? []), ...mine])]);
+      for (const [lane, n] of this.kicks) {
+        if (before.get(lane) === n) continue;
+        const [queue = "", tenant = ""] = lane.split("\n");
+        read.set(queue, [...new Set([...(read.get(queue) ?? []), tenant])]);
       }
-      this.ready = new Map([...read].map(([q, ts]) => [q, new Set(ts.length === 0 ? [""] : ts)]));
-      for (const queue of this.kicks.keys()) if (!this.ready.has(queue)) this.kicks.delete(queue);
+      this.ready = new Map([...read].filter(([, ts]) => ts.length > 0).map(([q, ts]) => [q, new Set(ts)]));
+      for (const lane of this.kicks.keys()) {
+        const [queue = "", tenant = ""] = lane.split("\n");
+        if (this.ready.get(queue)?.has(tenant) !== true) this.kicks.delete(lane);
+      }
       this.readyReadAt = now;
       this.byTenantStale = true;
     }
@@ -235,13 +250,11 @@ export class Dispatcher {
   }
 
   /**
-   * The order one round visits queues in: tenants take turns (starting one further each round),
-   * each with its next queue in its own rotation, until every ready queue came up once. A queue
-   * several tenants use comes up at the first of their turns.
+   * The order one round visits lanes in: tenants take turns (starting one further each round),
+   * each with its lane of its next queue in its own rotation, until every lane came up once.
    */
   private visitOrder(byTenant: readonly { tenant: string; queues: string[] }[]): Visit[] {
     const order: Visit[] = [];
-    const seen = new Set<string>();
     const n = byTenant.length;
     if (n === 0) return order;
     const start = this.tenantCursor++ % n;
@@ -250,31 +263,30 @@ export class Dispatcher {
       added = false;
       for (let k = 0; k < n && order.length < MAX_VISITS; k++) {
         const t = next[(start + k) % n] as (typeof next)[number];
-        while (t.i < t.queues.length) {
+        if (t.i < t.queues.length) {
           const at = (t.at + t.i++) % t.queues.length;
-          const queue = t.queues[at] as string;
-          if (seen.has(queue)) continue;
-          seen.add(queue);
-          order.push({ queue, tenant: t.tenant, next: (at + 1) % t.queues.length });
+          order.push({ queue: t.queues[at] as string, tenant: t.tenant, next: (at + 1) % t.queues.length });
           added = true;
-          break;
         }
       }
     }
     return order;
   }
 
-  /** The dispatcher found nothing to claim in `queue`: drop it from the index unless new work came. */
-  private async dropIdle(queue: string, kicksBefore: number): Promise<void> {
-    if ((this.kicks.get(queue) ?? 0) !== kicksBefore) return;
-    const left = await this.opts.store.idle(queue).catch((err: unknown) => {
+  /** The dispatcher found nothing to claim in a lane: drop it from the index unless new work came. */
+  private async dropIdle(queue: string, tenant: string, kicksBefore: number): Promise<void> {
+    const lane = laneKey(queue, tenant);
+    if ((this.kicks.get(lane) ?? 0) !== kicksBefore) return;
+    const left = await this.opts.store.idle(queue, tenant).catch((err: unknown) => {
       this.log.warn({ err, queue }, "could not mark a queue idle");
       return false;
     });
-    if (!left || (this.kicks.get(queue) ?? 0) !== kicksBefore) return;
-    this.ready.delete(queue);
-    this.kicks.delete(queue);
-    this.wideQueues.delete(queue);
+    if (!left || (this.kicks.get(lane) ?? 0) !== kicksBefore) return;
+    const tenants = this.ready.get(queue);
+    tenants?.delete(tenant);
+    if (tenants?.size === 0) this.ready.delete(queue);
+    this.kicks.delete(lane);
+    this.wideQueues.delete(lane);
     this.byTenantStale = true;
   }
 
@@ -383,7 +395,7 @@ export class Dispatcher {
     for (const [queue, n] of sent) metrics.dispatched.inc({ queue }, n);
   }
 
-  /** Queues whose last peek had tasks no worker could take: they are peeked wider. */
+  /** Lanes whose last peek had tasks no worker could take: they are peeked wider. */
   private readonly wideQueues = new Set<string>();
 
   /**
@@ -433,14 +445,15 @@ export class Dispatcher {
       const { queue, tenant, next } = order[i] as Visit;
       // The tenant's rotation goes on after the queues it was visited with.
       this.queueCursor.set(tenant, next);
-      const kicksBefore = this.kicks.get(queue) ?? 0;
+      const lane = laneKey(queue, tenant);
+      const kicksBefore = this.kicks.get(lane) ?? 0;
       const want = Math.min(free, batch);
       // Peek as many as wanted and one more (it tells whether more are waiting), or use what
       // was peeked ahead. When some of them no worker can take right now (a type nobody here
       // runs, workers full), peek a window 4× as wide so that they do not block the ones
       // behind them, and keep peeking wide on this queue until a round passes nothing over.
-      const wide = this.wideQueues.has(queue);
-      let ahead = this.takeAhead(queue, now);
+      const wide = this.wideQueues.has(lane);
+      let ahead = this.takeAhead(lane, now);
       let plan: Plan;
       let found: number;
       for (;;) {
@@ -453,21 +466,21 @@ export class Dispatcher {
           if (candidates === undefined) continue;
         } else {
           limit = Math.min(want * (wide ? 4 : 1) + 1, 1000);
-          candidates = await store.peekReady(queue, limit);
+          candidates = await store.peekReady(queue, limit, tenant);
         }
         plan = this.plan(queue, candidates, want);
         found = candidates.length;
         const wider = Math.min(want * 4 + 1, 1000);
         if (plan.claims.length < want && plan.passed > 0 && found === limit && limit < wider) {
-          ahead = { at: now, limit: wider, candidates: store.peekReady(queue, wider) };
+          ahead = { at: now, limit: wider, candidates: store.peekReady(queue, wider, tenant) };
           continue;
         }
         break;
       }
-      if (plan.passed > 0) this.wideQueues.add(queue);
-      else this.wideQueues.delete(queue);
+      if (plan.passed > 0) this.wideQueues.add(lane);
+      else this.wideQueues.delete(lane);
       const { claims, planned } = plan;
-      if (found === 0) void this.dropIdle(queue, kicksBefore);
+      if (found === 0) void this.dropIdle(queue, tenant, kicksBefore);
       if (claims.length === 0) continue;
       // Reserve the slots now and let the claim run without waiting for it: the next peek goes
       // down the same Redis connection after it, so it already sees these tasks claimed, and the
@@ -476,7 +489,7 @@ export class Dispatcher {
       const claiming = this.finishClaim(queue, claims, planned);
       // More were waiting than claimed: the slots just filled will want the next ones. Peeked
       // right behind the claim (same pipeline, so it sees the queue without the claimed tasks).
-      if (found > claims.length) this.peekAhead(queue, Math.min(claims.length * 4, batch));
+      if (found > claims.length) this.peekAhead(queue, tenant, Math.min(claims.length * 4, batch));
       this.track(claiming);
       sent += claims.length;
       free -= claims.length;
@@ -486,7 +499,7 @@ export class Dispatcher {
   }
 
   /**
-   * Candidates peeked ahead, per queue: the next tasks in line, read right behind a claim (so
+   * Candidates peeked ahead, per lane: the next tasks in line, read right behind a claim (so
    * without the claimed ones) while the workers run what was claimed, so that the round that
    * fills the slots they free claims at once instead of peeking first. Kept {@link AHEAD_MS} at
    * most; dropped when the queue gets new tasks (they may come first). A candidate that is gone
@@ -494,10 +507,10 @@ export class Dispatcher {
    */
   private readonly ahead = new Map<string, Ahead>();
 
-  private takeAhead(queue: string, now: number): Ahead | undefined {
-    const a = this.ahead.get(queue);
+  private takeAhead(lane: string, now: number): Ahead | undefined {
+    const a = this.ahead.get(lane);
     if (a === undefined) return undefined;
-    this.ahead.delete(queue);
+    this.ahead.delete(lane);
     return now - a.at <= AHEAD_MS ? a : undefined;
   }
 
@@ -505,15 +518,16 @@ export class Dispatcher {
    * Peeks ahead, without waiting, up to `most` of the queue's tasks but no more than its workers
    * have slots (4× as many on a queue peeked wide), and one more.
    */
-  private peekAhead(queue: string, most: number): void {
+  private peekAhead(queue: string, tenant: string, most: number): void {
+    const lane = laneKey(queue, tenant);
     let slots = 0;
     for (const s of this.opts.sessions.values()) if (s.state === "ready" && s.serves(queue)) slots += s.capacity;
-    const limit = Math.min(Math.min(slots, most) * (this.wideQueues.has(queue) ? 4 : 1) + 1, 1000);
+    const limit = Math.min(Math.min(slots, most) * (this.wideQueues.has(lane) ? 4 : 1) + 1, 1000);
     if (limit < 2) return;
-    const candidates = this.opts.store.peekReady(queue, limit).catch((err: unknown) => {
+    const candidates = this.opts.store.peekReady(queue, limit, tenant).catch((err: unknown) => {
       this.log.warn({ err, queue }, "peek ahead failed");
       return undefined;
     });
-    this.ahead.set(queue, { at: Date.now(), limit, candidates });
+    this.ahead.set(lane, { at: Date.now(), limit, candidates });
   }
 }

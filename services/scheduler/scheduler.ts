@@ -24,7 +24,7 @@ import { Registration } from "../../lib/registration.js";
 import { startServer, type ServerLimits } from "../../lib/server.js";
 import { MeshSecurity, type AccessPolicy } from "../../lib/mesh-security.js";
 import { BUILTIN_TASK_TYPES } from "../../lib/task-types.js";
-import { Dispatcher } from "./dispatcher.js";
+import { Dispatcher, type Work } from "./dispatcher.js";
 import { Leadership } from "./leadership.js";
 import { Ring } from "./ring.js";
 
@@ -329,18 +329,21 @@ export async function startScheduler(opts: SchedulerOptions): Promise<Scheduler>
         tick % 10 === 0 ? store.dueQueues("reap", now, 1000) : Promise.resolve([]),
       ]);
       let promoted = 0;
-      const woken = new Set<string>();
+      // The lanes (queue and tenant) that got QUEUED tasks; a tenant unknown for re-queued attempts.
+      const woken = new Map<string, Work>();
+      const wake = (queue: string, tenant?: string): void => void woken.set(`${queue}\n${tenant ?? ""}`, { queue, tenant });
       // All at once: the calls share one pipelined connection.
       const counts = await Promise.all([
         ...dueQueues.map(async (q) => {
-          const n = await store.promoteDue(q, now, 1000);
-          if (n > 0) woken.add(q);
+          const tenants = new Set<string>();
+          const n = await store.promoteDue(q, now, 1000, tenants);
+          for (const t of tenants) wake(q, t);
           return n;
         }),
         ...leaseQueues.map(async (q) => {
           const expired = await store.expireLeases(q, now, 1000, leading);
           if (expired.length > 0) {
-            woken.add(q);
+            wake(q);
             metrics.requeued.inc({ reason: "lease_expired" }, expired.length);
             log.warn({ queue: q, count: expired.length }, "re-queued attempts whose lease expired");
             for (const e of expired) for (const s of sessions.values()) if (s.leaseExpired(e.id, e.attempt)) break;
@@ -359,12 +362,12 @@ export async function startScheduler(opts: SchedulerOptions): Promise<Scheduler>
         if (fired.created > 0) {
           metrics.submitted.inc(fired.created);
           promoted += fired.created;
-          for (const q of fired.queues) woken.add(q);
+          for (const w of fired.lanes.values()) wake(w.queue, w.tenant);
         }
       } catch (err) {
         log.error({ err }, "schedule tick failed");
       }
-      if (promoted > 0) dispatcher.kick([...woken].map((queue) => ({ queue })));
+      if (promoted > 0) dispatcher.kick(woken.values());
       // A retired worker (registration gone, stream alive) is let go once it runs nothing.
       for (const s of [...sessions.values()]) {
         if (s.retired && s.inflight.size === 0) {

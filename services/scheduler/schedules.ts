@@ -522,8 +522,8 @@ export interface TickResult {
   ticks: number;
   /** Tasks created (a retried tick that found its task counts in `ticks` only). */
   created: number;
-  /** Queues that received tasks: kick the dispatcher for them. */
-  queues: Set<string>;
+  /** Queues that received tasks, by `<queue>\n<tenant>` (their lanes): kick the dispatcher for them. */
+  lanes: Map<string, { queue: string; tenant: string }>;
 }
 
 /** Most claim rounds one tick() makes before leaving the rest to the next call. */
@@ -554,7 +554,7 @@ export class ScheduleTicker {
 
   /** Submits the task of every tick due at `now` (ms), and of ticks abandoned by a dead claimer. */
   async tick(now: number): Promise<TickResult> {
-    const result: TickResult = { ticks: 0, created: 0, queues: new Set() };
+    const result: TickResult = { ticks: 0, created: 0, lanes: new Map() };
     const recovered = await this.schedules.recover(now, this.batch, this.leaseMs);
     if (recovered.length > 0) {
       this.logger.warn({ count: recovered.length }, "re-submitting schedule ticks a claimer left unfinished");
@@ -590,7 +590,7 @@ export class ScheduleTicker {
       const s = stored[i];
       if (s !== undefined && !s.existing) {
         result.created++;
-        result.queues.add(m.task.queue);
+        result.lanes.set(`${m.task.queue}\n${m.task.tenant}`, { queue: m.task.queue, tenant: m.task.tenant });
       }
       return { tick: m.tick, taskId: s?.task.id ?? "" };
     });

@@ -37,10 +37,11 @@ export type { NewTask, BackoffPolicy } from "./task-codec.js";
  * - `P:{q}:t:<id>` HASH, and only when needed `P:{q}:d:<id>`, `P:{q}:r:<id>`, `P:{q}:ev:<id>`:
  *   one task (task-codec.ts). Task ids are ULIDs whose last two characters are the queue's tag
  *   (task-codec.ts queueTag), so the queue of a task follows from its id.
- * - `P:{q}:ready:<priority>` LIST (priority 1 LOW .. 4 CRITICAL) of the QUEUED ids of that
- *   priority in order of (enqueue time, id), oldest at the head; the dispatch order merges the
- *   four by {@link readyScore}, computed when read (so a change of the aging rate applies to
- *   the tasks already waiting). A new task goes to the tail, a re-queued one near the head; an
+ * - `P:{q}:ready:<priority>:<tenant>` LIST (priority 1 LOW .. 4 CRITICAL) of the tenant's QUEUED
+ *   ids of that priority in order of (enqueue time, id), oldest at the head: one lane of four
+ *   lists per tenant, and `P:{q}:lanes` SET the tenants whose lanes are not empty. The dispatch
+ *   order within a lane merges the four by {@link readyScore}, computed when read (so a change of
+ *   the aging rate applies to the tasks already waiting); the dispatcher takes turns by lane. A new task goes to the tail, a re-queued one near the head; an
  *   insertion elsewhere (a late promotion, another replica's clock) scans from the nearer end
  *   (lib.lua sorted_insert). Claim and cancel remove by id (LREM, cheap near the head).
  * - `P:{q}:delayed` ZSET of DELAYED and RETRY_WAIT ids by due time; `P:{q}:rw` counts the
@@ -66,7 +67,7 @@ export type { NewTask, BackoffPolicy } from "./task-codec.js";
  *   `/^[A-Za-z0-9_.-]{1,100}$/`, and callers of the store must keep to that.
  * - Channel `P:ev:<id>`: the sequence number of each new event of the task.
  * - What the leader visits (lib.lua indexes; docs/fairness.md): `P:ready` SET of the queues that
- *   may have QUEUED tasks, each with `P:{q}:rtn` HASH of the tenants that queued them; `P:due`,
+ *   may have QUEUED tasks (their lanes name the tenants); `P:due`,
  *   `P:lease`, `P:reap` ZSETs: queue → a time at or before which it next has a delayed task due,
  *   a lease running out, a finished task expiring.
  * - `P:tq:<tenant>` HASH queue → the tenant's unfinished tasks in it, `*` → their total: what
@@ -714,16 +715,17 @@ export class TaskStore {
 
   /**
    * Up to `limit` ready tasks of a queue in dispatch order, without claiming them: the ones
-   * {@link claim} would take right now. Empty while the queue is paused. Tasks whose concurrency
+   * {@link claim} would take right now. With `tenant`, only that tenant's lane (the dispatcher
+   * takes turns by lane); without, every lane merged by {@link readyScore}. Empty while the queue is paused. Tasks whose concurrency
    * key is at their limit are filtered out in Redis (counting the tasks of that key earlier in
    * the same answer), so a blocked task never hides the ones behind it; the scan steps over at
    * most `maxPeekSkip` blocked tasks per call.
    */
-  async peekReady(queue: string, limit: number): Promise<{ id: string; type: string; affinityKey: string }[]> {
+  async peekReady(queue: string, limit: number, tenant?: string): Promise<{ id: string; type: string; affinityKey: string }[]> {
     if (limit < 1) return [];
     const k = this.keys(queue);
     const reply = arr(
-      await this.timed("Peek", this.redis.tmPeek(k.cc, k.paused, ...this.header(queue, 0), Math.floor(limit), this.maxPeekSkip)),
+      await this.timed("Peek", this.redis.tmPeek(k.cc, k.paused, ...this.header(queue, 0), Math.floor(limit), this.maxPeekSkip, tenant ?? "*")),
     );
     const out: { id: string; type: string; affinityKey: string }[] = [];
     for (let i = 0; i + 2 < reply.length; i += 3) {
@@ -900,10 +902,12 @@ export class TaskStore {
    * Moves up to `limit` due DELAYED / RETRY_WAIT tasks of a queue to the ready set (QUEUED), each
    * counted as enqueued at its due time. Returns how many moved.
    */
-  async promoteDue(queue: string, now: number, limit: number): Promise<number> {
+  async promoteDue(queue: string, now: number, limit: number, tenants?: Set<string>): Promise<number> {
     if (limit < 1) return 0;
     const k = this.keys(queue);
-    return int(await this.timed("Promote", this.redis.tmPromote(k.delayed, k.rw, ...this.header(queue, now), Math.floor(limit))));
+    const r = arr(await this.timed("Promote", this.redis.tmPromote(k.delayed, k.rw, ...this.header(queue, now), Math.floor(limit))));
+    for (const t of arr(r[1])) tenants?.add(str(t));
+    return int(r[0]);
   }
 
   /**
@@ -1020,21 +1024,22 @@ export class TaskStore {
 
   /**
    * The queues that may have QUEUED tasks (a superset: see {@link idle}), each with the tenants
-   * that queued tasks in it since it was last empty ('' for tasks queued before that was kept).
+   * whose lanes hold them ('' for tasks queued before lanes existed).
    */
   async readyQueues(): Promise<Map<string, string[]>> {
     const queues = await this.redis.smembers(`${this.prefix}:ready`);
-    const tenants = await Promise.all(queues.map((q) => this.redis.hkeys(`${this.prefix}:{${q}}:rtn`)));
+    const tenants = await Promise.all(queues.map((q) => this.redis.smembers(`${this.prefix}:{${q}}:lanes`)));
     return new Map(queues.map((q, i) => [q, tenants[i] ?? []]));
   }
 
   /**
-   * The dispatcher found nothing to claim in `queue`: it leaves the ready index if it has no
-   * QUEUED task or is paused (idle.lua). True when it left.
+   * The dispatcher found nothing to claim in `tenant`'s lane of `queue`: the lane leaves the
+   * index if it is empty, the queue if it has no QUEUED task or is paused (idle.lua). True when
+   * the lane or the queue left.
    */
-  async idle(queue: string): Promise<boolean> {
+  async idle(queue: string, tenant: string): Promise<boolean> {
     const k = this.keys(queue);
-    return int(await this.timed("Idle", this.redis.tmIdle(k.paused, ...this.header(queue, 0)))) === 1;
+    return int(await this.timed("Idle", this.redis.tmIdle(k.paused, ...this.header(queue, 0), tenant))) === 1;
   }
 
   /**

@@ -21,8 +21,10 @@ const WORKERS = 2;
 const SLOTS = 4;
 /** How long each flood task runs (ms). */
 const FLOOD_TASK_MS = 200;
-/** The flood: this many tasks, each to a queue of its own, in batches. */
+/** The flood: this many tasks, each to a queue of its own, in batches... */
 const FLOOD_TASKS = 5000;
+/** ...and then this many more into `default`, the queue every tenant shares. */
+const SHARED_FLOOD_TASKS = 2000;
 const FLOOD_BATCH = 100;
 /**
  * docs/fairness.md: with T tenants waiting and every one of C slots busy with tasks of at most
@@ -122,11 +124,11 @@ describe("fair use across tenants", () => {
     );
   }, 60_000);
 
-  it(`keeps a flood of ${FLOOD_TASKS} tasks to as many new queues from delaying another tenant's task by more than the bound`, async () => {
+  it(`keeps a flood of ${FLOOD_TASKS} tasks to as many new queues, and of ${SHARED_FLOOD_TASKS} into the shared queue, from delaying another tenant's task by more than the bound`, async () => {
     // The flood must be admitted to measure the dispatch: raise the flooding tenant's quota.
     await config.putConfig({
       namespace: "scheduler",
-      value: { tenant_quotas: { flood: { max_queues: FLOOD_TASKS + 100, max_tasks: FLOOD_TASKS + 100 } } },
+      value: { tenant_quotas: { flood: { max_queues: FLOOD_TASKS + 100, max_tasks: FLOOD_TASKS + SHARED_FLOOD_TASKS + 100 } } },
     });
     const flood = gatewayClients(mesh.gateway.address, await tenantKey("flood"));
     const calm = gatewayClients(mesh.gateway.address, await tenantKey("calm"));
@@ -145,25 +147,37 @@ describe("fair use across tenants", () => {
     const redisCpu0 = await redisCpuSeconds(inject("redisUrl"));
     const t0 = Date.now();
 
-    // The flood: batches back to back, each task in a queue of its own.
+    // The flood: batches back to back, each task in a queue of its own; then into `default`,
+    // where the calm tenant's tasks go too (each tenant has its own lane there).
     let submitted = 0;
+    const total = FLOOD_TASKS + SHARED_FLOOD_TASKS;
     const flooding = (async () => {
-      for (let b = 0; b < FLOOD_TASKS / FLOOD_BATCH; b++) {
+      for (let b = 0; b < total / FLOOD_BATCH; b++) {
         await flood.tasks.submitTasks({
           tasks: Array.from({ length: FLOOD_BATCH }, (_, i) => ({
             type: "sleep",
             payload: { ms: FLOOD_TASK_MS },
-            queue: `flood-${b * FLOOD_BATCH + i}`,
+            queue: submitted < FLOOD_TASKS ? `flood-${b * FLOOD_BATCH + i}` : "default",
           })),
         });
         submitted += FLOOD_BATCH;
       }
     })();
+    let floodFailed: unknown;
+    flooding.catch((err: unknown) => {
+      floodFailed = err;
+    });
     // While it goes on (and after it, while its tasks keep every slot busy), the calm tenant
     // submits one task at a time to `default` and waits for it to start.
     const delays: number[] = [];
     for (let i = 0; i < 12; i++) {
-      await waitFor(() => submitted >= Math.min(FLOOD_TASKS, (i + 1) * 500), { timeoutMs: 60_000, intervalMs: 20, what: "flood progress" });
+      await waitFor(
+        () => {
+          if (floodFailed !== undefined) throw floodFailed;
+          return submitted >= Math.min(total, ((i + 1) * total) / 12);
+        },
+        { timeoutMs: 60_000, intervalMs: 20, what: "flood progress" },
+      );
       const t = await calm.tasks.submitTask({ type: "noop", queue: "default" });
       const started = await waitFor(
         async () => {
@@ -188,7 +202,7 @@ describe("fair use across tenants", () => {
     const running = status.queues.reduce((n, q) => n + Number(q.running), 0);
     const sorted = [...delays].sort((a, b) => a - b);
     process.stdout.write(
-      `fair use: ${FLOOD_TASKS} flood tasks in ${FLOOD_TASKS} queues over ${floodSeconds.toFixed(1)} s; ` +
+      `fair use: ${FLOOD_TASKS} flood tasks in ${FLOOD_TASKS} queues and ${SHARED_FLOOD_TASKS} in default over ${floodSeconds.toFixed(1)} s; ` +
         `the calm tenant's task started after ${sorted.join(", ")} ms (median ${sorted[Math.floor(sorted.length / 2)]} ms, bound ${BOUND_MS} ms); ` +
         `leader CPU ${((100 * cpu) / floodSeconds).toFixed(0)}% of a core, Redis ${((100 * redisCpu) / floodSeconds).toFixed(0)}% ` +
         `(shared with any test running meanwhile); then, draining, leader CPU ${(100 * drainCpu).toFixed(0)}%; ${running} running at the end\n`,

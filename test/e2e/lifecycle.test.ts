@@ -660,15 +660,19 @@ describe("result TTL: Redis memory stays bounded", () => {
       expect(cursor).toBe("0");
       const p = mesh.redisPrefix;
       const esc = (s: string): string => s.replace(/[.*+?^${}()|[\]\\]/g, "\\$&");
-      const queueLevel = new RegExp(`^${esc(p)}:\\{[^}]+\\}:(ready:[1-4]|delayed|running|done|dead|rw|cc|paused|epoch)$`);
-      const global = new Set([`${p}:queues`, `${p}:wstat`, `${p}:sch:due`, `${p}:sch:pend`]);
+      const queueLevel = new RegExp(`^${esc(p)}:\\{[^}]+\\}:(ready:[1-4](:[A-Za-z0-9_.-]+)?|lanes|delayed|running|done|dead|rw|cc|paused|epoch)$`);
+      // (The leader's indexes: docs/fairness.md.)
+      const global = new Set([`${p}:queues`, `${p}:wstat`, `${p}:sch:due`, `${p}:sch:pend`, `${p}:ready`, `${p}:due`, `${p}:lease`, `${p}:reap`]);
       // Per API key (the gateway's rate-limit buckets, which expire), not per task.
       const perKey = (k: string): boolean => k.startsWith(`${p}:rl:`);
       const perTask = keys.filter((k) => !(queueLevel.test(k) || global.has(k) || perKey(k)) || ids.some((id) => k.includes(id)));
       expect(perTask, `keys left under ${p}: ${JSON.stringify(keys.sort())}`).toEqual([]);
       for (const k of [`${p}:ix`, `${p}:tn:default`]) expect(keys).not.toContain(k);
       // Nothing of the queue's is left waiting, running, done or dead.
-      for (const set of ["ready:1", "ready:2", "ready:3", "ready:4", "delayed", "running", "done", "dead"]) expect(keys).not.toContain(`${p}:{${queue}}:${set}`);
+      for (const set of ["ready:1", "ready:2", "ready:3", "ready:4", "ready:2:default", "lanes", "delayed", "running", "done", "dead"]) {
+        expect(keys).not.toContain(`${p}:{${queue}}:${set}`);
+      }
+      expect(keys).not.toContain(`${p}:tq:default`);
     } finally {
       redis.disconnect();
     }

@@ -145,25 +145,65 @@ describe("tenant quotas", () => {
 });
 
 describe("the leader's indexes", () => {
-  it("lists queues with QUEUED tasks and their tenants; a claim that empties a queue, or idle, takes it out", async () => {
+  /** The ready index, lanes sorted. */
+  const ready = async (): Promise<Map<string, string[]>> =>
+    new Map([...(await store.readyQueues())].map(([q, ts]) => [q, ts.sort()]));
+
+  it("lists queues with QUEUED tasks and the tenants whose lanes hold them; claims, cancels and idle keep it exact", async () => {
     await store.submit([newTask({ queue: "a" }), newTask({ queue: "a", tenant: "beta" }), newTask({ queue: "b" })], T0);
-    expect(await store.readyQueues()).toEqual(new Map([["a", ["acme", "beta"]], ["b", ["acme"]]]));
-    // A queue with tasks stays whatever idle says; paused, it leaves (keeping its tenants).
-    expect(await store.idle("b")).toBe(false);
+    expect(await ready()).toEqual(new Map([["a", ["acme", "beta"]], ["b", ["acme"]]]));
+    // A lane with tasks stays whatever idle says; paused, the queue leaves (keeping its lanes).
+    expect(await store.idle("b", "acme")).toBe(false);
     await store.setPaused("b", true);
-    expect(await store.idle("b")).toBe(true);
-    expect([...(await store.readyQueues()).keys()]).toEqual(["a"]);
+    expect(await store.idle("b", "acme")).toBe(true);
+    expect([...(await ready()).keys()]).toEqual(["a"]);
     await store.setPaused("b", false);
-    expect(await store.readyQueues()).toEqual(new Map([["a", ["acme", "beta"]], ["b", ["acme"]]]));
-    // Claiming everything in `a` takes it out.
+    expect(await ready()).toEqual(new Map([["a", ["acme", "beta"]], ["b", ["acme"]]]));
+    // Claiming beta's lane of `a` empties that lane only; then acme's empties the queue.
+    const [betaTask] = await store.peekReady("a", 10, "beta");
+    await store.claim("a", [{ id: betaTask?.id as string, workerId: "w" }], T0, LEASE, LEADER);
+    expect(await ready()).toEqual(new Map([["a", ["acme"]], ["b", ["acme"]]]));
     const ids = (await store.peekReady("a", 10)).map((c) => ({ id: c.id, workerId: "w" }));
     await store.claim("a", ids, T0, LEASE, LEADER);
-    expect(await store.readyQueues()).toEqual(new Map([["b", ["acme"]]]));
-    // Cancelling leaves `b` listed but empty: the dispatcher's idle call takes it out.
+    expect(await ready()).toEqual(new Map([["b", ["acme"]]]));
+    // Cancelling the last QUEUED task takes the queue out too; idle of an empty lane says it left.
     const [only] = await store.peekReady("b", 1);
     await store.cancel("acme", only?.id as string, "", T0);
-    expect(await store.idle("b")).toBe(true);
-    expect(await store.readyQueues()).toEqual(new Map());
+    expect(await ready()).toEqual(new Map());
+    expect(await store.idle("b", "acme")).toBe(true);
+  });
+
+  it("keeps one lane per tenant in a shared queue: a tenant's backlog is not in front of another tenant's task", async () => {
+    const flood = Array.from({ length: 100 }, () => newTask({ tenant: "flood" }));
+    await store.submit(flood, T0);
+    const [calm] = await store.submit([newTask({ tenant: "calm", priority: 1 })], T0 + 1);
+    // Each lane in its own order; all lanes merged (priority with aging, then age): flood first.
+    expect((await store.peekReady("default", 1, "calm")).map((c) => c.id)).toEqual([calm?.task.id]);
+    expect((await store.peekReady("default", 3, "flood")).map((c) => c.id)).toEqual(flood.slice(0, 3).map((t) => t.id));
+    expect((await store.peekReady("default", 2)).map((c) => c.id)).toEqual(flood.slice(0, 2).map((t) => t.id));
+    expect((await store.stats(T0 + 2)).find((q) => q.name === "default")?.queued).toBe(101n);
+    // A lane's task cancelled or claimed leaves that lane only.
+    await store.cancel("flood", flood[0]?.id as string, "", T0 + 2);
+    await store.claim("default", [{ id: calm?.task.id as string, workerId: "w" }], T0 + 3, LEASE, LEADER);
+    expect(await ready()).toEqual(new Map([["default", ["flood"]]]));
+    expect((await store.stats(T0 + 4)).find((q) => q.name === "default")?.queued).toBe(99n);
+  });
+
+  it("moves tasks queued before lanes existed into their tenants' lanes when a leader takes over, oldest first", async () => {
+    const old = [newTask(), newTask({ tenant: "beta" }), newTask()];
+    await store.submit(old, T0);
+    const [newer] = await store.submit([newTask()], T0 + 10);
+    // As an older version left them: one list per priority, no lanes.
+    const lane = (tenant: string) => `${prefix}:{default}:ready:2:${tenant}`;
+    for (const t of old) await redis.lrem(lane(t.tenant), 1, t.id);
+    await redis.srem(`${prefix}:{default}:lanes`, "beta");
+    await redis.rpush(`${prefix}:{default}:ready:2`, ...old.map((t) => t.id));
+    expect((await store.peekReady("default", 10)).map((c) => c.id)).toEqual([...old.map((t) => t.id), newer?.task.id]);
+    await store.lead(["default"], LEADER, T0 + 20, LEASE);
+    expect(await redis.exists(`${prefix}:{default}:ready:2`)).toBe(0);
+    expect(await redis.lrange(lane("acme"), 0, -1)).toEqual([old[0]?.id, old[2]?.id, newer?.task.id]);
+    expect(await redis.lrange(lane("beta"), 0, -1)).toEqual([old[1]?.id]);
+    expect(await ready()).toEqual(new Map([["default", ["acme", "beta"]]]));
   });
 
   it("names queues by their next due task, lease deadline and result expiry, and moves them on after each pass", async () => {

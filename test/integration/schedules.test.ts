@@ -282,7 +282,7 @@ describe("ScheduleTicker", () => {
       results.push(await main.ticker.tick(T0 + k * 1000 + 999));
     }
     expect(results.map((r) => r.created)).toEqual(Array.from({ length: 10 }, () => [1, 0, 0]).flat());
-    expect([...(results[0]?.queues ?? [])]).toEqual(["reports"]);
+    expect([...(results[0]?.lanes.values() ?? [])]).toEqual([{ queue: "reports", tenant: "acme" }]);
 
     const tasks = await tasksOf("acme", "beat");
     expect(tasks).toHaveLength(10);

@@ -118,7 +118,7 @@ describe("submit and get", () => {
     expect(got[0]?.queue).toBe("q1");
     expect(got[1]).toBeUndefined();
     expect(got[2]?.queue).toBe("q2");
-    expect(await redis.llen(k("q0", "ready:2"))).toBe(10);
+    expect(await redis.llen(k("q0", "ready:2:acme"))).toBe(10);
   });
 
   it("handles batches larger than one script call, end to end", async () => {
@@ -550,7 +550,7 @@ describe("cancel", () => {
     expect(r?.running).toBeUndefined();
     expect(r?.task.status).toBe(TaskStatus.CANCELLED);
     expect(r?.task.error).toMatchObject({ code: "CANCELLED", message: "not needed", retryable: false });
-    expect(await redis.llen(k("default", "ready:2"))).toBe(0);
+    expect(await redis.llen(k("default", "ready:2:acme"))).toBe(0);
     expect(await redis.zscore(k("default", "dead"), t.id)).not.toBeNull();
     expect(await redis.zscore(k("default", "done"), t.id)).not.toBeNull();
     expect(await mustGet(t.id)).toEqual(r?.task);
@@ -683,12 +683,12 @@ describe("reapExpired", () => {
         `${prefix}:idem:acme:i`,
         `${prefix}:queues`,
         `${prefix}:tn:acme`,
-        k("default", "ready:2"),
+        k("default", "ready:2:acme"),
         k("default", "epoch"),
         // The leader's indexes (the queue still has a QUEUED task; a lease was taken) and the
         // tenant's count of unfinished tasks (the live one).
         `${prefix}:ready`,
-        k("default", "rtn"),
+        k("default", "lanes"),
         `${prefix}:lease`,
         `${prefix}:tq:acme`,
       ].sort(),
@@ -1071,7 +1071,7 @@ describe("concurrency limits", () => {
     expect(first.map((c) => c.id)).toEqual([keyed[0]!.id, keyed[1]!.id, ...free.map((t) => t.id)]);
     expect(await running("acct-1")).toBe(2);
     // The blocked ones stay ready, in order, and are not offered by peek.
-    expect(await redis.lrange(k("default", "ready:2"), 0, -1)).toEqual(keyed.slice(2).map((t) => t.id));
+    expect(await redis.lrange(k("default", "ready:2:acme"), 0, -1)).toEqual(keyed.slice(2).map((t) => t.id));
     expect(await store.peekReady("default", 10)).toEqual([]);
     expect((await mustGet(keyed[2]!.id)).status).toBe(TaskStatus.QUEUED);
     expect(await store.claim("default", all, T0 + 2, LEASE, LEADER)).toEqual([]);

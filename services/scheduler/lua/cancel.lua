@@ -10,7 +10,7 @@ local f = redis.call('HMGET', tk, 's', 'n', 'a', 'w', 'l', 'p')
 local st = tonumber(f[1])
 if not st or f[2] ~= ARGV[6] then return {'x'} end
 if st == QUEUED or st == DELAYED or st == RETRY_WAIT then
-  if st == QUEUED then ready_remove(id, f[6]) else redis.call('ZREM', KEYS[1], id) end
+  if st == QUEUED then ready_remove(id, f[6], f[2]) else redis.call('ZREM', KEYS[1], id) end
   if st == RETRY_WAIT then redis.call('DECR', KEYS[4]) end
   finish(id, tk, st, CANCELLED, f[3] or 0, f[5], err_json('CANCELLED', reason, false), KEYS[2], KEYS[3])
   return {'c', load_task(Q, id)}

@@ -4,7 +4,8 @@
 -- and stays in line at its place; items are taken in the order given, so of several tasks of
 -- one key the earlier ones win the free places. A task is QUEUED exactly while it is in its
 -- ready list: the claimed ones leave their lists together at the end (ready_remove_many).
--- The queue enters P:lease, and leaves P:ready when nothing QUEUED is left (lib.lua indexes).
+-- The queue enters P:lease; emptied lanes leave P:{Q}:lanes, and the queue P:ready when nothing
+-- QUEUED is left (lib.lua indexes).
 -- Leader-only: fenced by epoch (lib.lua fence).
 -- KEYS: 1 running, 2 concurrency counts, 3 paused flag, 4 epoch
 -- ARGV[6] lease ms, ARGV[7] the caller's epoch, ARGV[8] until when it leads (ms);
@@ -17,16 +18,21 @@ if fenced then return fenced end
 if redis.call('EXISTS', KEYS[3]) == 1 then return {} end
 local lease = NOW + tonumber(ARGV[6])
 local out = {}
-local leaving, counts = {}, {}
+-- The claimed tasks by (priority, lane), to leave their lists together.
+local leaving = {}
 for i = 9, #ARGV, 2 do
   local id, wid = ARGV[i], ARGV[i + 1]
   local tk = tkey(id)
   local f = redis.call('HMGET', tk, 's', 'a', 'y', 'n', 'ck', 'cl', 'tp', 'e', 'c', 'p', 'd', 'q', 'qe')
   if tonumber(f[1]) == QUEUED and not cc_blocked(KEYS[2], f[5], f[6], 0) then
-    local p = tonumber(f[10]) or DEF_PRI
-    if not leaving[p] then leaving[p], counts[p] = {}, 0 end
-    leaving[p][id] = true
-    counts[p] = counts[p] + 1
+    local p, lane = tonumber(f[10]) or DEF_PRI, f[4] or ''
+    local g = leaving[p .. ':' .. lane]
+    if not g then
+      g = {pri = p, lane = lane, ids = {}, n = 0}
+      leaving[p .. ':' .. lane] = g
+    end
+    g.ids[id] = true
+    g.n = g.n + 1
     local q = tonumber(f[12]) or 1
     if q ~= (tonumber(f[13]) or 1) then flush_events(id, tk) end
     local att = (tonumber(f[2]) or 0) + 1
@@ -39,9 +45,11 @@ for i = 9, #ARGV, 2 do
     out[#out + 1] = {id, att, f[3], f[4], spec_of(QP, id, f[11]), f[7] or '', f[8] or f[9]}
   end
 end
-for p, ids in pairs(leaving) do ready_remove_many(p, ids, counts[p]) end
-if #out > 0 then
-  index_at('lease', lease)
-  if ready_empty() then ready_forget() end
+local lanes = {}
+for _, g in pairs(leaving) do
+  ready_remove_many(g.pri, g.ids, g.n, g.lane)
+  lanes[g.lane] = true
 end
+for lane in pairs(lanes) do lane_check(lane) end
+if #out > 0 then index_at('lease', lease) end
 return out

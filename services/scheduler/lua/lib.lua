@@ -33,7 +33,13 @@ local function tkey(id) return QP .. 't:' .. id end
 local function dkey(id) return QP .. 'd:' .. id end
 local function rkey(id) return QP .. 'r:' .. id end
 local function evkey(id) return QP .. 'ev:' .. id end
-local function readyk(pri) return QP .. 'ready:' .. pri end
+-- The ready list of priority `pri` in the lane of tenant `lane` (see ready lists below). Lane ''
+-- keeps the key of the time before lanes (tasks queued then, until lead.lua moves them).
+local function readyk(pri, lane)
+  if lane == nil or lane == '' then return QP .. 'ready:' .. pri end
+  return QP .. 'ready:' .. pri .. ':' .. lane
+end
+local LANES = QP .. 'lanes'
 local function tnkey(tenant) return P .. ':tn:' .. tenant end
 
 local function is_terminal(st)
@@ -221,9 +227,9 @@ end
 -- The leader's loops visit only the queues these global indexes name, so their cost follows the
 -- queues with work, not every queue that ever had a task:
 -- - P:ready SET: queues that may have QUEUED tasks (a superset: ready_add adds, and a queue
---   leaves when a claim or the dispatcher finds its ready lists empty: idle.lua). Each such
---   queue's HASH P:{Q}:rtn names the tenants that put QUEUED tasks in it since it was last
---   empty, so the dispatcher can take turns by tenant.
+--   leaves when a claim or the dispatcher finds it has none: idle.lua). Each such queue's SET
+--   P:{Q}:lanes names the tenants with QUEUED tasks in it (exact: see ready lists), so the
+--   dispatcher can take turns by tenant.
 -- - P:due, P:lease, P:reap ZSETs: queue -> a time at or before which its earliest delayed or
 --   retry-wait task is due, its earliest lease runs out, its earliest finished task expires.
 --   Every write that may bring that time forward lowers the score (index_at, ZADD LT); the
@@ -256,9 +262,12 @@ local function tq_add(tenant, n, queue)
 end
 
 -- ---- ready lists ----
--- A queue's QUEUED tasks are in one list per priority, `ready:<priority>`, each in the order of
--- (enqueue time, id). The dispatch order merges them by (enqueue time - (priority - 1) * AGING,
--- id): see task-store.ts readyScore. The enqueue time is hash field `e`, or `c` when absent.
+-- A queue's QUEUED tasks are in lanes, one per tenant, and each lane in one list per priority,
+-- `ready:<priority>:<tenant>`, each in the order of (enqueue time, id). Within a lane the
+-- dispatch order merges the four lists by (enqueue time - (priority - 1) * AGING, id): see
+-- task-store.ts readyScore; across lanes the dispatcher takes turns by tenant
+-- (docs/fairness.md). P:{Q}:lanes holds the tenants whose lanes are not empty. The enqueue time
+-- is hash field `e`, or `c` when absent.
 
 local enq_memo = {}
 local function enq_of(id)
@@ -277,42 +286,60 @@ local function ready_less(a, b)
   return a < b
 end
 
--- Puts task `id` of `tenant`, QUEUED at `enq` (ms) with priority `pri`, into its place in line,
--- and lists the queue in P:ready. The caller writes `enq` to the hash (field `e`, omitted when
--- equal to `c`).
-local function ready_add(id, enq, pri, tenant)
-  enq_memo[id] = tonumber(enq)
-  sorted_insert(readyk(tonumber(pri) or DEF_PRI), id, ready_less)
-  redis.call('SADD', READY, Q)
-  redis.call('HSET', QP .. 'rtn', tenant or '', '1')
-end
-
--- Whether all of the queue's ready lists are empty.
-local function ready_empty()
+-- Whether tenant `lane`'s lane of the queue is empty.
+local function lane_empty(lane)
   for p = 1, 4 do
-    if redis.call('LLEN', readyk(p)) > 0 then return false end
+    if redis.call('LLEN', readyk(p, lane)) > 0 then return false end
   end
   return true
 end
 
--- The queue has no QUEUED task (left): it leaves P:ready and forgets its tenants.
-local function ready_forget()
-  redis.call('SREM', READY, Q)
-  redis.call('DEL', QP .. 'rtn')
+-- Whether the queue has no QUEUED task (lane '' checked too: lists from before lanes).
+local function ready_empty()
+  return redis.call('SCARD', LANES) == 0 and lane_empty('')
 end
 
--- Takes task `id` (still with its hash) out of its ready list; returns 1 if it was there, else 0.
-local function ready_remove(id, pri)
-  return sorted_remove(readyk(tonumber(pri) or DEF_PRI), id, ready_less)
+-- The queue has no QUEUED task (left): it leaves P:ready.
+local function ready_forget()
+  redis.call('SREM', READY, Q)
+  redis.call('DEL', LANES)
+end
+
+-- After tasks left tenant `lane`'s lane: an empty lane leaves P:{Q}:lanes, and a queue with no
+-- QUEUED task left leaves P:ready.
+local function lane_check(lane)
+  if lane_empty(lane) then
+    redis.call('SREM', LANES, lane)
+    if ready_empty() then ready_forget() end
+  end
+end
+
+-- Puts task `id` of `tenant`, QUEUED at `enq` (ms) with priority `pri`, into its place in its
+-- tenant's lane, and lists lane and queue (P:{Q}:lanes, P:ready). The caller writes `enq` to the
+-- hash (field `e`, omitted when equal to `c`).
+local function ready_add(id, enq, pri, tenant)
+  enq_memo[id] = tonumber(enq)
+  local lane = tenant or ''
+  sorted_insert(readyk(tonumber(pri) or DEF_PRI, lane), id, ready_less)
+  redis.call('SADD', LANES, lane)
+  redis.call('SADD', READY, Q)
+end
+
+-- Takes task `id` (still with its hash) of `tenant` out of its ready list (lane_check follows);
+-- returns 1 if it was there, else 0.
+local function ready_remove(id, pri, tenant)
+  local n = sorted_remove(readyk(tonumber(pri) or DEF_PRI, tenant), id, ready_less)
+  lane_check(tenant or '')
+  return n
 end
 
 -- Takes the ids in set `ids` (id -> true; `n` of them) out of the ready list of priority `pri`
--- in one pass from the head: reads the list up to the last of them (in growing chunks, starting
+-- of lane `lane` in one pass from the head: reads the list up to the last of them (in growing chunks, starting
 -- with n elements: claimed tasks are usually the first ones) and writes that prefix back
 -- without them. Cheaper than one LREM per id when tasks that stay (blocked by their
 -- concurrency key, or of a type no worker takes) sit in front of the claimed ones.
-local function ready_remove_many(pri, ids, n)
-  local k = readyk(pri)
+local function ready_remove_many(pri, ids, n, lane)
+  local k = readyk(pri, lane)
   if n == 1 then
     for id in pairs(ids) do redis.call('LREM', k, 1, id) end
     return

@@ -7,19 +7,33 @@
 -- everything returned keeps every limit. Stepping over is bounded: after `max skip` blocked
 -- tasks the call returns what it has, so a long run of blocked tasks at the head costs at most
 -- that much work per call.
+-- The tasks of one tenant's lane (lib.lua ready lists), or of every lane merged in that order.
 -- KEYS: 1 concurrency counts, 2 paused flag
--- ARGV[6] limit, ARGV[7] max skip. Returns flattened {id, type, affinity key, ...}.
+-- ARGV[6] limit, ARGV[7] max skip, ARGV[8] the lane's tenant ('*': every lane).
+-- Returns flattened {id, type, affinity key, ...}.
 if redis.call('EXISTS', KEYS[2]) == 1 then return {} end
 local limit, max_skip = tonumber(ARGV[6]), tonumber(ARGV[7])
--- Per priority: the next candidates, read a page at a time (the first of `limit`, then larger
--- ones while blocked tasks are stepped over).
+local lanes = {ARGV[8]}
+if ARGV[8] == '*' then
+  lanes = redis.call('SMEMBERS', LANES)
+  local has_legacy = false
+  for _, lane in ipairs(lanes) do if lane == '' then has_legacy = true end end
+  if not has_legacy then lanes[#lanes + 1] = '' end
+end
+-- Per list (lane and priority): the next candidates, read a page at a time (the first of
+-- `limit`, then larger ones while blocked tasks are stepped over).
 local lists = {}
-for p = 1, 4 do lists[p] = {pos = 0, buf = {}, i = 1, more = true, page = math.min(limit, 256)} end
-local function head(p)
-  local l = lists[p]
+for _, lane in ipairs(lanes) do
+  for p = 1, 4 do
+    lists[#lists + 1] = {key = readyk(p, lane), pri = p, pos = 0, buf = {}, i = 1, more = true, page = math.min(limit, 256)}
+  end
+end
+local function head(j)
+  local l = lists[j]
+  local p = l.pri
   if l.i > #l.buf then
     if not l.more then return nil end
-    local ids = redis.call('LRANGE', readyk(p), l.pos, l.pos + l.page - 1)
+    local ids = redis.call('LRANGE', l.key, l.pos, l.pos + l.page - 1)
     l.more = #ids == l.page
     l.pos = l.pos + #ids
     l.page = math.min(l.page * 2, 256)
@@ -38,10 +52,10 @@ local found, skipped = 0, 0
 local picked = {}
 while found < limit and skipped <= max_skip do
   local best, bp = nil, 0
-  for p = 4, 1, -1 do
-    local c = head(p)
+  for j = #lists, 1, -1 do
+    local c = head(j)
     if c and (not best or c.score < best.score or (c.score == best.score and c.id < best.id)) then
-      best, bp = c, p
+      best, bp = c, j
     end
   end
   if not best then break end

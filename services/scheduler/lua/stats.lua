@@ -4,13 +4,19 @@
 -- 1 if paused else 0}.
 -- Each ready list is in order of enqueue time, so the oldest queued task is one of their heads.
 local queued, oldest = 0, -1
-for p = 1, 4 do
-  local k = readyk(p)
-  local n = redis.call('LLEN', k)
-  if n > 0 then
-    queued = queued + n
-    local enq = enq_of(redis.call('LINDEX', k, 0))
-    if oldest < 0 or enq < oldest then oldest = enq end
+local lanes = redis.call('SMEMBERS', LANES)
+local has_legacy = false
+for _, lane in ipairs(lanes) do if lane == '' then has_legacy = true end end
+if not has_legacy then lanes[#lanes + 1] = '' end
+for _, lane in ipairs(lanes) do
+  for p = 1, 4 do
+    local k = readyk(p, lane)
+    local n = redis.call('LLEN', k)
+    if n > 0 then
+      queued = queued + n
+      local enq = enq_of(redis.call('LINDEX', k, 0))
+      if oldest < 0 or enq < oldest then oldest = enq end
+    end
   end
 end
 return {

@@ -21,8 +21,9 @@
 -- many, `tasks` when its unfinished tasks would exceed the limit. Each new task counts in
 -- P:tq:<tenant> (lib.lua tq_add) until it finishes.
 -- A direct claim happens only when it changes no order: the task is due now, the queue is not
--- paused, no task of the queue is QUEUED (all its ready lists are empty, so none would have gone
--- first) and its concurrency key has room. Otherwise the task queues as usual.
+-- paused, no task of its tenant's lane is QUEUED (none would have gone first; other tenants'
+-- lanes take turns, and the leader asks for no direct claim while they may wait: see
+-- dispatcher.ts planDirect) and its concurrency key has room. Otherwise the task queues as usual.
 -- The first event (seq 1, status QUEUED or DELAYED) is not written to the event list: it follows
 -- from fields c and r, and task-codec.ts rebuilds it; a direct claim is the implied event 2, as
 -- in claim.lua.
@@ -109,7 +110,7 @@ for _, t in ipairs(tasks) do
       redis.call('ZADD', KEYS[1], t.run_at, id)
       index_at('due', t.run_at)
     else
-      if t.wid ~= '' and direct and ready_empty() then
+      if t.wid ~= '' and direct and lane_empty(tenant) then
         local f = redis.call('HMGET', tk, 'y', 'n', 'ck', 'cl', 'tp', 'd')
         if not cc_blocked(KEYS[4], f[3], f[4], 0) then
           redis.call('HSET', tk, 's', RUNNING, 'a', 1, 'w', t.wid, 'b', NOW_S, 'q', 2)
