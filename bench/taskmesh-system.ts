@@ -1,7 +1,7 @@
 /**
  * taskmesh under the benchmark: a whole mesh of real processes (scheduler, gateway, workers) on
  * the run's etcd and Redis, driven end to end through the gateway's gRPC API. Queue counts come
- * from the queue's Redis keys (`<prefix>:{default}:ready:1..4` lists, `running`, `done`, `dead`).
+ * from the queue's Redis keys (`<prefix>:{default}:ready:<1..4>:<tenant>` lane lists, `lanes`, `running`, `done`, `dead`).
  */
 import { join } from "node:path";
 import { TaskStatus, type Task } from "../gen/taskmesh/v1/task_pb.js";
@@ -92,20 +92,15 @@ export async function openTaskmesh(env: BenchEnv, label: string): Promise<QueueS
       };
     },
     async counts(): Promise<QueueCounts> {
-      // Ready tasks wait in one list per priority (`ready:1`..`ready:4`, task-store.ts).
-      const [r1, r2, r3, r4, running, done, dead] = pipelineNumbers(
-        await redis
-          .pipeline()
-          .llen(`${q}ready:1`)
-          .llen(`${q}ready:2`)
-          .llen(`${q}ready:3`)
-          .llen(`${q}ready:4`)
-          .zcard(`${q}running`)
-          .zcard(`${q}done`)
-          .zcard(`${q}dead`)
-          .exec(),
-      );
-      const waiting = (r1 ?? 0) + (r2 ?? 0) + (r3 ?? 0) + (r4 ?? 0);
+      // Ready tasks wait in lanes, one per tenant, each a list per priority
+      // (`ready:<1..4>:<tenant>`, with `lanes` naming the tenants: task-store.ts).
+      const lanes = await redis.smembers(`${q}lanes`);
+      const p = redis.pipeline();
+      for (const lane of lanes) for (let pri = 1; pri <= 4; pri++) p.llen(`${q}ready:${pri}:${lane}`);
+      p.zcard(`${q}running`).zcard(`${q}done`).zcard(`${q}dead`);
+      const replies = pipelineNumbers(await p.exec());
+      const [running, done, dead] = replies.slice(-3);
+      const waiting = replies.slice(0, -3).reduce((a, b) => a + b, 0);
       return { waiting, active: running ?? 0, finished: (done ?? 0) + (dead ?? 0) };
     },
     activeIds() {

@@ -317,12 +317,18 @@ end
 -- Puts task `id` of `tenant`, QUEUED at `enq` (ms) with priority `pri`, into its place in its
 -- tenant's lane, and lists lane and queue (P:{Q}:lanes, P:ready). The caller writes `enq` to the
 -- hash (field `e`, omitted when equal to `c`).
-local function ready_add(id, enq, pri, tenant)
+-- (ready_insert puts it in its list only, for callers that list lanes once for many tasks.)
+local function ready_insert(id, enq, pri, lane)
   enq_memo[id] = tonumber(enq)
-  local lane = tenant or ''
   sorted_insert(readyk(tonumber(pri) or DEF_PRI, lane), id, ready_less)
+end
+local function ready_index(lane)
   redis.call('SADD', LANES, lane)
   redis.call('SADD', READY, Q)
+end
+local function ready_add(id, enq, pri, tenant)
+  ready_insert(id, enq, pri, tenant or '')
+  ready_index(tenant or '')
 end
 
 -- Takes task `id` (still with its hash) of `tenant` out of its ready list (lane_check follows);

@@ -92,6 +92,8 @@ end
 
 register_queue(Q, ARGV[6])
 local direct = lease_ms > 0 and redis.call('EXISTS', KEYS[5]) == 0 and epoch_current(KEYS[6], ARGV[8], ARGV[9])
+-- Per tenant: its new tasks (counted once at the end) and whether its lane got any.
+local made, queued = {}, {}
 for _, t in ipairs(tasks) do
   local id, tenant = t.id, t.tenant
   if t.existing then
@@ -120,10 +122,13 @@ for _, t in ipairs(tasks) do
           claimed = {'c', 1, f[1], f[2], spec_of(QP, id, f[6]), f[5] or '', NOW_S}
         end
       end
-      if not claimed then ready_add(id, NOW, t.pri, tenant) end
+      if not claimed then
+        ready_insert(id, NOW, t.pri, tenant)
+        queued[tenant] = true
+      end
     end
     tenant_add(tenant, id)
-    tq_add(tenant, 1)
+    made[tenant] = (made[tenant] or 0) + 1
     redis.call('PUBLISH', P .. ':ev:' .. id, 1)
     if claimed then
       redis.call('PUBLISH', P .. ':ev:' .. id, 2)
@@ -133,4 +138,6 @@ for _, t in ipairs(tasks) do
     end
   end
 end
+for tenant in pairs(queued) do ready_index(tenant) end
+for tenant, n in pairs(made) do tq_add(tenant, n) end
 return out
