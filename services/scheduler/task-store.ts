@@ -171,14 +171,24 @@ export interface LeaderStamp {
 }
 
 /**
- * A leader-only write refused because a leader of a later epoch has worked on the queue: the
- * caller was deposed and must stop leading.
+ * A leader-only write that Redis refused (it changed nothing), for one of two reasons:
+ * - a leader of a later epoch has worked on the queue (`newerEpoch` > 0): the caller was deposed
+ *   and must stop leading;
+ * - the write reached Redis after its stamp's `until` ({@link late}; `newerEpoch` 0): the
+ *   caller's lease was not confirmed in time, nothing says another leader exists. Its leadership
+ *   pauses by itself once the lease is overdue (Leadership), or goes on if etcd confirmed the
+ *   lease meanwhile; giving the candidacy up for it would turn a pause into an election.
  */
 export class FencedError extends Error {
   /** `newerEpoch`: the epoch that took over, or 0 when the write reached Redis after its leader's `until`. */
   constructor(readonly newerEpoch: bigint) {
     super(newerEpoch === 0n ? "refused: it reached Redis after its leadership was known to hold" : `refused: a leader of epoch ${newerEpoch} has taken over`);
     this.name = "FencedError";
+  }
+
+  /** True when the write came too late (after `until`) rather than from a deposed leader. */
+  get late(): boolean {
+    return this.newerEpoch === 0n;
   }
 }
 
