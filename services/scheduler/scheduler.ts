@@ -121,11 +121,12 @@ export async function startScheduler(opts: SchedulerOptions): Promise<Scheduler>
   // made while a batch of results is being recorded would not even be sent until that reply came
   // back. Commands still go out back to back without waiting for replies (the protocol pipelines
   // by itself); measured: batched enqueue 21k → 29k/s, 50-slot drain 14.0k → 15.9k/s.
-  // A WAIT blocks the connection: commands queued behind one may wait its timeout too.
+  // With --redis-wait-replicas the store sends submits, and their WAIT, on a connection of their
+  // own (TaskStoreOptions.waitReplicas): a WAIT never holds this one up.
   const redis = createRedis(opts.redisUrl, {
     maxRetriesPerRequest: 3,
     enableAutoPipelining: false,
-    commandTimeout: DEFAULT_REDIS_COMMAND_TIMEOUT_MS + ((opts.redisWaitReplicas ?? 0) > 0 ? (opts.redisWaitTimeoutMs ?? 1000) : 0),
+    commandTimeout: DEFAULT_REDIS_COMMAND_TIMEOUT_MS,
   }, opts.redisTls);
   const sub = redis.duplicate();
   const store = new TaskStore({
