@@ -673,6 +673,12 @@ export class Multihost {
         "--initial-cluster", cluster,
         "--initial-cluster-token", token,
         "--initial-cluster-state", "new",
+        // As the README recommends (etcd 3.4 leaves it off): a member that comes back from a
+        // partition with a higher term then does not depose the leader. Without it, the member
+        // cut off with the leading scheduler's host kept calling elections it could not win (its
+        // log was behind) and etcd had no leader for up to 5 s after the heal, longer than any
+        // scheduler lease.
+        "--pre-vote",
         "--log-level", "warn",
       ]);
     }
