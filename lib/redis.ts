@@ -1,8 +1,9 @@
-import { Code, ConnectError } from "@connectrpc/connect";
+import type { ConnectError } from "@connectrpc/connect";
 import { readFileSync } from "node:fs";
 import type { Socket } from "node:net";
 import type { ConnectionOptions } from "node:tls";
 import { Redis, SentinelConnector, type RedisOptions, type SentinelConnectionOptions } from "ioredis";
+import { DEPENDENCY_RETRY_AFTER_MS, DEPENDENCY_UNAVAILABLE, unavailable as unavailableError } from "./errors.js";
 import { as, type SettingSpec } from "./settings.js";
 
 /**
@@ -752,8 +753,9 @@ interface Waiter {
 /**
  * WAIT-based durability on one ioredis connection: writes made on that connection between
  * {@link begin} and {@link confirm} are acknowledged by at least `replicas` replicas before
- * `confirm` resolves, or `confirm` fails with UNAVAILABLE and a `retry-after` header (the writes
- * were applied on the master but may be lost in a failover). Redis' WAIT covers every write made
+ * `confirm` resolves, or `confirm` fails with UNAVAILABLE, a `retry-after` header and the
+ * DEPENDENCY_UNAVAILABLE marker (the writes were applied on the master but may be lost in a
+ * failover). Redis' WAIT covers every write made
  * on the connection before it, so it must run on the connection that wrote, and only while that
  * connection was not re-established in between (a WAIT resent to a new master after a failover
  * would confirm nothing): a reconnect in between fails the call.
@@ -894,6 +896,11 @@ export class ReplicaWaiter {
   }
 }
 
+/**
+ * UNAVAILABLE with a retry hint (1 s), marked DEPENDENCY_UNAVAILABLE (dependency "redis"): the
+ * replica that answers it is healthy, the Redis replicas are short, and every scheduler replica
+ * shares them — a gateway relays it rather than count it against the replica or try another.
+ */
 function unavailable(message: string, cause?: unknown): ConnectError {
-  return new ConnectError(message, Code.Unavailable, { "retry-after": "1" }, undefined, cause);
+  return unavailableError(message, DEPENDENCY_RETRY_AFTER_MS, { reason: DEPENDENCY_UNAVAILABLE, metadata: { dependency: "redis" }, cause });
 }

@@ -81,7 +81,10 @@ export interface DispatcherOptions {
   idleMs?: number;
   metrics: SchedulerMetrics;
   logger: Logger;
-  /** Redis refused a claim or re-queue: a leader of a later epoch took over; stop leading. */
+  /**
+   * Redis refused a claim or re-queue: a leader of a later epoch took over (stop leading), or the
+   * write came after this leadership's `until` (FencedError.late: the dispatcher goes on).
+   */
   onFenced: (err: FencedError) => void;
 }
 
@@ -99,6 +102,8 @@ export class Dispatcher {
   private running = false;
   private stopped = true;
   private kicked = false;
+  /** A claim was refused as late (FencedError.late): the next round waits a little. */
+  private lateRefusal = false;
   private wake: (() => void) | undefined;
   /** The ready index as last read, plus what kicks added since: queue → tenants with tasks in it. */
   private ready = new Map<string, Set<string>>();
@@ -171,9 +176,20 @@ export class Dispatcher {
     this.loop = this.run();
   }
 
-  /** A later leader took over: no more rounds (stop() still follows), and the leader is told. */
+  /**
+   * A later leader took over: no more rounds (stop() still follows), and the leader is told. A
+   * write that was only late changed nothing (its tasks stay in line, its reservations are given
+   * back): the leader is told, and the rounds go on unless the leadership pauses.
+   */
   private fenced(err: FencedError): void {
     if (this.stopped) return;
+    if (err.late) {
+      // Not at once again: the next claims would be refused too until etcd confirms the lease
+      // (or the leadership pauses, which stops this loop).
+      this.lateRefusal = true;
+      this.opts.onFenced(err);
+      return;
+    }
     this.stopped = true;
     this.kick();
     this.opts.onFenced(err);
@@ -191,6 +207,11 @@ export class Dispatcher {
   private async run(): Promise<void> {
     const idleMs = this.opts.idleMs ?? 250;
     while (!this.stopped) {
+      if (this.lateRefusal) {
+        this.lateRefusal = false;
+        await new Promise((r) => setTimeout(r, 100).unref());
+        if (this.stopped) break;
+      }
       this.kicked = false;
       let dispatched = 0;
       try {

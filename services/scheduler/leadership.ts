@@ -30,28 +30,48 @@ class Candidacy {
   readonly lease: Lease;
   /** Send time of the newest keepalive (or the grant) etcd answered: the lease lives at least ttl after it. */
   confirmedAt = Date.now();
-  private pending: number[] = [];
+  private keepalives: NodeJS.Timeout | undefined;
   private endReason: string | undefined;
   private onEnd: (() => void)[] = [];
   /** Resolves with the reason once the candidacy ends. */
   readonly ended: Promise<string>;
 
-  constructor(client: Etcd3, ttlSeconds: number) {
-    this.lease = client.lease(ttlSeconds, { autoKeepAlive: true });
+  constructor(
+    client: Etcd3,
+    private readonly ttlMs: number,
+  ) {
+    this.lease = client.lease(ttlMs / 1000, { autoKeepAlive: false });
     this.ended = new Promise((resolve) => this.onEnd.push(() => resolve(this.endReason as string)));
     this.lease.on("lost", (err) => this.end(`lease lost: ${err.message}`));
-    // etcd3 opens a keepalive stream, then fires one keepalive per ttl/3 on it; answers come in
-    // order, so each answer confirms the oldest keepalive in flight.
-    this.lease.on("keepaliveEstablished", () => {
-      this.pending = [];
-    });
-    this.lease.on("keepaliveFired", () => {
-      this.pending.push(Date.now());
-    });
-    this.lease.on("keepaliveSucceeded", () => {
-      const sent = this.pending.shift();
-      if (sent !== undefined && sent > this.confirmedAt) this.confirmedAt = sent;
-    });
+  }
+
+  /**
+   * Keeps the granted lease alive: a keepalive every ttl/3, each on a stream of its own (etcd3's
+   * keepaliveOnce) with the TTL as its deadline, so that an answer confirms exactly the keepalive
+   * it answers, and the lease lives at least ttl after that one was sent. (etcd3's own loop sends
+   * every keepalive on one stream, so answers could only be matched to send times by their order,
+   * and its events do not say which stream fired or answered: once keepalives were fired that no
+   * answer would ever match — after its stream errors, which it handles on more than one path — the
+   * answers confirmed ever older send times, and a paused leader whose lease etcd kept renewing
+   * stayed paused for good.) An answer with TTL 0 (etcd no
+   * longer has the lease) ends the candidacy through etcd3's "lost"; while etcd does not answer
+   * at all, the candidacy stays, unconfirmed: the leadership is paused, and the first answer says
+   * whether the lease lived on.
+   */
+  keepAlive(log: Logger): void {
+    const tick = (): void => {
+      if (this.isEnded) return;
+      const sent = Date.now();
+      this.lease.keepaliveOnce({ deadline: sent + this.ttlMs }).then(
+        () => {
+          if (sent > this.confirmedAt) this.confirmedAt = sent;
+        },
+        (err: unknown) => log.debug({ err }, "lease keepalive not answered"),
+      );
+    };
+    this.keepalives = setInterval(tick, this.ttlMs / 3);
+    this.keepalives.unref();
+    tick();
   }
 
   get isEnded(): boolean {
@@ -61,6 +81,7 @@ class Candidacy {
   end(reason: string): void {
     if (this.endReason !== undefined) return;
     this.endReason = reason;
+    clearInterval(this.keepalives);
     for (const f of this.onEnd.splice(0)) f();
   }
 
@@ -161,7 +182,7 @@ export class Leadership extends EventEmitter<{ elected: [bigint]; lost: [] }> {
   private async run(): Promise<void> {
     let backoff = 200;
     while (!this.closed) {
-      const c = new Candidacy(this.opts.client, this.ttlMs / 1000);
+      const c = new Candidacy(this.opts.client, this.ttlMs);
       this.current = c;
       try {
         const epoch = await this.campaign(c);
@@ -245,6 +266,7 @@ export class Leadership extends EventEmitter<{ elected: [bigint]; lost: [] }> {
     const leaseId = await Promise.race([c.lease.grant(), c.ended.then(() => undefined)]);
     if (leaseId === undefined) return undefined;
     c.confirmedAt = granting;
+    c.keepAlive(this.log);
     const key = `${this.prefix}${leaseId}`;
     const txn = await client
       .if(key, "Create", "==", 0)

@@ -150,13 +150,17 @@ export function schedulerService(deps: SchedulerServiceDeps): ServiceImpl<typeof
     );
     const plan = deps.planDirect?.(tasks, now);
     let stored: SubmitResult[];
+    let replicated: Promise<void>;
     try {
-      stored = await store.submit(tasks, now, plan?.claims, deps.quota);
+      ({ results: stored, replicated } = await store.submitUnconfirmed(tasks, now, plan?.claims, deps.quota));
     } catch (err) {
       plan?.settle(undefined);
       if (err instanceof QuotaExceededError) throw quotaExceeded(err);
       throw err;
     }
+    // Stored on the master: tasks claimed at once go to their workers, the others to the
+    // dispatcher, even when their replication then fails to be confirmed (the client is told
+    // UNAVAILABLE and retries; its retry finds them by idempotency key or request id).
     plan?.settle(stored);
     // Tasks not claimed directly wait for the dispatcher.
     const queued = new Map<string, Work>();
@@ -168,6 +172,7 @@ export function schedulerService(deps: SchedulerServiceDeps): ServiceImpl<typeof
     let created = 0;
     for (const s of stored) if (!s.existing) created++;
     if (created > 0) deps.metrics.submitted.inc(created);
+    await replicated;
     return stored.map((s) => s.task);
   };
 

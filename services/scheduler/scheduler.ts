@@ -134,11 +134,12 @@ export async function startScheduler(opts: SchedulerOptions): Promise<Scheduler>
   // made while a batch of results is being recorded would not even be sent until that reply came
   // back. Commands still go out back to back without waiting for replies (the protocol pipelines
   // by itself); measured: batched enqueue 21k → 29k/s, 50-slot drain 14.0k → 15.9k/s.
-  // A WAIT blocks the connection: commands queued behind one may wait its timeout too.
+  // With --redis-wait-replicas the store sends submits, and their WAIT, on a connection of their
+  // own (TaskStoreOptions.waitReplicas): a WAIT never holds this one up.
   const redis = createRedis(opts.redisUrl, {
     maxRetriesPerRequest: 3,
     enableAutoPipelining: false,
-    commandTimeout: DEFAULT_REDIS_COMMAND_TIMEOUT_MS + ((opts.redisWaitReplicas ?? 0) > 0 ? (opts.redisWaitTimeoutMs ?? 1000) : 0),
+    commandTimeout: DEFAULT_REDIS_COMMAND_TIMEOUT_MS,
   }, opts.redisTls);
   const sub = redis.duplicate();
   const store = new TaskStore({
@@ -241,9 +242,25 @@ export async function startScheduler(opts: SchedulerOptions): Promise<Scheduler>
     ttlSeconds: opts.electionTtlSeconds,
     logger: log,
   });
-  // Redis refused a leader-only write: a later leader has fenced the queue (lib.lua fence).
+  // Redis refused a leader-only write (lib.lua fence). A later leader has fenced the queue: give
+  // the candidacy up. The write only came after this leadership's `until`: it changed nothing and
+  // nothing says another leader exists; the leadership pauses by itself while etcd has not
+  // confirmed its lease and resumes with the same epoch if etcd does (an etcd election, say).
+  // Giving the candidacy up there would revoke a lease that etcd may still renew and force an
+  // election, where the next leader's writes meet the same late confirmations.
+  let lateLoggedAt = 0;
   const onFenced = (err: FencedError): void => {
     if (epoch === 0n) return;
+    if (err.late) {
+      if (Date.now() - lateLoggedAt >= 1000) {
+        lateLoggedAt = Date.now();
+        log.warn(
+          { epoch: String(epoch), validForMs: leadership.validUntil - Date.now() },
+          "Redis refused a leader-only write that reached it after this leadership was known to hold; not deposed, the write changed nothing",
+        );
+      }
+      return;
+    }
     log.warn({ epoch: String(epoch), newerEpoch: String(err.newerEpoch) }, "a later leader took over; stepping down");
     leadership.abdicate("Redis refused a write of this leader's epoch");
   };
@@ -412,13 +429,15 @@ export async function startScheduler(opts: SchedulerOptions): Promise<Scheduler>
         log.info({ epoch: String(e), leasesRestarted: restarted }, "queues fenced for the new leadership");
         break;
       } catch (err) {
-        if (err instanceof FencedError) {
+        if (err instanceof FencedError && !err.late) {
           log.warn({ epoch: String(e), newerEpoch: String(err.newerEpoch) }, "a later leader already took the queues over");
           leadership.abdicate("Redis holds a later leader's epoch");
           return;
         }
         if (term !== mine) return;
-        log.warn({ err }, "could not fence the queues (Redis); retrying");
+        // Late (FencedError.late: the lease not confirmed in time; the leadership pauses, which
+        // ends this term, or goes on) or Redis out of reach: try again.
+        log.warn({ err }, "could not fence the queues; retrying");
         await delay(backoff);
         if (term !== mine) return;
       }

@@ -72,8 +72,10 @@ export type { NewTask, BackoffPolicy } from "./task-codec.js";
  *   a lease running out, a finished task expiring.
  * - `P:tq:<tenant>` HASH queue → the tenant's unfinished tasks in it, `*` → their total: what
  *   the quotas ({@link TenantQuota}) are checked against.
+ * - `P:replmark` STRING, 60 s: written (with `waitReplicas`) before the WAIT of a submit that
+ *   found its tasks stored already, so that the WAIT covers their write too (see waitReplicas).
  *
- * The global keys (queues, tn, idem, ready, due, lease, reap, tq) are outside the queues' hash tags: fine on one Redis, and
+ * The global keys (queues, tn, idem, ready, due, lease, reap, tq, replmark) are outside the queues' hash tags: fine on one Redis, and
  * the known obstacle to Redis Cluster. Scripts receive queue-wide keys in KEYS and build
  * per-task keys and ready lists from the prefix and queue (all inside the queue's hash tag), as
  * BullMQ does.
@@ -112,9 +114,16 @@ export interface TaskStoreOptions {
    */
   maxPeekSkip?: number | undefined;
   /**
-   * Replicas that must have a {@link TaskStore.submit}'s writes before it returns (Redis WAIT on
-   * this connection, see ReplicaWaiter). When fewer acknowledge within `waitTimeoutMs`, the
-   * submit fails UNAVAILABLE with `retry-after` (its tasks may have been stored: retry with the
+   * Replicas that must have a {@link TaskStore.submit}'s writes before it returns (Redis WAIT,
+   * see ReplicaWaiter). Submits then go through a connection of their own (a duplicate of
+   * `redis`, command and socket timeouts extended by `waitTimeoutMs`): WAIT blocks the
+   * connection it runs on until the replicas answer or its timeout passes, and on a shared one
+   * every claim, lease upkeep and read would queue behind it while a replica is unreachable.
+   * WAIT covers every write made on its connection before it, so a submit that finds its tasks
+   * stored already (an idempotency key, a retried request id) writes a marker on that connection
+   * first: the WAIT then also covers the earlier write of those tasks, whichever connection made
+   * it. When fewer replicas acknowledge within `waitTimeoutMs`, the submit fails UNAVAILABLE with
+   * `retry-after`, marked DEPENDENCY_UNAVAILABLE (its tasks may have been stored: retry with the
    * same idempotency key); while the master has fewer replicas connected, submits are refused
    * before anything is stored. 0: a submit returns once the master has applied it, and a
    * failover may lose what asynchronous replication had not yet copied. Other writes (claims,
@@ -178,14 +187,24 @@ export interface LeaderStamp {
 }
 
 /**
- * A leader-only write refused because a leader of a later epoch has worked on the queue: the
- * caller was deposed and must stop leading.
+ * A leader-only write that Redis refused (it changed nothing), for one of two reasons:
+ * - a leader of a later epoch has worked on the queue (`newerEpoch` > 0): the caller was deposed
+ *   and must stop leading;
+ * - the write reached Redis after its stamp's `until` ({@link late}; `newerEpoch` 0): the
+ *   caller's lease was not confirmed in time, nothing says another leader exists. Its leadership
+ *   pauses by itself once the lease is overdue (Leadership), or goes on if etcd confirmed the
+ *   lease meanwhile; giving the candidacy up for it would turn a pause into an election.
  */
 export class FencedError extends Error {
   /** `newerEpoch`: the epoch that took over, or 0 when the write reached Redis after its leader's `until`. */
   constructor(readonly newerEpoch: bigint) {
     super(newerEpoch === 0n ? "refused: it reached Redis after its leadership was known to hold" : `refused: a leader of epoch ${newerEpoch} has taken over`);
     this.name = "FencedError";
+  }
+
+  /** True when the write came too late (after `until`) rather than from a deposed leader. */
+  get late(): boolean {
+    return this.newerEpoch === 0n;
   }
 }
 
@@ -386,6 +405,8 @@ export class TaskStore {
   private readonly maxRequeues: number;
   private readonly maxPeekSkip: number;
   private readonly replicaWaiter: ReplicaWaiter | undefined;
+  /** Where submits go: `redis`, or with `waitReplicas` a connection of their own (closed by {@link close}). */
+  private readonly submitRedis: Redis;
   private readonly logger: Logger;
   private readonly queueOf = new Map<string, string>();
   private readonly folded = new Map<string, { seq: number; task: Task }>();
@@ -401,18 +422,31 @@ export class TaskStore {
     this.maxEvents = opts.maxEvents ?? 1000;
     this.maxRequeues = Math.max(0, Math.floor(opts.maxRequeues ?? 10));
     this.maxPeekSkip = Math.max(0, Math.floor(opts.maxPeekSkip ?? 5000));
-    const waitReplicas = Math.max(0, Math.floor(opts.waitReplicas ?? 0));
-    this.replicaWaiter =
-      waitReplicas === 0
-        ? undefined
-        : new ReplicaWaiter(this.redis, {
-            replicas: waitReplicas,
-            timeoutMs: Math.max(1, Math.floor(opts.waitTimeoutMs ?? 1000)),
-            subject: "the tasks",
-            onCall: opts.onRedisCall,
-          });
     this.logger = opts.logger.child({ component: "task-store" });
     defineScripts(this.redis, "lib", SCRIPTS, "TaskStore");
+    const waitReplicas = Math.max(0, Math.floor(opts.waitReplicas ?? 0));
+    if (waitReplicas === 0) {
+      this.submitRedis = this.redis;
+      this.replicaWaiter = undefined;
+    } else {
+      const waitMs = Math.max(1, Math.floor(opts.waitTimeoutMs ?? 1000));
+      const { commandTimeout, socketTimeout } = this.redis.options;
+      const submitRedis = this.redis.duplicate({
+        ...(commandTimeout !== undefined ? { commandTimeout: commandTimeout + waitMs } : {}),
+        ...(socketTimeout !== undefined ? { socketTimeout: socketTimeout + waitMs } : {}),
+      });
+      submitRedis.on("error", (err: unknown) => {
+        this.logger.warn({ err }, "submit connection error");
+      });
+      defineScripts(submitRedis, "lib", SCRIPTS, "TaskStore");
+      this.submitRedis = submitRedis;
+      this.replicaWaiter = new ReplicaWaiter(submitRedis, {
+        replicas: waitReplicas,
+        timeoutMs: waitMs,
+        subject: "the tasks",
+        onCall: opts.onRedisCall,
+      });
+    }
   }
 
   // ---- keys and helpers ----
@@ -503,7 +537,8 @@ export class TaskStore {
    * Stores new tasks: one script call per queue present in the batch (pipelined), atomic per task.
    * A task whose (tenant, idempotency key) matches a live task from the last 24 h is not stored:
    * the earlier task is returned instead, flagged `existing`. New tasks are QUEUED, or DELAYED
-   * when `runAtMs` is later than `now`; each gets its first event.
+   * when `runAtMs` is later than `now`; each gets its first event. With `waitReplicas`, resolves
+   * only once the replicas have them (else fails UNAVAILABLE: see {@link submitUnconfirmed}).
    * With `quota`, a script call whose new tasks would take their tenant over its quota stores
    * none of them and the submit fails with {@link QuotaExceededError} (a batch over several
    * queues makes one call per queue: the other queues' calls may have stored theirs).
@@ -514,6 +549,24 @@ export class TaskStore {
     direct?: DirectClaims,
     quota?: (tenant: string) => TenantQuota | undefined,
   ): Promise<SubmitResult[]> {
+    const { results, replicated } = await this.submitUnconfirmed(tasks, now, direct, quota);
+    await replicated;
+    return results;
+  }
+
+  /**
+   * {@link submit}, answering as soon as the master stored the tasks: `results` are what it
+   * stored (tasks claimed at once among them: the caller must hand those to their workers either
+   * way), `replicated` resolves once `waitReplicas` replicas have them (at once without
+   * `waitReplicas`) or fails UNAVAILABLE (ReplicaWaiter.confirm). Rejects, before anything is
+   * stored, while too few replicas are connected.
+   */
+  async submitUnconfirmed(
+    tasks: readonly NewTask[],
+    now: number,
+    direct?: DirectClaims,
+    quota?: (tenant: string) => TenantQuota | undefined,
+  ): Promise<{ results: SubmitResult[]; replicated: Promise<void> }> {
     now = Math.floor(now);
     // Each tenant's quota, for the scripts (submit.lua checks it before it stores anything).
     const quotaArgs: RedisValue[] = [];
@@ -565,7 +618,7 @@ export class TaskStore {
           return s;
         });
         calls.push(
-          this.timed("Submit", this.redis.tmSubmit(...args)).then((reply) => {
+          this.timed("Submit", this.submitRedis.tmSubmit(...args)).then((reply) => {
             const results = arr(reply);
             if (results[0] === "q") {
               throw new QuotaExceededError(str(results[1]), str(results[2]) === "queues" ? "queues" : "tasks", int(results[3]), int(results[4]));
@@ -599,16 +652,23 @@ export class TaskStore {
       }
     }
     await Promise.all(calls);
-    await this.awaitReplicas(ticket);
-    return out;
+    const replicated = this.awaitReplicas(ticket, out.some((r) => r.existing));
+    // Handled by the caller, who awaits it right after handing out the direct claims.
+    replicated.catch(() => undefined);
+    return { results: out, replicated };
   }
 
   /**
-   * With `waitReplicas`, resolves once that many replicas have this connection's writes so far
-   * (the submit's scripts among them), else fails UNAVAILABLE (ReplicaWaiter.confirm).
+   * With `waitReplicas`, resolves once that many replicas have the submit connection's writes so
+   * far (the submit's scripts among them), else fails UNAVAILABLE (ReplicaWaiter.confirm).
+   * `foundStored`: the submit answered with tasks stored earlier, maybe by another connection
+   * (or another replica) and not yet replicated; WAIT only covers writes of its own connection,
+   * so a marker is written first: it follows their write in the replication stream.
    */
-  private async awaitReplicas(ticket: ReplicaTicket | undefined): Promise<void> {
-    if (this.replicaWaiter !== undefined && ticket !== undefined) await this.replicaWaiter.confirm(ticket);
+  private async awaitReplicas(ticket: ReplicaTicket | undefined, foundStored: boolean): Promise<void> {
+    if (this.replicaWaiter === undefined || ticket === undefined) return;
+    if (foundStored) await this.submitRedis.set(`${this.prefix}:replmark`, String(Date.now()), "PX", 60_000);
+    await this.replicaWaiter.confirm(ticket);
   }
 
   /**
@@ -1243,7 +1303,10 @@ export class TaskStore {
     }
   }
 
-  /** Closes the subscriber connection (the main connection belongs to the caller). Idempotent. */
+  /**
+   * Closes the subscriber connection and the submit connection of `waitReplicas` (the main
+   * connection belongs to the caller). Idempotent.
+   */
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
@@ -1254,6 +1317,8 @@ export class TaskStore {
     if (sub !== undefined) {
       await sub.quit().catch(() => sub.disconnect());
     }
+    const submitRedis = this.submitRedis;
+    if (submitRedis !== this.redis) await submitRedis.quit().catch(() => submitRedis.disconnect());
   }
 
   private async queuesOf(ids: readonly string[]): Promise<(string | undefined)[]> {

@@ -51,7 +51,7 @@ export interface WorkerSessionOptions {
   onStateChange: (session: WorkerSession) => void;
   /** What this leader's re-queues carry (they are fenced by it: see TaskStore.requeue). */
   leader: () => LeaderStamp;
-  /** Redis refused a re-queue: a leader of a later epoch took over; stop leading. */
+  /** Redis refused a re-queue: a leader of a later epoch took over, or it came too late (FencedError.late). */
   onFenced: (err: FencedError) => void;
   /** Mesh credentials to dial the worker with (it must present a worker certificate under mTLS). */
   security?: MeshSecurity;
@@ -360,7 +360,8 @@ export class WorkerSession {
       this.log.info({ requeued: n, reason }, "re-queued attempts of worker");
     } catch (err) {
       if (err instanceof FencedError) {
-        // A later leader owns these attempts now (it adopted them from the worker's hello).
+        // A later leader owns these attempts now (it adopted them from the worker's hello); or
+        // the re-queue came too late and the tasks keep their running lease until it expires.
         this.opts.onFenced(err);
       } else {
         // Redis unreachable: the tasks keep their running lease and the reaper re-queues them.

@@ -37,6 +37,8 @@ const LOAD = { ratePerSecond: 25, minMs: 200, maxMs: 500 };
 const REDIS_MODE = process.env["TASKMESH_MULTIHOST_REDIS"] === "single" ? "single" : "sentinel";
 /** The etcd member made leader before every fault, so that runs are alike. */
 const ETCD_LEADER = "etcd-3";
+/** TASKMESH_MULTIHOST_KEEP=1 keeps the run directory (logs, records, acks) even when the run passes. */
+const KEEP_RUN_DIR = process.env["TASKMESH_MULTIHOST_KEEP"] === "1";
 
 const TERMINAL = new Set(["SUCCEEDED", "FAILED", "CANCELLED"]);
 
@@ -197,8 +199,9 @@ describe.skipIf(why !== undefined)("multi-host faults: 5 hosts, 3 etcd members, 
 
   afterAll(async () => {
     if (mh === undefined) return;
-    await mh.close({ keepLogs: failed });
+    await mh.close({ keepLogs: failed || KEEP_RUN_DIR });
     if (failed) process.stdout.write(`multihost: FAILED — logs, execution records and acks kept in ${mh.runDir}\n`);
+    else if (KEEP_RUN_DIR) process.stdout.write(`multihost: logs, execution records and acks kept in ${mh.runDir} (TASKMESH_MULTIHOST_KEEP=1)\n`);
   }, 60_000);
 
   it("refuses outsiders on every internal port across hosts: no plaintext, no call without a mesh certificate, no worker hijack", async () => {

@@ -1,6 +1,7 @@
 import { Code, ConnectError } from "@connectrpc/connect";
 import type { Redis } from "ioredis";
 import { afterEach, describe, expect, it } from "vitest";
+import { isDependencyUnavailable } from "../../lib/errors.js";
 import { silentLogger } from "../../lib/logger.js";
 import { FailoverAwareSentinelConnector, ReplicaWaiter, createRedis } from "../../lib/redis.js";
 import { TaskStore, type NewTask } from "../../services/scheduler/task-store.js";
@@ -312,6 +313,56 @@ describe("Redis through Sentinel (lib/redis.ts)", () => {
     });
     expect(await redisCommand(replica, "EXISTS", `${prefix}:{default}:t:${back.id}`)).toBe(1);
   }, 90_000);
+
+  it("with waitReplicas, WAITs on a connection of the submits' own, and confirms a task found stored only once the replica has it", async () => {
+    group = await startSentinelGroup({ replicas: 1 });
+    const redis = client(group.url, { maxRetriesPerRequest: 3, enableAutoPipelining: false, commandTimeout: 3000 });
+    const prefix = uniquePrefix("waitconn");
+    const store = new TaskStore({ redis, prefix, waitReplicas: 1, waitTimeoutMs: 3000, logger: silentLogger() });
+    stores.push(store);
+    // Another scheduler replica: connections of its own.
+    const other = new TaskStore({ redis: client(group.url, { enableAutoPipelining: false }), prefix, waitReplicas: 1, waitTimeoutMs: 500, logger: silentLogger() });
+    stores.push(other);
+    const master = (await group.masterPort()) as number;
+    const replica = group.ports.find((p) => p !== master) as number;
+    const pid = Number(/^process_id:(\d+)/m.exec(String(await redisCommand(replica, "INFO", "server")))?.[1]);
+    expect(pid).toBeGreaterThan(0);
+    await store.submit([task()], Date.now());
+
+    // The replica stops answering (the master still counts it connected): WAITs time out.
+    process.kill(pid, "SIGSTOP");
+    const keyed = { ...task(), idempotencyKey: "k1" };
+    try {
+      const submitted = rejection(store.submit([keyed], Date.now()));
+      // The submit's WAIT blocks on the master (the task is stored: the WAIT follows its script).
+      const blocked = async (): Promise<number> => Number(/^blocked_clients:(\d+)/m.exec(String(await redisCommand(master, "INFO", "clients")))?.[1]);
+      await waitFor(async () => (await blocked()) === 1, { what: "the submit's WAIT blocking" });
+      // It holds its own connection only: a read on the store's connection is answered while it
+      // still blocks (on a shared connection the read would queue behind it for its 3 s).
+      expect((await store.get(keyed.id))?.id).toBe(keyed.id);
+      expect(await blocked()).toBe(1);
+      const err = (await submitted) as ConnectError;
+      expect(err.code).toBe(Code.Unavailable);
+      expect(isDependencyUnavailable(err)).toBe(true);
+      expect(err.rawMessage).toMatch(/0 of 1 replicas acknowledged within 3000 ms/);
+
+      // The retry reaches the other replica, which finds the task by its idempotency key: its own
+      // connection never wrote it, yet it must not confirm it while the replica lacks it.
+      const retried = (await rejection(other.submit([{ ...task(), idempotencyKey: "k1" }], Date.now()))) as ConnectError;
+      expect(retried.code).toBe(Code.Unavailable);
+      expect(retried.rawMessage).toMatch(/0 of 1 replicas acknowledged within 500 ms/);
+    } finally {
+      process.kill(pid, "SIGCONT");
+    }
+    // The replica catches up: the retry is confirmed, with the task stored first.
+    const confirmed = await waitFor(
+      async () => (await other.submit([{ ...task(), idempotencyKey: "k1" }], Date.now()).catch(() => undefined))?.[0],
+      { timeoutMs: 15_000, what: "the retry confirmed" },
+    );
+    expect(confirmed.existing).toBe(true);
+    expect(confirmed.task.id).toBe(keyed.id);
+    expect(await redisCommand(replica, "EXISTS", `${prefix}:{default}:t:${keyed.id}`)).toBe(1);
+  }, 60_000);
 
   it("does not confirm writes across a reconnect: a WAIT on a new connection would cover nothing", async () => {
     group = await startSentinelGroup({ replicas: 1 });

@@ -259,9 +259,11 @@ function fieldsOf(reply: unknown): Map<string, string> {
 
 /**
  * A Redis master (host c) with one replica (host d), watched by three Sentinels (hosts a, b, e;
- * quorum 2), reached through `redis-sentinel://…` (the services must understand that form). Its
- * failover is a `kill -9` of the current master: once every Sentinel names a new master, the old
- * one is started again as its replica, as a supervisor would.
+ * quorum 2), reached through `redis-sentinel://…` (the services must understand that form). The
+ * schedulers acknowledge a submit once that replica has it (`--redis-wait-replicas 1`, every
+ * replica: whichever Sentinel promotes has every acknowledged task). Its failover is a `kill -9`
+ * of the current master: once every Sentinel names a new master, the old one is started again as
+ * its replica, as a supervisor would.
  */
 export const sentinelRedis: RedisStarter = async (mh) => {
   const nodes = new Map<string, { process: ManagedProcess; replicaOf: string | undefined }>();
@@ -338,6 +340,7 @@ export const sentinelRedis: RedisStarter = async (mh) => {
   await waitFor(async () => (await problem()) === "", { timeoutMs: 30_000, intervalMs: 250, what: "Sentinel group healthy" });
   return {
     url: `redis-sentinel://${sentinels.map((s) => s.address).join(",")}/${SENTINEL_MASTER}`,
+    schedulerArgs: ["--redis-wait-replicas", String(nodes.size - 1), "--redis-wait-timeout-ms", "1000"],
     processes: [...[...nodes.values()].map((n) => n.process), ...sentinels],
     problem,
     async failover() {
@@ -670,6 +673,12 @@ export class Multihost {
         "--initial-cluster", cluster,
         "--initial-cluster-token", token,
         "--initial-cluster-state", "new",
+        // As the README recommends (etcd 3.4 leaves it off): a member that comes back from a
+        // partition with a higher term then does not depose the leader. Without it, the member
+        // cut off with the leading scheduler's host kept calling elections it could not win (its
+        // log was behind) and etcd had no leader for up to 5 s after the heal, longer than any
+        // scheduler lease.
+        "--pre-vote",
         "--log-level", "warn",
       ]);
     }

@@ -54,10 +54,13 @@ class FakeStore {
 
   /** Set when a later leader has taken over: claims fail as Redis refuses them. */
   fencedBy: bigint | undefined;
+  /** Set while claims reach Redis after their leader's `until`: refused as late (FENCED 0). */
+  late = false;
 
   async claim(queue: string, claims: readonly { id: string; workerId: string }[], _now: number, _lease: number, leader: LeaderStamp): Promise<ClaimedTask[]> {
     this.calls.push(`claim ${claims.length}`);
     if (this.fencedBy !== undefined && this.fencedBy > leader.epoch) throw new FencedError(this.fencedBy);
+    if (this.late) throw new FencedError(0n);
     const out: ClaimedTask[] = [];
     const list = this.list(queue);
     for (const c of claims) {
@@ -340,6 +343,26 @@ describe("Dispatcher", () => {
       expect(fenced[0]?.newerEpoch).toBe(7n);
       expect(w.assigned).toEqual([]);
       await waitFor(() => w.reserved === 0, { what: "reservations given back" });
+    } finally {
+      await dispatcher.stop();
+    }
+  });
+
+  it("reports a claim refused as late, gives the slots back, and dispatches on: a late write deposes nobody", async () => {
+    const { store, sessions, dispatcher, fenced } = setup([{ id: "w", slots: 4 }]);
+    store.add(4);
+    store.late = true;
+    dispatcher.start(() => ({ epoch: 5n, until: Number.MAX_SAFE_INTEGER }));
+    try {
+      await waitFor(() => fenced.length > 0, { what: "the late claim reported" });
+      const w = sessions.get("w") as FakeSession;
+      expect(fenced[0]?.late).toBe(true);
+      expect(w.assigned).toEqual([]);
+      // etcd confirmed the lease again: the same leadership's next claims go through.
+      store.late = false;
+      dispatcher.kick();
+      await waitFor(() => w.assigned.length === 4, { what: "the tasks dispatched after the late claim" });
+      expect(w.reserved).toBe(0);
     } finally {
       await dispatcher.stop();
     }
