@@ -182,7 +182,8 @@ describe.concurrent("the taskmesh CLI against a real mesh", () => {
     // The watcher prints the current document first: once it has, it is connected.
     const watcher = start(process.execPath, ["--import", "tsx", MAIN, "config", "watch", ns], env, 90_000);
     onTestFinished(() => watcher.signal("SIGKILL"));
-    await waitFor(() => watcher.stdout().includes('{"level":1}'), { timeoutMs: 10_000, what: "config watch connected" });
+    // (A new node process compiling the CLI: seconds on a busy machine.)
+    await waitFor(() => watcher.stdout().includes('{"level":1}'), { timeoutMs: 30_000, what: "config watch connected" });
     const file = join(tmp, "doc.json");
     await writeFile(file, JSON.stringify({ level: 2, name: "two" }));
     const second = await tm(["config", "set", ns, `@${file}`, "--expected-revision", first.revision]);
