@@ -9,6 +9,7 @@ import { afterEach, beforeEach, describe, expect, inject, it } from "vitest";
 import { TaskStatus } from "../../gen/taskmesh/v1/task_pb.js";
 import { silentLogger } from "../../lib/logger.js";
 import { QuotaExceededError, TaskStore, type LeaderStamp, type NewTask, type TenantQuota } from "../../services/scheduler/task-store.js";
+import { queueTag } from "../../services/scheduler/task-codec.js";
 import { uniquePrefix } from "../support/ids.js";
 import { newTask } from "../support/tasks.js";
 
@@ -281,7 +282,6 @@ describe("empty queues", () => {
 
   it("keep other queues of the same tag", async () => {
     // Queue names whose tags collide share a `}<tag>` entry (lib.lua register_queue).
-    const { queueTag } = await import("../../services/scheduler/task-codec.js");
     const names = new Map<string, string>();
     let pair: [string, string] | undefined;
     for (let i = 0; pair === undefined && i < 100_000; i++) {

@@ -299,6 +299,17 @@ local function ready_empty()
   return redis.call('SCARD', LANES) == 0 and lane_empty('')
 end
 
+-- Every lane of the queue that may hold QUEUED tasks: P:{Q}:lanes, and lane '' (lists from
+-- before lanes) whether listed or not.
+local function all_lanes()
+  local lanes = redis.call('SMEMBERS', LANES)
+  for _, lane in ipairs(lanes) do
+    if lane == '' then return lanes end
+  end
+  lanes[#lanes + 1] = ''
+  return lanes
+end
+
 -- The queue has no QUEUED task (left): it leaves P:ready.
 local function ready_forget()
   redis.call('SREM', READY, Q)

@@ -13,13 +13,7 @@
 -- Returns flattened {id, type, affinity key, ...}.
 if redis.call('EXISTS', KEYS[2]) == 1 then return {} end
 local limit, max_skip = tonumber(ARGV[6]), tonumber(ARGV[7])
-local lanes = {ARGV[8]}
-if ARGV[8] == '*' then
-  lanes = redis.call('SMEMBERS', LANES)
-  local has_legacy = false
-  for _, lane in ipairs(lanes) do if lane == '' then has_legacy = true end end
-  if not has_legacy then lanes[#lanes + 1] = '' end
-end
+local lanes = ARGV[8] == '*' and all_lanes() or {ARGV[8]}
 -- Per list (lane and priority): the next candidates, read a page at a time (the first of
 -- `limit`, then larger ones while blocked tasks are stepped over).
 local lists = {}

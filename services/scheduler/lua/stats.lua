@@ -4,11 +4,7 @@
 -- 1 if paused else 0}.
 -- Each ready list is in order of enqueue time, so the oldest queued task is one of their heads.
 local queued, oldest = 0, -1
-local lanes = redis.call('SMEMBERS', LANES)
-local has_legacy = false
-for _, lane in ipairs(lanes) do if lane == '' then has_legacy = true end end
-if not has_legacy then lanes[#lanes + 1] = '' end
-for _, lane in ipairs(lanes) do
+for _, lane in ipairs(all_lanes()) do
   for p = 1, 4 do
     local k = readyk(p, lane)
     local n = redis.call('LLEN', k)
